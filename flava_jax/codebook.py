@@ -1,0 +1,163 @@
+"""The DALL-E-style image codebook that turns an image into MIM target tokens (HF `FlavaImageCodebook`).
+
+The paper trained against this network randomly initialised and frozen (paper_reference.md §1.3): the MIM labels
+are the argmax over `vocab_size` channels of a random conv net, a random-projection quantiser. Pretrained
+weights (DALL-E's encoder, as FLAVA proper uses) load through `flava_jax.from_pretrained` like any other weight.
+
+Layout is channels-last (NHWC) inside; `get_codebook_indices` takes HF's NCHW pixel values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flava_jax.config import CodebookConfig
+
+Dtype = Any
+
+
+def _conv(features: int, kernel: int, config: CodebookConfig, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Conv:
+    pad = (kernel - 1) // 2
+    return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), dtype=dtype, param_dtype=param_dtype,
+                   kernel_init=nn.initializers.normal(config.initializer_range), bias_init=nn.initializers.zeros,
+                   name=name)
+
+
+# Flax names only direct children, so each level of HF's nested nn.Sequential names (`res_path.path.conv_1`,
+# `group_1.group.block_1`) is a small module of its own.
+
+
+class _ResPath(nn.Module):
+    """HF `res_path`: its `path` holds relu-conv3-relu-conv3-relu-conv3-relu-conv1 at a quarter of the width."""
+
+    out_size: int
+    config: CodebookConfig
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return _Path(self.out_size, self.config, self.dtype, self.param_dtype, name="path")(x)
+
+
+class _Path(nn.Module):
+    out_size: int
+    config: CodebookConfig
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        hidden = self.out_size // 4
+        for i, (width, kernel) in enumerate(((hidden, 3), (hidden, 3), (hidden, 3), (self.out_size, 1)), start=1):
+            x = _conv(width, kernel, self.config, self.dtype, self.param_dtype, f"conv_{i}")(jax.nn.relu(x))
+        return x
+
+
+class _Block(nn.Module):
+    """id_path(x) + post_gain * res_path(x); id_path is a 1x1 conv when the width changes."""
+
+    in_size: int
+    out_size: int
+    config: CodebookConfig
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        num_layers = self.config.num_groups * self.config.num_blocks_per_group
+        identity = x
+        if self.in_size != self.out_size:
+            identity = _conv(self.out_size, 1, self.config, self.dtype, self.param_dtype, "id_path")(x)
+        residual = _ResPath(self.out_size, self.config, self.dtype, self.param_dtype,
+                            name="res_path")(x)
+        return identity + (1.0 / num_layers**2) * residual
+
+
+class _Group(nn.Module):
+    """`num_blocks_per_group` blocks, then a 2x2 max-pool unless last (parameters under `group`)."""
+
+    in_size: int
+    out_size: int
+    use_pool: bool
+    config: CodebookConfig
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        group = _Blocks(self.in_size, self.out_size, self.config, self.dtype, self.param_dtype, name="group")
+        x = group(x)
+        if self.use_pool:
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        return x
+
+
+class _Blocks(nn.Module):
+    in_size: int
+    out_size: int
+    config: CodebookConfig
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(self.config.num_blocks_per_group):
+            in_size = self.in_size if i == 0 else self.out_size
+            x = _Block(in_size, self.out_size, self.config, self.dtype, self.param_dtype, name=f"block_{i + 1}")(x)
+        return x
+
+
+class _Output(nn.Module):
+    config: CodebookConfig
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return _conv(self.config.vocab_size, 1, self.config, self.dtype, self.param_dtype, "conv")(jax.nn.relu(x))
+
+
+class _Blocks4(nn.Module):
+    """HF's `blocks` Sequential: input conv, four groups of widths 1,2,4,8 x hidden_size, output conv."""
+
+    config: CodebookConfig
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c, h = self.config, self.config.hidden_size
+        x = _conv(h, 7, c, self.dtype, self.param_dtype, "input")(x)
+        widths = (h, h, 2 * h, 4 * h, 8 * h)
+        for g in range(4):
+            x = _Group(widths[g], widths[g + 1], g < 3, c, self.dtype, self.param_dtype, name=f"group_{g + 1}")(x)
+        return _Output(c, self.dtype, self.param_dtype, name="output")(x)
+
+
+class FlavaImageCodebook(nn.Module):
+    """Codebook encoder. `__call__` takes NHWC pixels in [0.1, 0.9] (the codebook transform) and gives NHWC logits."""
+
+    config: CodebookConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        self.blocks = _Blocks4(self.config, self.dtype, self.param_dtype)
+
+    def __call__(self, pixels_nhwc: jax.Array) -> jax.Array:
+        return self.blocks(pixels_nhwc.astype(self.dtype))
+
+    def get_codebook_indices(self, pixel_values: jax.Array) -> jax.Array:
+        """(B, C, H, W) codebook pixels (HF layout) -> (B, H/8, W/8) int32 token ids, outside the gradient."""
+        logits = self(jnp.transpose(pixel_values, (0, 2, 3, 1)))
+        return jnp.argmax(jax.lax.stop_gradient(logits), axis=-1).astype(jnp.int32)
+
+    def get_codebook_probs(self, pixel_values: jax.Array) -> jax.Array:
+        """(B, C, H, W) -> (B, H/8, W/8, vocab) softmax over the codebook, outside the gradient."""
+        logits = self(jnp.transpose(pixel_values, (0, 2, 3, 1)))
+        return jax.nn.softmax(jax.lax.stop_gradient(logits).astype(jnp.float32), axis=-1)
