@@ -270,6 +270,10 @@ class FlavaConfig:
         """Side of the codebook's input image: its three 2x poolings must give one token per image patch."""
         return 8 * self.image_config.grid_size
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, sub-configs as dicts: `FlavaConfig(**config.to_dict()) == config`."""
+        return dataclasses.asdict(self)
+
     def replace(self, **changes: Any) -> "FlavaConfig":
         """A copy with `changes` applied; sub-configs may be given as dicts of the fields to change."""
         for key, cls in _SUBCONFIGS.items():

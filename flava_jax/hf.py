@@ -245,6 +245,7 @@ def from_pretrained(path: str | os.PathLike, config: FlavaConfig | None = None,
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
+    state = dict(_read_weights(path))
     if config is None:
         config_file = (path if path.is_dir() else path.parent) / CONFIG
         if not config_file.is_file():
@@ -253,6 +254,5 @@ def from_pretrained(path: str | os.PathLike, config: FlavaConfig | None = None,
         config = FlavaConfig.from_hf_dict(json.loads(config_file.read_text()), **runtime)
     elif runtime:
         config = config.replace(**runtime)
-    state = dict(_read_weights(path))
     params = from_hf_state_dict(config, state)
     return config, jax.tree.map(jax.numpy.asarray, params)

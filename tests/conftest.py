@@ -17,3 +17,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"needs the shared data folder {SHARED_DATA} (present in CI, absent in a fresh clone)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_params():
+    """Random parameters of the tiny preset, made once per session: XLA on CPU takes ~20 s to compile the
+    random init (one threefry kernel per parameter). Tests that change the tree must copy it first."""
+    import jax
+
+    from flava_jax import FlavaConfig, FlavaForPreTraining
+
+    return FlavaForPreTraining(FlavaConfig.from_preset("tiny")).init_params(jax.random.key(0))

@@ -1,0 +1,1 @@
+"""Data: WiT sources, the prepare step, tokenizer, transforms, masking and the Grain pipelines."""

@@ -1,0 +1,43 @@
+"""flava_jax: FLAVA pretraining in JAX/Flax (Amariucai & Warstadt, 2024, reimplemented)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+EVAL = [
+    # Install torch==2.13.0 first on CPU machines: a bare "torch" requirement pulls a multi-GB CUDA build.
+    "torch>=2.9",
+    "transformers>=5.0,<6",
+]
+TEST = [
+    "pytest>=8",
+    "pytest-xdist>=3.5",
+]
+
+setup(
+    name="flava_jax",
+    version="0.1.0",
+    description="FLAVA pretraining in JAX/Flax on WiT, with an HF-compatible export and a PyTorch evaluator",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["flava_jax", "flava_jax.*"]),
+    package_data={"flava_jax": ["sample_data/*.tsv", "sample_data/*.md", "sample_data/images/*"]},
+    install_requires=[
+        "jax>=0.10.2,<0.13",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.4,<0.13",
+        "grain>=0.2.18,<0.3",
+        "array-record>=0.8.1,<0.9",
+        "ml-collections>=1.1,<2",
+        "absl-py>=2",
+        "sentencepiece>=0.2,<0.3",
+        "tensorflow-datasets>=4.9.8,<5",  # a WiT source through tfds.data_source; TensorFlow itself is not needed
+        "safetensors>=0.4,<1",
+        "numpy>=1.26",
+        "pillow>=10",
+    ],
+    extras_require={"eval": EVAL, "test": TEST + EVAL},
+)
