@@ -20,123 +20,108 @@ from flava_jax.config import CodebookConfig
 Dtype = Any
 
 
-def _conv(features: int, kernel: int, config: CodebookConfig, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Conv:
-    pad = (kernel - 1) // 2
-    return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), dtype=dtype, param_dtype=param_dtype,
-                   kernel_init=nn.initializers.normal(config.initializer_range), bias_init=nn.initializers.zeros,
-                   name=name)
+class _Part(nn.Module):
+    """Fields shared by the codebook's parts, and its conv (torch's "same" padding, HF's init)."""
+
+    config: CodebookConfig
+    dtype: Dtype
+    param_dtype: Dtype
+
+    def conv(self, features: int, kernel: int, name: str) -> nn.Conv:
+        pad = (kernel - 1) // 2
+        return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), dtype=self.dtype,
+                       param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(self.config.initializer_range),
+                       bias_init=nn.initializers.zeros, name=name)
 
 
 # Flax names only direct children, so each level of HF's nested nn.Sequential names (`res_path.path.conv_1`,
 # `group_1.group.block_1`) is a small module of its own.
 
 
-class _ResPath(nn.Module):
-    """HF `res_path`: its `path` holds relu-conv3-relu-conv3-relu-conv3-relu-conv1 at a quarter of the width."""
+class _Path(_Part):
+    """relu-conv3-relu-conv3-relu-conv3-relu-conv1 at a quarter of the output width."""
 
     out_size: int
-    config: CodebookConfig
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return _Path(self.out_size, self.config, self.dtype, self.param_dtype, name="path")(x)
-
-
-class _Path(nn.Module):
-    out_size: int
-    config: CodebookConfig
-    dtype: Dtype
-    param_dtype: Dtype
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         hidden = self.out_size // 4
         for i, (width, kernel) in enumerate(((hidden, 3), (hidden, 3), (hidden, 3), (self.out_size, 1)), start=1):
-            x = _conv(width, kernel, self.config, self.dtype, self.param_dtype, f"conv_{i}")(jax.nn.relu(x))
+            x = self.conv(width, kernel, f"conv_{i}")(jax.nn.relu(x))
         return x
 
 
-class _Block(nn.Module):
+class _ResPath(_Part):
+    """HF `res_path`, whose `path` holds the convolutions."""
+
+    out_size: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return _Path(self.config, self.dtype, self.param_dtype, self.out_size, name="path")(x)
+
+
+class _Block(_Part):
     """id_path(x) + post_gain * res_path(x); id_path is a 1x1 conv when the width changes."""
 
     in_size: int
     out_size: int
-    config: CodebookConfig
-    dtype: Dtype
-    param_dtype: Dtype
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         num_layers = self.config.num_groups * self.config.num_blocks_per_group
-        identity = x
-        if self.in_size != self.out_size:
-            identity = _conv(self.out_size, 1, self.config, self.dtype, self.param_dtype, "id_path")(x)
-        residual = _ResPath(self.out_size, self.config, self.dtype, self.param_dtype,
-                            name="res_path")(x)
+        identity = self.conv(self.out_size, 1, "id_path")(x) if self.in_size != self.out_size else x
+        residual = _ResPath(self.config, self.dtype, self.param_dtype, self.out_size, name="res_path")(x)
         return identity + (1.0 / num_layers**2) * residual
 
 
-class _Group(nn.Module):
-    """`num_blocks_per_group` blocks, then a 2x2 max-pool unless last (parameters under `group`)."""
+class _Blocks(_Part):
+    """HF `group`: `num_blocks_per_group` blocks."""
 
     in_size: int
     out_size: int
-    use_pool: bool
-    config: CodebookConfig
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        group = _Blocks(self.in_size, self.out_size, self.config, self.dtype, self.param_dtype, name="group")
-        x = group(x)
-        if self.use_pool:
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        return x
-
-
-class _Blocks(nn.Module):
-    in_size: int
-    out_size: int
-    config: CodebookConfig
-    dtype: Dtype
-    param_dtype: Dtype
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(self.config.num_blocks_per_group):
             in_size = self.in_size if i == 0 else self.out_size
-            x = _Block(in_size, self.out_size, self.config, self.dtype, self.param_dtype, name=f"block_{i + 1}")(x)
+            x = _Block(self.config, self.dtype, self.param_dtype, in_size, self.out_size, name=f"block_{i + 1}")(x)
         return x
 
 
-class _Output(nn.Module):
-    config: CodebookConfig
-    dtype: Dtype
-    param_dtype: Dtype
+class _Group(_Part):
+    """HF `group_<n>`: its blocks, then a 2x2 max-pool unless it is the last group."""
+
+    in_size: int
+    out_size: int
+    use_pool: bool
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return _conv(self.config.vocab_size, 1, self.config, self.dtype, self.param_dtype, "conv")(jax.nn.relu(x))
+        x = _Blocks(self.config, self.dtype, self.param_dtype, self.in_size, self.out_size, name="group")(x)
+        return nn.max_pool(x, (2, 2), strides=(2, 2)) if self.use_pool else x
 
 
-class _Blocks4(nn.Module):
-    """HF's `blocks` Sequential: input conv, four groups of widths 1,2,4,8 x hidden_size, output conv."""
-
-    config: CodebookConfig
-    dtype: Dtype
-    param_dtype: Dtype
+class _Output(_Part):
+    """HF `output`: relu, then a 1x1 conv to the vocabulary."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        c, h = self.config, self.config.hidden_size
-        x = _conv(h, 7, c, self.dtype, self.param_dtype, "input")(x)
+        return self.conv(self.config.vocab_size, 1, "conv")(jax.nn.relu(x))
+
+
+class _Network(_Part):
+    """HF's `blocks` Sequential: input conv, four groups of widths 1, 2, 4, 8 x hidden_size, output."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.config.hidden_size
+        x = self.conv(h, 7, "input")(x)
         widths = (h, h, 2 * h, 4 * h, 8 * h)
         for g in range(4):
-            x = _Group(widths[g], widths[g + 1], g < 3, c, self.dtype, self.param_dtype, name=f"group_{g + 1}")(x)
-        return _Output(c, self.dtype, self.param_dtype, name="output")(x)
+            x = _Group(self.config, self.dtype, self.param_dtype, widths[g], widths[g + 1], g < 3,
+                       name=f"group_{g + 1}")(x)
+        return _Output(self.config, self.dtype, self.param_dtype, name="output")(x)
 
 
 class FlavaImageCodebook(nn.Module):
@@ -147,7 +132,7 @@ class FlavaImageCodebook(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def setup(self) -> None:
-        self.blocks = _Blocks4(self.config, self.dtype, self.param_dtype)
+        self.blocks = _Network(self.config, self.dtype, self.param_dtype)
 
     def __call__(self, pixels_nhwc: jax.Array) -> jax.Array:
         return self.blocks(pixels_nhwc.astype(self.dtype))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 
@@ -29,7 +30,8 @@ _HF_BOOKKEEPING = frozenset(
     compile_submodels id2label label2id return_dict output_hidden_states output_attentions torchscript
     use_return_dict is_encoder_decoder is_decoder add_cross_attention tie_encoder_decoder tie_word_embeddings
     initializer_factor chunk_size_feed_forward pruned_heads problem_type finetuning_task tokenizer_class prefix
-    pad_token_id bos_token_id eos_token_id sep_token_id decoder_start_token_id task_specific_params cross_attention_hidden_size
+    pad_token_id bos_token_id eos_token_id sep_token_id decoder_start_token_id task_specific_params
+    cross_attention_hidden_size
     max_length min_length do_sample early_stopping num_beams num_beam_groups diversity_penalty temperature top_k
     top_p typical_p repetition_penalty length_penalty no_repeat_ngram_size encoder_no_repeat_ngram_size
     bad_words_ids num_return_sequences output_scores return_dict_in_generate forced_bos_token_id
@@ -274,7 +276,7 @@ class FlavaConfig:
         """Every field, sub-configs as dicts: `FlavaConfig(**config.to_dict()) == config`."""
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "FlavaConfig":
+    def replace(self, **changes: Any) -> FlavaConfig:
         """A copy with `changes` applied; sub-configs may be given as dicts of the fields to change."""
         for key, cls in _SUBCONFIGS.items():
             if isinstance(changes.get(key), Mapping):
@@ -287,7 +289,7 @@ class FlavaConfig:
 
     # ------------------------------------------------------------------------------------------ presets
     @classmethod
-    def from_preset(cls, name: str, **changes: Any) -> "FlavaConfig":
+    def from_preset(cls, name: str, **changes: Any) -> FlavaConfig:
         """`full` (HF defaults = the paper), `half` (the thesis size) or `tiny` (tests), then `changes`."""
         if name not in PRESETS:
             raise ConfigError(f"FlavaConfig preset {name!r} is not one of {sorted(PRESETS)}")
@@ -295,7 +297,7 @@ class FlavaConfig:
 
     # ---------------------------------------------------------------------------------- HF conversion
     @classmethod
-    def from_hf_dict(cls, hf: Mapping[str, Any], **runtime: Any) -> "FlavaConfig":
+    def from_hf_dict(cls, hf: Mapping[str, Any], **runtime: Any) -> FlavaConfig:
         """Build from an HF `FlavaConfig` dict (e.g. a loaded config.json), plus flava_jax run-time switches."""
         model_type = hf.get("model_type", "flava")
         if model_type != "flava":

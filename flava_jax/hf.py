@@ -19,8 +19,9 @@ import functools
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -185,8 +186,8 @@ def _to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     if type(value).__module__.startswith("torch"):
-        import torch
         import ml_dtypes
+        import torch
 
         value = value.detach().cpu()
         if value.dtype == torch.bfloat16:

@@ -8,7 +8,8 @@ variance, scores divided by sqrt(head_dim) after the QK product, and an additive
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -44,7 +45,7 @@ def dense(features: int, init_range: float, dtype: Dtype, param_dtype: Dtype, na
 
 
 def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
-    """torch's LayerNorm: statistics in f32 with the two-pass variance (eps is 1e-12, so E[x^2]-E[x]^2 is too coarse)."""
+    """torch's LayerNorm: f32 statistics, two-pass variance (with eps 1e-12, E[x^2] - E[x]^2 is too coarse)."""
     return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False, name=name)
 
 
@@ -79,13 +80,17 @@ class DenseBlock(nn.Module):
         return nn.Dropout(self.dropout)(x, deterministic=self.deterministic)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention (HF `FlavaSelfAttention`), softmax in f32."""
+class _LayerPart(nn.Module):
+    """Fields shared by the parts of a transformer layer."""
 
     config: EncoderConfig
     dtype: Dtype
     param_dtype: Dtype
     deterministic: bool
+
+
+class SelfAttention(_LayerPart):
+    """Multi-head self-attention (HF `FlavaSelfAttention`), softmax in f32."""
 
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:
@@ -109,13 +114,8 @@ class SelfAttention(nn.Module):
         return context.reshape(batch, length, c.hidden_size)
 
 
-class Attention(nn.Module):
+class Attention(_LayerPart):
     """HF `FlavaAttention`: self-attention (`attention`) and its output projection (`output`)."""
-
-    config: EncoderConfig
-    dtype: Dtype
-    param_dtype: Dtype
-    deterministic: bool
 
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:
@@ -125,13 +125,8 @@ class Attention(nn.Module):
                           self.deterministic, name="output")(context)
 
 
-class FlavaLayer(nn.Module):
+class FlavaLayer(_LayerPart):
     """One pre-LN block: x + Attn(LN(x)), then x + FFN(LN(x)) (HF `FlavaLayer`)."""
-
-    config: EncoderConfig
-    dtype: Dtype
-    param_dtype: Dtype
-    deterministic: bool
 
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:

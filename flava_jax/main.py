@@ -59,7 +59,7 @@ def sample_batches(config: ConfigDict, model: FlavaConfig, tokenizer: Tokenizer,
 
     # One ITM negative: the first image is paired with the last caption.
     pair_texts = [captions[-1]] + captions[1:]
-    itm_labels = np.array([int(t == c) for t, c in zip(pair_texts, captions)])
+    itm_labels = np.array([int(t == c) for t, c in zip(pair_texts, captions, strict=True)])
     return {
         "text": text(config.data.text_max_length, captions),
         "image": image_inputs(),

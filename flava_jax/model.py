@@ -26,7 +26,7 @@ from flava_jax import inputs as inputs_lib
 from flava_jax import losses
 from flava_jax.codebook import FlavaImageCodebook
 from flava_jax.config import EncoderConfig, FlavaConfig, ImageConfig, MultimodalConfig, TextConfig
-from flava_jax.layers import FlavaEncoder, activation, attention_bias, dense, layer_norm
+from flava_jax.layers import DenseBlock, FlavaEncoder, activation, attention_bias, dense, layer_norm
 
 Dtype = Any
 LOGIT_SCALE_CLAMP_MIN = 0.0
@@ -129,20 +129,13 @@ class _Runtime(nn.Module):
     def _finish(self, config: EncoderConfig, hidden: jax.Array) -> EncoderOutput:
         """Final LayerNorm and tanh pooler over the first token (HF `FlavaPooler`)."""
         last = self._layer_norm(config.layer_norm_eps, "layernorm")(hidden)
-        pooled = jnp.tanh(_Pooler(config.hidden_size, config.initializer_range, self.dtype, self.param_dtype,
-                                  name="pooler")(last[:, 0]))
+        pooled = _pooler(config.hidden_size, config.initializer_range, self.dtype, self.param_dtype)(last[:, 0])
         return EncoderOutput(last_hidden_state=last, pooler_output=pooled, pre_layernorm_state=hidden)
 
 
-class _Pooler(nn.Module):
-    features: int
-    init_range: float
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return dense(self.features, self.init_range, self.dtype, self.param_dtype, "dense")(x)
+def _pooler(features: int, init_range: float, dtype: Dtype, param_dtype: Dtype) -> DenseBlock:
+    """HF `FlavaPooler` (applied to the first token): `pooler.dense`, then tanh."""
+    return DenseBlock(features, init_range, 0.0, dtype, param_dtype, deterministic=True, act="tanh", name="pooler")
 
 
 def _embedding_init(std: float, pad_row: int | None):
@@ -392,8 +385,7 @@ class FlavaITMHead(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
-        pooled = jnp.tanh(_Pooler(c.hidden_size, c.initializer_range, self.dtype, self.param_dtype,
-                                  name="pooler")(x[:, 0]))
+        pooled = _pooler(c.hidden_size, c.initializer_range, self.dtype, self.param_dtype)(x[:, 0])
         return dense(2, c.initializer_range, self.dtype, self.param_dtype, "seq_relationship")(pooled)
 
 

@@ -28,7 +28,8 @@ def text_batch(config: FlavaConfig, rng: np.random.Generator, batch: int, length
                 mlm_labels=np.where(selected, ids, -100))
 
 
-def image_batch(config: FlavaConfig, rng: np.random.Generator, batch: int, masked: bool = True) -> dict[str, np.ndarray]:
+def image_batch(config: FlavaConfig, rng: np.random.Generator, batch: int,
+                masked: bool = True) -> dict[str, np.ndarray]:
     """Normalised-looking pixels, codebook pixels in [0.1, 0.9], and (optionally) a random patch mask."""
     image = config.image_config
     side = config.codebook_image_size

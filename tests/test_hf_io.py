@@ -22,7 +22,7 @@ TINY = FlavaConfig.from_preset("tiny")
 
 def _same_tree(a: Any, b: Any) -> None:
     assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         assert x.dtype == y.dtype and x.shape == y.shape
         assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
 
@@ -37,7 +37,8 @@ def test_hf_to_flax_to_hf_is_bit_exact(tmp_path: Path) -> None:
     config, params = from_pretrained(tmp_path / "hf")
     assert config == TINY
     save_pretrained(config, params, tmp_path / "ours")
-    original, ours = load_file(tmp_path / "hf" / "model.safetensors"), load_file(tmp_path / "ours" / "model.safetensors")
+    original = load_file(tmp_path / "hf" / "model.safetensors")
+    ours = load_file(tmp_path / "ours" / "model.safetensors")
     assert sorted(original) == sorted(ours)
     for name in original:
         assert original[name].dtype == ours[name].dtype and original[name].shape == ours[name].shape, name

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import sentencepiece as spm
@@ -28,7 +28,7 @@ class Tokenizer:
             raise ValueError(f"not a flava_jax tokenizer: ids 0-4 are {pieces}, expected {SPECIAL_TOKENS}")
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> "Tokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> Tokenizer:
         """Train a unigram model on `texts`; the vocabulary may come out smaller on a tiny corpus."""
         proto = io.BytesIO()
         spm.SentencePieceTrainer.train(
@@ -40,7 +40,7 @@ class Tokenizer:
         return cls(proto.getvalue())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
         return cls(Path(path).read_bytes())
 
     def save(self, path: str | os.PathLike) -> None:
