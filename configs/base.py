@@ -3,6 +3,7 @@
 from ml_collections import ConfigDict, config_dict
 
 from flava_jax.config import FlavaConfig
+from flava_jax.data.images import USER_AGENT
 
 
 def model_config(preset: str) -> ConfigDict:
@@ -10,6 +11,50 @@ def model_config(preset: str) -> ConfigDict:
     fields = FlavaConfig.from_preset(preset).to_dict()
     fields["remat_policy"] = config_dict.placeholder(str)  # None, but overridable with a policy name
     return ConfigDict(fields)
+
+
+def data_config() -> ConfigDict:
+    """WiT carving (prepare) and batch making (pipeline), paper_reference.md §2.3, §4."""
+    return ConfigDict(dict(
+        # --- where: prepare's --out, read by the trainer; None: prepare into WORKDIR/data from `sources`
+        dir=config_dict.placeholder(str),
+        sources=[],  # WiT files, directories, globs or tfds:wit/train[@data_dir]
+        image_dirs=[],  # local folders holding images by the file name of their URL
+        cache_dir=config_dict.placeholder(str),  # download cache; None: ~/.cache/flava_jax/images
+        download=True,
+        # --- budgets: nested prefixes of the English, captioned rows (-1: everything the sources hold)
+        text_words=10_000_000,
+        images=4_000_000,
+        language="en",
+        require_caption=True,  # PMD-WiT's text is the reference caption: rows without one were dropped
+        require_image=True,  # rows whose image cannot be had are dropped, text budget included (reference)
+        heldout_fraction=0.1,  # the reference's 90/10 split, here seeded
+        heldout_max_texts=4000,  # enough for pseudo-perplexity (the reference scores 2000 phrases)
+        # --- stored images
+        image_size=224,
+        image_resize="squash",  # the reference squashes to 224x224; "crop" keeps the aspect ratio
+        jpeg_quality=95,
+        max_image_pixels=89_478_485,  # larger images count as decompression bombs
+        chunk_records=20_000,  # commit (resume) granularity, in source records
+        fetch_batch=512,
+        tokenizer_max_texts=2_000_000,
+        fetch=dict(timeout=10.0, retries=3, backoff=1.0, max_backoff=60.0, workers=16, max_bytes=50 * 2**20,
+                   user_agent=USER_AGENT),
+        # --- batches
+        text_max_length=512,  # text-only batches (the reference pads them to this length)
+        pair_max_length=77,  # image-text batches
+        mlm_probability=0.4,
+        mask_patches=75,  # BEiT block masking: 75 of 196 patches, blocks of >= 16, aspect in [0.3, 1/0.3]
+        mask_min_block=16,
+        mask_min_aspect=0.3,
+        mask_exact_count=True,  # False: the reference's early stop, which leaves 1 in 3 masks short of 75
+        itm_negative_probability=0.1,
+        itm_exclude_same_row=False,  # a fix: the reference may draw another text of the same image
+        length_buckets=[],  # a fix: e.g. [64, 128, 256, 512] pads text-only batches to the bucket that fits
+        bucket_window=16,
+        workers=2,  # pipeline worker processes per stream
+        worker_buffer=2,
+    ))
 
 
 def get_config() -> ConfigDict:
@@ -20,14 +65,5 @@ def get_config() -> ConfigDict:
     config.checkpoint_every_steps = 1000
     config.log_every_steps = 50
     config.compilation_cache_dir = "~/.cache/flava_jax/xla"  # persistent XLA cache; "" turns it off
-    config.data = ConfigDict(dict(
-        sample_dir=config_dict.placeholder(str),  # None: the sample bundled with the package
-        text_max_length=512,  # text-only batches (the reference pads them to this length)
-        pair_max_length=77,  # image-text batches
-        mlm_probability=0.4,
-        mask_patches=75,  # BEiT block masking: 75 of 196 patches, blocks of >= 16, aspect in [0.3, 1/0.3]
-        mask_min_block=16,
-        mask_min_aspect=0.3,
-        itm_negative_probability=0.1,
-    ))
+    config.data = data_config()
     return config

@@ -1,6 +1,7 @@
-"""A tiny FLAVA on the bundled sample: runs on a laptop CPU in minutes, with no downloads."""
+"""A tiny FLAVA on the sample bundled in the package: runs on a laptop CPU in minutes, with no downloads."""
 
 from configs import base
+from flava_jax.data.sample import SAMPLE_DIR
 
 
 def get_config():
@@ -10,9 +11,17 @@ def get_config():
     config.checkpoint_every_steps = 10
     config.log_every_steps = 1
     data = config.data
+    data.sources = [str(SAMPLE_DIR / "wit")]
+    data.image_dirs = [str(SAMPLE_DIR / "images")]
+    data.download = False
+    data.text_words = data.images = -1  # all of the sample
+    data.heldout_fraction = 0.25  # a few held-out texts from so small a sample
+    data.image_size = 64
+    data.chunk_records = 64
     data.text_max_length = 64
     data.pair_max_length = 32
     # The tiny model sees 4x4 patches: keep the reference's 38% masked, with blocks scaled down.
     data.mask_patches = 6
     data.mask_min_block = 2
+    data.workers = 0
     return config

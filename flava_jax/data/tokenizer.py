@@ -9,6 +9,7 @@ import io
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm
@@ -26,6 +27,12 @@ class Tokenizer:
         pieces = tuple(self._sp.id_to_piece(i) for i in range(len(SPECIAL_TOKENS)))
         if pieces != SPECIAL_TOKENS:
             raise ValueError(f"not a flava_jax tokenizer: ids 0-4 are {pieces}, expected {SPECIAL_TOKENS}")
+
+    def __getstate__(self) -> bytes:  # picklable for Grain's worker processes
+        return self.model_proto
+
+    def __setstate__(self, model_proto: bytes) -> None:
+        self.__init__(model_proto)
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> Tokenizer:
@@ -51,7 +58,10 @@ class Tokenizer:
         return self._sp.get_piece_size()
 
     def encode(self, text: str, max_length: int) -> list[int]:
-        """[CLS] ids [SEP], truncated to `max_length` tokens in all."""
+        """[CLS] ids [SEP], truncated to `max_length` tokens in all.
+
+        Matches the HF export on all text except literal special-token strings such as "[MASK]" inside it, which
+        SentencePiece prefixes with a word-boundary piece and HF does not."""
         return [CLS_ID, *self._sp.encode(text)[: max_length - 2], SEP_ID]
 
     def encode_batch(self, texts: Iterable[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,3 +74,53 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in ids if int(i) >= len(SPECIAL_TOKENS)])
+
+    # ------------------------------------------------------------------------------------- HF export
+    def to_hf(self) -> Any:
+        """The same tokenizer as a `tokenizers.Tokenizer` (HF fast): same normaliser, pieces, scores and ids, and
+        [CLS] text [SEP] added by its post-processor. Needs the `tokenizers` package (the eval extra)."""
+        from sentencepiece import sentencepiece_model_pb2
+        from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers.models import Unigram
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(self.model_proto)
+        norm = proto.normalizer_spec
+        hf = HFTokenizer(Unigram([(p.piece, p.score) for p in proto.pieces], unk_id=UNK_ID, byte_fallback=False))
+        # SentencePiece's normalisation, in its order (as transformers' SpmConverter builds it).
+        steps = [normalizers.Precompiled(norm.precompiled_charsmap)] if norm.precompiled_charsmap else []
+        if norm.remove_extra_whitespaces:
+            steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+        if norm.escape_whitespaces:
+            steps.append(normalizers.Replace(" ", "\u2581"))
+        if norm.add_dummy_prefix:
+            steps.append(normalizers.Replace(Regex("\\A\u2581"), "\u2581\u2581"))  # Metaspace skips an existing one
+        hf.normalizer = normalizers.Sequence(steps)
+        if norm.add_dummy_prefix:
+            hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=False)
+        hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Fuse(),
+                                        decoders.Strip(content=" ", left=1)])
+        hf.add_special_tokens(list(SPECIAL_TOKENS))
+        cls, sep = SPECIAL_TOKENS[CLS_ID], SPECIAL_TOKENS[SEP_ID]
+        hf.post_processor = processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, CLS_ID), (sep, SEP_ID)])
+        return hf
+
+    def save_pretrained(self, out_dir: str | os.PathLike, model_max_length: int = 512) -> None:
+        """Write tokenizer.model plus an HF fast tokenizer (tokenizer.json, tokenizer_config.json, ...) that
+        `transformers.AutoTokenizer.from_pretrained(out_dir)` loads with the same ids. Needs transformers."""
+        try:
+            from transformers import PreTrainedTokenizerFast
+        except ImportError as e:
+            raise ImportError("exporting the tokenizer for transformers needs the eval extra: "
+                              "pip install 'flava_jax[eval]'") from e
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.save(out / "tokenizer.model")
+        pad, unk, cls, sep, mask = SPECIAL_TOKENS
+        fast = PreTrainedTokenizerFast(tokenizer_object=self.to_hf(), pad_token=pad, unk_token=unk, cls_token=cls,
+                                       sep_token=sep, mask_token=mask, model_max_length=model_max_length,
+                                       clean_up_tokenization_spaces=False)
+        fast.save_pretrained(str(out))

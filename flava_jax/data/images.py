@@ -1,0 +1,217 @@
+"""Getting WiT images and making them safe to train on.
+
+`ImageFetcher` finds an image's bytes in the row itself (base64 sources), in local folders (by the URL's file
+name), or on the web: concurrent downloads with a timeout, retries with exponential backoff on 429/5xx and
+network errors, a User-Agent, and a cache that records successes and final failures, so a re-run never fetches
+anything twice. `to_jpeg` then decodes and validates the bytes (not an image, truncated, decompression bomb) and
+stores them resized as JPEG: squashed to size x size as the reference did, or aspect-preserving as a switch.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from flava_jax.data.transforms import load_rgb
+
+USER_AGENT = "flava_jax/0.1 (WiT image fetcher for research; https://github.com/google-research-datasets/wit)"
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class BadImage(ValueError):
+    """Bytes that are not a usable image; `reason` is the short label the manifest counts."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """The outcome of fetching one image: bytes, or the reason there are none."""
+
+    data: bytes | None
+    reason: str | None = None
+    detail: str = ""
+    origin: str = ""  # "inline", "local", "cache" or "web"
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchSettings:
+    timeout: float = 10.0
+    retries: int = 3  # attempts after the first, for 429/5xx and network errors
+    backoff: float = 1.0  # seconds before the first retry, doubling after each
+    max_backoff: float = 60.0
+    workers: int = 16
+    max_bytes: int = 50 * 2**20
+    user_agent: str = USER_AGENT
+
+
+class ImageFetcher:
+    """Image bytes for WiT rows, from inline data, local folders, the download cache or the web."""
+
+    def __init__(self, cache_dir: str | os.PathLike | None, local_dirs: Sequence[str | os.PathLike] = (),
+                 settings: FetchSettings = FetchSettings(), download: bool = True) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.local_dirs = [Path(d) for d in local_dirs]
+        self.settings = settings
+        self.download = download
+        self._pool = concurrent.futures.ThreadPoolExecutor(max(1, settings.workers))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> ImageFetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def fetch_many(self, urls: Iterable[str | None], inline: Iterable[bytes | None],
+                   convert: Callable[[bytes], bytes] | None = None) -> list[Fetched]:
+        """Fetch each image concurrently, then `convert` it in the same worker (a BadImage becomes the reason);
+        the results keep the order of `urls`."""
+
+        def job(url: str | None, data: bytes | None) -> Fetched:
+            fetched = self.fetch(url, data)
+            if fetched.data is None or convert is None:
+                return fetched
+            try:
+                return dataclasses.replace(fetched, data=convert(fetched.data))
+            except BadImage as e:
+                return Fetched(None, e.reason, str(e), fetched.origin)
+
+        jobs = [self._pool.submit(job, url, data) for url, data in zip(urls, inline, strict=True)]
+        return [j.result() for j in jobs]
+
+    def fetch(self, url: str | None, inline: bytes | None = None) -> Fetched:
+        if inline is not None:
+            return Fetched(inline, origin="inline")
+        if not url:
+            return Fetched(None, "no image url")
+        local = self._local(url)
+        if local is not None:
+            return Fetched(local.read_bytes(), origin="local")
+        cached = self._cached(url)
+        if cached is not None:
+            return cached
+        if not self.download or not url.lower().startswith(("http://", "https://")):
+            return Fetched(None, "image not found locally", url)
+        result = self._download(url)
+        self._store(url, result)
+        return result
+
+    # ----------------------------------------------------------------------------------------- sources
+    def _local(self, url: str) -> Path | None:
+        name = urllib.parse.unquote(Path(urllib.parse.urlparse(url).path).name)
+        for directory in self.local_dirs:
+            for candidate in (directory / name, directory / url):
+                if name and candidate.is_file():
+                    return candidate
+        return None
+
+    def _cache_paths(self, url: str) -> tuple[Path, Path]:
+        assert self.cache_dir is not None
+        digest = hashlib.sha256(url.encode("utf-8")).hexdigest()
+        base = self.cache_dir / digest[:2] / digest
+        return base.with_suffix(".img"), base.with_suffix(".fail.json")
+
+    def _cached(self, url: str) -> Fetched | None:
+        if self.cache_dir is None:
+            return None
+        data_path, fail_path = self._cache_paths(url)
+        if data_path.is_file():
+            return Fetched(data_path.read_bytes(), origin="cache")
+        if fail_path.is_file():
+            failure = json.loads(fail_path.read_text())
+            return Fetched(None, failure["reason"], failure.get("detail", ""), origin="cache")
+        return None
+
+    def _store(self, url: str, result: Fetched) -> None:
+        if self.cache_dir is None:
+            return
+        data_path, fail_path = self._cache_paths(url)
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        target, payload = (data_path, result.data) if result.data is not None else (
+            fail_path, json.dumps({"url": url, "reason": result.reason, "detail": result.detail}).encode())
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(payload)
+        tmp.replace(target)  # atomic: an interrupted run never leaves half an image in the cache
+
+    def _download(self, url: str) -> Fetched:
+        s = self.settings
+        request = urllib.request.Request(url, headers={"User-Agent": s.user_agent})
+        delay = s.backoff
+        last: tuple[str, str] = ("download failed", "")
+        for attempt in range(s.retries + 1):
+            if attempt:
+                time.sleep(min(delay, s.max_backoff))
+                delay *= 2
+            try:
+                with urllib.request.urlopen(request, timeout=s.timeout) as response:
+                    data = response.read(s.max_bytes + 1)
+                if len(data) > s.max_bytes:
+                    return Fetched(None, "image too large", f"> {s.max_bytes} bytes", origin="web")
+                return Fetched(data, origin="web")
+            except urllib.error.HTTPError as e:
+                last = (f"http {e.code}", str(e.reason))
+                if e.code not in RETRY_STATUS:
+                    break
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+                if retry_after and retry_after.isdigit():
+                    delay = max(delay, float(retry_after))
+            except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as e:
+                reason = getattr(e, "reason", e)
+                last = ("timeout" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else
+                        "network error", str(reason))
+        return Fetched(None, last[0], last[1], origin="web")
+
+
+def to_jpeg(data: bytes, size: int, mode: str = "squash", quality: int = 95, max_pixels: int = 89_478_485) -> bytes:
+    """Decode, validate and re-encode as a size x size RGB JPEG. Raises BadImage with the reason.
+
+    mode "squash" resizes to size x size with bicubic, ignoring the aspect ratio (the reference); "crop" resizes
+    the shorter side to `size` (bicubic) and takes the centre square.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage("decompression bomb", str(e)) from e
+    except (Image.UnidentifiedImageError, OSError) as e:
+        raise BadImage("not an image", str(e)) from e
+    width, height = image.size  # known from the header, before any pixel is decoded
+    if width * height > max_pixels:
+        raise BadImage("decompression bomb", f"{width}x{height} exceeds {max_pixels} pixels")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for truncated or corrupt data
+        raise BadImage("corrupt image", f"{type(e).__name__}: {e}") from e
+    image = load_rgb(image)
+    if mode == "squash":
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    elif mode == "crop":
+        scale = size / min(image.size)
+        resized = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
+        image = image.resize(resized, Image.Resampling.BICUBIC)
+        left, top = (image.width - size) // 2, (image.height - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    else:
+        raise ValueError(f"image resize mode {mode!r} is not 'squash' or 'crop'")
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality)
+    return out.getvalue()

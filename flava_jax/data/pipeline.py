@@ -1,0 +1,293 @@
+"""Grain pipelines: prepared ArrayRecord streams -> masked, model-ready numpy batches, with checkpointable state.
+
+Each stream (text, image, pair) runs: ArrayRecord source -> global seeded shuffle, reshuffled every epoch ->
+repeat -> this process's shard -> per-example transform with its own RNG (decode, tokenize, BERT masking, BEiT
+block masking, ITM negatives) -> batch -> worker processes. Every random choice derives from the seed and the
+example's position, so a restored iterator continues exactly, whatever the number of workers.
+
+Images leave the pipeline as uint8, 4x less to move than f32; `transforms.model_inputs` finishes them on the
+device. Text-only batches are padded to `text_max_length` (the reference pads to 512) unless `length_buckets`
+is set: then windows of batches are sorted by length and each batch is padded to the smallest bucket that fits,
+which changes no example's outputs (the attention mask hides the padding) but removes most of the padding work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from flava_jax.data import masking, records
+from flava_jax.data.prepare import MANIFEST, TOKENIZER
+from flava_jax.data.tokenizer import PAD_ID, Tokenizer
+from flava_jax.losses import IGNORE_INDEX
+
+STREAM_KEYS = {"text": "text", "image": "image", "pairs": "pair"}  # batch key -> prepared stream
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSettings:
+    """How batches are made; `from_config` reads them from a config (its `data` section and model sizes)."""
+
+    data_dir: str
+    seed: int
+    image_size: int = 224
+    grid_size: int = 14
+    text_max_length: int = 512
+    pair_max_length: int = 77
+    mlm_probability: float = 0.4
+    mask_patches: int = 75
+    mask_min_block: int = 16
+    mask_min_aspect: float = 0.3
+    mask_exact_count: bool = True  # False: stop early as the reference does (a third of its masks fall short)
+    itm_negative_probability: float = 0.1
+    itm_exclude_same_row: bool = False  # a fix: never pick another text of the same image as a negative
+    length_buckets: tuple[int, ...] = ()  # empty: pad text-only batches to text_max_length, as the reference
+    bucket_window: int = 16  # batches sorted by length together
+    workers: int = 0  # worker processes per stream; 0 runs the transforms in the calling process
+    worker_buffer: int = 2
+
+    @property
+    def codebook_size(self) -> int:
+        return 8 * self.grid_size
+
+    @classmethod
+    def from_config(cls, config: Any, data_dir: str | None = None) -> PipelineSettings:
+        data, image = config.data, config.model.image_config
+        names = {f.name for f in dataclasses.fields(cls)} - {"data_dir", "seed", "image_size", "grid_size"}
+        values = {n: data[n] for n in names if n in data}
+        values["length_buckets"] = tuple(values.get("length_buckets", ()))
+        return cls(data_dir=data_dir or data.dir, seed=config.seed, image_size=image["image_size"],
+                   grid_size=image["image_size"] // image["patch_size"], **values)
+
+
+# ---------------------------------------------------------------------------------------------- examples
+def pad_batch(examples: Sequence[dict[str, np.ndarray]], length: int) -> dict[str, np.ndarray]:
+    """Stack examples, padding their text arrays to `length` ([PAD] ids, -100 labels) with an attention mask."""
+    batch: dict[str, np.ndarray] = {}
+    for key in examples[0]:
+        values = [e[key] for e in examples]
+        if key in ("input_ids", "input_ids_masked", "mlm_labels"):
+            fill = IGNORE_INDEX if key == "mlm_labels" else PAD_ID
+            out = np.full((len(values), length), fill, np.int32)
+            for row, value in enumerate(values):
+                out[row, :len(value)] = value
+            batch[key] = out
+        else:
+            batch[key] = np.stack(values)
+    if "input_ids" in batch:
+        batch["attention_mask"] = (batch["input_ids"] != PAD_ID).astype(np.int32)
+    return batch
+
+
+class TextTransform(grain.transforms.RandomMap):
+    """record -> [CLS] ids [SEP] (unpadded, truncated) with BERT masking."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, mlm_probability: float) -> None:
+        self.tokenizer, self.max_length, self.mlm_probability = tokenizer, max_length, mlm_probability
+
+    def encode(self, text: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        ids = np.asarray(self.tokenizer.encode(text, self.max_length), np.int32)
+        masked, labels = masking.mask_tokens(ids, rng, self.mlm_probability, self.tokenizer.vocab_size)
+        return {"input_ids": ids, "input_ids_masked": masked, "mlm_labels": labels}
+
+    def random_map(self, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return self.encode(records.decode_text(record), rng)
+
+
+class ImageTransform(grain.transforms.RandomMap):
+    """record -> uint8 pixels (bicubic to image_size), uint8 codebook pixels (LANCZOS), a block mask."""
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        self.size, self.codebook_size = settings.image_size, settings.codebook_size
+        self.blocks = masking.BlockMasking(settings.grid_size, settings.mask_patches, settings.mask_min_block,
+                                           settings.mask_min_aspect, exact=settings.mask_exact_count)
+
+    def encode(self, jpeg: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        image = Image.open(io.BytesIO(jpeg))
+        image = image.convert("RGB") if image.mode != "RGB" else image
+        pixels = image if image.size == (self.size, self.size) else image.resize(
+            (self.size, self.size), Image.Resampling.BICUBIC)
+        codebook = image.resize((self.codebook_size, self.codebook_size), Image.Resampling.LANCZOS)
+        return {"pixels": np.asarray(pixels), "codebook_pixels": np.asarray(codebook),
+                "bool_masked_pos": self.blocks(rng)}
+
+    def random_map(self, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return self.encode(records.decode(record).image, rng)
+
+
+class PairTransform(grain.transforms.RandomMap):
+    """record -> text + image + ITM label; with probability p the text is another example's (label 0)."""
+
+    def __init__(self, text: TextTransform, image: ImageTransform, source: Any, negative_probability: float,
+                 exclude_same_row: bool, max_draws: int = 100) -> None:
+        self.text, self.image, self.source = text, image, source
+        self.negative_probability, self.exclude_same_row, self.max_draws = (negative_probability, exclude_same_row,
+                                                                            max_draws)
+
+    def negative(self, example: records.Example, rng: np.random.Generator) -> str | None:
+        """A text drawn uniformly from the whole pair set that differs from the positive (None if none found)."""
+        for _ in range(self.max_draws):
+            other = records.decode(self.source[int(rng.integers(len(self.source)))])
+            if other.text != example.text and not (self.exclude_same_row and other.row == example.row):
+                return other.text
+        return None
+
+    def random_map(self, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        example = records.decode(record)
+        text, label = example.text, 1
+        if rng.random() < self.negative_probability and (negative := self.negative(example, rng)) is not None:
+            text, label = negative, 0
+        return {**self.text.encode(text, rng), **self.image.encode(example.image, rng),
+                "itm_labels": np.int32(label)}
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+def manifest(data_dir: str | Path) -> dict[str, Any]:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run python -m flava_jax.data.prepare first (it writes it last, "
+                                "so a missing manifest also means an unfinished prepare)")
+    return json.loads(path.read_text())
+
+
+def source(data_dir: str | Path, stream: str) -> grain.sources.ArrayRecordDataSource:
+    shards = manifest(data_dir)["shards"].get(stream, [])
+    if not shards:
+        raise ValueError(f"{data_dir} has no {stream!r} stream (see its manifest.json budgets)")
+    return grain.sources.ArrayRecordDataSource([str(Path(data_dir) / s["file"]) for s in shards])
+
+
+def _examples(settings: PipelineSettings, stream: str, transform: grain.transforms.RandomMap, offset: int,
+              process: tuple[int, int]) -> grain.MapDataset:
+    """Shuffled, endlessly repeated, process-sharded examples of one stream."""
+    seed = settings.seed + offset
+    data = grain.MapDataset.source(source(settings.data_dir, stream)).shuffle(seed=seed).repeat()
+    index, count = process
+    return data[index::count].random_map(transform, seed=seed + 1)
+
+
+def stream_iterator(settings: PipelineSettings, stream: str, batch_size: int, tokenizer: Tokenizer,
+                    process: tuple[int, int] | None = None) -> grain.DatasetIterator:
+    """Endless batches of one stream ("text", "image" or "pairs") for this process, as a checkpointable iterator."""
+    process = process or (jax.process_index(), jax.process_count())
+    text = TextTransform(tokenizer, settings.text_max_length, settings.mlm_probability)
+    image = ImageTransform(settings)
+    if stream == "text":
+        examples = _examples(settings, "text", text, 0, process)
+        if settings.length_buckets:
+            window = examples.batch(batch_size * settings.bucket_window, drop_remainder=True,
+                                    batch_fn=_BucketWindow(batch_size, settings.length_buckets, settings.seed))
+            return _Unwindow(_workers(window.to_iter_dataset(), settings)).__iter__()
+        batches = examples.batch(batch_size, drop_remainder=True,
+                                 batch_fn=functools.partial(pad_batch, length=settings.text_max_length))
+    elif stream == "image":
+        batches = _examples(settings, "image", image, 1000, process).batch(batch_size, drop_remainder=True)
+    elif stream == "pairs":
+        text = TextTransform(tokenizer, settings.pair_max_length, settings.mlm_probability)
+        pairs = PairTransform(text, image, source(settings.data_dir, "pair"), settings.itm_negative_probability,
+                              settings.itm_exclude_same_row)
+        batches = _examples(settings, "pair", pairs, 2000, process).batch(
+            batch_size, drop_remainder=True, batch_fn=functools.partial(pad_batch, length=settings.pair_max_length))
+    else:
+        raise ValueError(f"unknown stream {stream!r}; expected one of {sorted(STREAM_KEYS)}")
+    return iter(_workers(batches.to_iter_dataset(), settings))
+
+
+def _workers(dataset: grain.IterDataset, settings: PipelineSettings) -> grain.IterDataset:
+    if settings.workers <= 0:
+        return dataset
+    return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=settings.workers,
+                                                            per_worker_buffer_size=settings.worker_buffer))
+
+
+class _BucketWindow:
+    """batch_fn over a window of examples: sort by length, cut into batches, pad each to the smallest bucket that
+    fits it, and shuffle the batch order (seeded by the window's content, so it is reproducible)."""
+
+    def __init__(self, batch_size: int, buckets: Sequence[int], seed: int) -> None:
+        self.batch_size, self.buckets, self.seed = batch_size, sorted(buckets), seed
+
+    def __call__(self, examples: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        lengths = [len(e["input_ids"]) for e in examples]
+        order = np.argsort(lengths, kind="stable")
+        batches = []
+        for start in range(0, len(order), self.batch_size):
+            chunk = [examples[i] for i in order[start:start + self.batch_size]]
+            longest = max(len(e["input_ids"]) for e in chunk)
+            batches.append(pad_batch(chunk, next((b for b in self.buckets if b >= longest), longest)))
+        key = int(np.asarray(lengths, np.int64).sum() + self.seed)
+        return [batches[i] for i in np.random.default_rng(key).permutation(len(batches))]
+
+
+class _Unwindow(grain.IterDataset):
+    """Flattens windows (lists of batches) into batches; the state is the parent's state at the start of the
+    current window plus the position in it, so a restore re-reads that window and continues mid-way."""
+
+    def __init__(self, parent: grain.IterDataset) -> None:
+        super().__init__(parent)
+
+    def __iter__(self) -> _UnwindowIterator:
+        return _UnwindowIterator(self._parent.__iter__())
+
+
+class _UnwindowIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator) -> None:
+        super().__init__(parent)
+        self._window: list[Any] = []
+        self._position = 0
+        self._window_start = parent.get_state()
+
+    def __next__(self) -> Any:
+        if self._position >= len(self._window):
+            self._window_start = self._parent.get_state()
+            self._window, self._position = next(self._parent), 0
+        self._position += 1
+        return self._window[self._position - 1]
+
+    def get_state(self) -> dict[str, Any]:
+        if self._position >= len(self._window):  # between windows
+            return {"parent": self._parent.get_state(), "position": 0}
+        return {"parent": self._window_start, "position": self._position}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["parent"])
+        self._window, self._position, self._window_start = [], 0, state["parent"]
+        if state["position"]:
+            self._window = next(self._parent)
+            self._position = state["position"]
+
+
+class MultitaskIterator:
+    """Endless dicts {"text": batch, "image": batch, "pairs": batch} (the streams with a batch size), one
+    checkpointable state for all of them."""
+
+    def __init__(self, settings: PipelineSettings, batch_sizes: dict[str, int], tokenizer: Tokenizer | None = None,
+                 process: tuple[int, int] | None = None) -> None:
+        tokenizer = tokenizer or Tokenizer.load(Path(settings.data_dir) / TOKENIZER)
+        self.iterators = {name: stream_iterator(settings, name, size, tokenizer, process)
+                          for name, size in batch_sizes.items() if size > 0}
+
+    def __iter__(self) -> Iterator[dict[str, dict[str, np.ndarray]]]:
+        return self
+
+    def __next__(self) -> dict[str, dict[str, np.ndarray]]:
+        return {name: next(it) for name, it in self.iterators.items()}
+
+    def get_state(self) -> dict[str, Any]:
+        return {name: it.get_state() for name, it in self.iterators.items()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if set(state) != set(self.iterators):
+            raise ValueError(f"iterator state has streams {sorted(state)}, this pipeline {sorted(self.iterators)}")
+        for name, it in self.iterators.items():
+            it.set_state(state[name])

@@ -1,0 +1,403 @@
+"""`python -m flava_jax.data.prepare --config=configs/<name>.py --source=PATH... --out=DIR`
+
+Carves the study's data out of WiT the paper's way (paper_reference.md §4), into ArrayRecord streams:
+
+1. Read the sources in order. Keep rows in the configured language that have a reference caption; set a seeded
+   share aside (by a hash of image URL + page URL) as held-out text for pseudo-perplexity.
+2. Collapse each kept row into up to four text examples: caption, page description, section description, alt
+   text (the attribution is excluded). Rows whose image cannot be had are dropped, as in the reference.
+3. Budgets are nested, deterministic prefixes of these rows: the text stream takes collapsed texts until the word
+   budget is met (within one example), the image stream one image per row until the image budget is met, and the
+   pair stream the (text, image) pairs of rows inside both prefixes, i.e. the smaller budget.
+4. Train a SentencePiece tokenizer on the budgeted text only; write manifest.json.
+
+Work is committed in chunks of source records (shard files `<stream>/<chunk>.arrayrecord` plus progress.json),
+so an interrupted prepare continues from the last committed chunk; the image cache means nothing is fetched twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from absl import app, flags
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from ml_collections import config_flags
+
+from flava_jax.data import records as records_lib
+from flava_jax.data.images import FetchSettings, ImageFetcher, to_jpeg
+from flava_jax.data.tokenizer import Tokenizer
+from flava_jax.data.wit import Skip, WitRow, read_sources
+from flava_jax.progress import ProgressLog
+
+log = logging.getLogger("flava_jax.prepare")
+FORMAT = "flava_jax.prepare/1"
+HELDOUT = "heldout"
+PROGRESS = "progress.json"
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.model"
+_TEXT_FIELDS = ("caption_reference_description", "context_page_description", "context_section_description",
+                "caption_alt_text_description")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareSettings:
+    """What `prepare` does; `from_config` reads these from a config's `data` section."""
+
+    text_words: int  # -1: all the text the sources hold
+    images: int  # -1: all the images
+    seed: int = 0
+    vocab_size: int = 30522
+    language: str = "en"
+    require_caption: bool = True
+    require_image: bool = True
+    heldout_fraction: float = 0.1
+    heldout_max_texts: int = 4000
+    image_size: int = 224
+    image_resize: str = "squash"
+    jpeg_quality: int = 95
+    max_image_pixels: int = 89_478_485
+    chunk_records: int = 20_000
+    fetch_batch: int = 512
+    tokenizer_max_texts: int = 2_000_000
+    image_dirs: tuple[str, ...] = ()
+    cache_dir: str | None = None
+    download: bool = True
+    fetch: FetchSettings = FetchSettings()
+
+    @classmethod
+    def from_config(cls, config: Any) -> PrepareSettings:
+        data = config.data
+        fetch = FetchSettings(**data.fetch.to_dict())
+        names = {f.name for f in dataclasses.fields(cls)} - {"seed", "vocab_size", "fetch", "image_dirs"}
+        values = {name: data[name] for name in names if name in data}
+        return cls(seed=config.seed, vocab_size=config.model.text_config.vocab_size, fetch=fetch,
+                   image_dirs=tuple(data.image_dirs), **values)
+
+    def fingerprint(self, sources: Sequence[str]) -> str:
+        """What a resumed prepare must share with the interrupted one (fetch settings may change)."""
+        fields = dataclasses.asdict(self)
+        for volatile in ("fetch", "cache_dir", "download"):
+            fields.pop(volatile)
+        return hashlib.sha256(json.dumps([fields, list(sources)], sort_keys=True).encode()).hexdigest()
+
+
+def row_texts(row: WitRow) -> list[str]:
+    """The paper's collapsing: caption, page description, section description, alt text, whichever exist."""
+    return [text for text in (getattr(row, f) for f in _TEXT_FIELDS) if text is not None]
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def is_heldout(row: WitRow, seed: int, fraction: float) -> bool:
+    """A fixed share of rows, chosen by a seeded hash of the row's identity (independent of order and budgets)."""
+    digest = hashlib.sha256(f"{seed}\t{row.key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64 < fraction
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_stream(out: str | os.PathLike, stream: str) -> Iterator[bytes]:
+    """Every record of a prepared stream, in shard order."""
+    manifest_or_progress = _load_json(Path(out) / MANIFEST) or _load_json(Path(out) / PROGRESS) or {}
+    for shard in manifest_or_progress.get("shards", {}).get(stream, []):
+        reader = ArrayRecordReader(str(Path(out) / shard["file"]))
+        try:
+            for start in range(0, shard["records"], 1024):
+                yield from reader.read(range(start, min(start + 1024, shard["records"])))
+        finally:
+            reader.close()
+
+
+def _load_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+class _ChunkWriters:
+    """One shard per stream for one chunk, written under a temporary name and renamed on commit."""
+
+    def __init__(self, out: Path, chunk: int) -> None:
+        self.out, self.chunk = out, chunk
+        self.writers: dict[str, ArrayRecordWriter] = {}
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def path(self, stream: str, tmp: bool = False) -> Path:
+        return self.out / stream / f"{self.chunk:05d}.arrayrecord{'.tmp' if tmp else ''}"
+
+    def write(self, stream: str, record: bytes) -> None:
+        if stream not in self.writers:
+            self.path(stream).parent.mkdir(parents=True, exist_ok=True)
+            self.writers[stream] = ArrayRecordWriter(str(self.path(stream, tmp=True)), "group_size:1")
+        self.writers[stream].write(record)
+        self.counts[stream] += 1
+
+    def commit(self) -> dict[str, dict[str, Any]]:
+        shards = {}
+        for stream, writer in self.writers.items():
+            writer.close()
+            self.path(stream, tmp=True).replace(self.path(stream))
+            shards[stream] = {"file": str(self.path(stream).relative_to(self.out)), "records": self.counts[stream],
+                              "sha256": file_sha256(self.path(stream))}
+        return shards
+
+
+def _fresh_progress(fingerprint: str) -> dict[str, Any]:
+    return {"format": FORMAT, "fingerprint": fingerprint, "source_records": 0, "chunk": 0, "train_rows": 0,
+            "kept": {"text": 0, "image": 0, "pair": 0, HELDOUT: 0}, "words": {"text": 0, "pair": 0, HELDOUT: 0},
+            "skipped": {}, "shards": {}, "budget_met": {"text": False, "images": False}, "sources_exhausted": False}
+
+
+def _resume(out: Path, fingerprint: str) -> dict[str, Any]:
+    """progress.json of an interrupted run (after removing its uncommitted shards), or a fresh one."""
+    progress = _load_json(out / PROGRESS)
+    if progress is None:
+        if any(out.glob("*/*.arrayrecord*")):
+            raise SystemExit(f"{out} holds shards but no {PROGRESS}: not a resumable prepare; use a new --out")
+        return _fresh_progress(fingerprint)
+    if progress.get("fingerprint") != fingerprint:
+        raise SystemExit(f"{out} holds a prepare with other settings or sources; use a new --out or delete it")
+    committed = {s["file"] for shards in progress["shards"].values() for s in shards}
+    for path in out.glob("*/*.arrayrecord*"):
+        if str(path.relative_to(out)) not in committed:
+            path.unlink()  # written after the last commit
+    if progress["source_records"]:
+        log.info("resuming after %s source records (chunk %d)", f"{progress['source_records']:,}", progress["chunk"])
+    return progress
+
+
+class _Carver:
+    """Applies the filters and budgets to rows in order, writing the streams of the current chunk."""
+
+    def __init__(self, settings: PrepareSettings, progress: dict[str, Any], fetcher: ImageFetcher) -> None:
+        self.s, self.p, self.fetcher = settings, progress, fetcher
+        self.skipped = collections.Counter(progress["skipped"])
+        self.p["budget_met"]["text"] |= settings.text_words == 0
+        self.p["budget_met"]["images"] |= settings.images == 0
+
+    @property
+    def done(self) -> bool:
+        return self.p["budget_met"]["text"] and self.p["budget_met"]["images"]
+
+    def _classify(self, record: WitRow | Skip) -> tuple[str, list[str]]:
+        """("skip:<reason>" | "heldout" | "train", texts)."""
+        if isinstance(record, Skip):
+            return f"skip:{record.reason}", []
+        if record.language != self.s.language:
+            return f"skip:language not {self.s.language}", []
+        if self.s.require_caption and record.caption_reference_description is None:
+            return "skip:no caption", []
+        texts = row_texts(record)
+        if not texts:
+            return "skip:no text", []
+        if is_heldout(record, self.s.seed, self.s.heldout_fraction):
+            return "heldout", texts
+        return "train", texts
+
+    def _needs_image(self) -> bool:
+        return not self.p["budget_met"]["images"] or (self.s.require_image and not self.p["budget_met"]["text"])
+
+    def process(self, window: list[WitRow | Skip], writers: _ChunkWriters) -> int:
+        """Process a window of records in order; returns how many were consumed (fewer once budgets are met)."""
+        classified = [self._classify(record) for record in window]
+        wanted = [i for i, (kind, _) in enumerate(classified) if kind == "train"] if self._needs_image() else []
+        fetched = dict(zip(wanted, self.fetcher.fetch_many(
+            [window[i].image_url for i in wanted], [window[i].image_bytes for i in wanted],
+            convert=lambda data: to_jpeg(data, self.s.image_size, self.s.image_resize, self.s.jpeg_quality,
+                                         self.s.max_image_pixels)), strict=True))
+        for consumed, (record, (kind, texts)) in enumerate(zip(window, classified, strict=True)):
+            if self.done:
+                return consumed
+            if kind.startswith("skip:"):
+                self.skipped[kind[5:]] += 1
+            elif kind == "heldout":
+                self._heldout(texts, writers)
+            else:
+                self._train(record, texts, fetched.get(consumed), writers)
+        return len(window)
+
+    def _heldout(self, texts: list[str], writers: _ChunkWriters) -> None:
+        for text in texts:
+            if self.p["kept"][HELDOUT] >= self.s.heldout_max_texts:
+                return
+            writers.write(HELDOUT, records_lib.encode(-1, text))
+            self.p["kept"][HELDOUT] += 1
+            self.p["words"][HELDOUT] += word_count(text)
+
+    def _train(self, row: WitRow, texts: list[str], fetched: Any, writers: _ChunkWriters) -> None:
+        image = fetched.data if fetched is not None else None
+        if fetched is not None and image is None:
+            self.skipped[f"image: {fetched.reason}"] += 1
+            return
+        if image is None and self.s.require_image:  # only when no image was wanted: budgets met meanwhile
+            return
+        row_id = self.p["train_rows"]
+        self.p["train_rows"] += 1
+        kept, words, met = self.p["kept"], self.p["words"], self.p["budget_met"]
+        whole_row = not met["text"]
+        for i, text in enumerate(texts):
+            if met["text"]:
+                whole_row = False
+                break
+            writers.write("text", records_lib.encode(row_id, text))
+            kept["text"] += 1
+            words["text"] += word_count(text)
+            met["text"] = _reached(words["text"], self.s.text_words)
+            if met["text"] and i < len(texts) - 1:
+                whole_row = False
+        in_images = not met["images"] and image is not None
+        if in_images:
+            writers.write("image", records_lib.encode(row_id, "", image))
+            kept["image"] += 1
+            met["images"] = _reached(kept["image"], self.s.images)
+        if whole_row and in_images:
+            for text in texts:
+                writers.write("pair", records_lib.encode(row_id, text, image))
+                kept["pair"] += 1
+                words["pair"] += word_count(text)
+
+    def commit(self, writers: _ChunkWriters, consumed: int, out: Path) -> None:
+        for stream, shard in writers.commit().items():
+            self.p["shards"].setdefault(stream, []).append(shard)
+        self.p["source_records"] += consumed
+        self.p["chunk"] = writers.chunk + 1
+        self.p["skipped"] = dict(sorted(self.skipped.items()))
+        _write_json(out / PROGRESS, self.p)
+
+
+def _reached(count: int, budget: int) -> bool:
+    """A budget of -1 means everything the sources hold."""
+    return 0 <= budget <= count
+
+
+def _windows(records: Iterator[WitRow | Skip], size: int) -> Iterator[list[WitRow | Skip]]:
+    while window := list(itertools.islice(records, size)):
+        yield window
+
+
+def prepare(settings: PrepareSettings, sources: Sequence[str], out: str | os.PathLike,
+            fetcher: ImageFetcher | None = None) -> dict[str, Any]:
+    """Build (or finish building) the prepared data in `out`; returns the manifest."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = _resume(out, settings.fingerprint(sources))
+    if _load_json(out / MANIFEST) is not None and progress.get("complete"):
+        log.info("%s is already complete", out)
+        return json.loads((out / MANIFEST).read_text())
+    own_fetcher = fetcher is None
+    if fetcher is None:
+        cache = settings.cache_dir or str(Path("~/.cache/flava_jax/images").expanduser())
+        fetcher = ImageFetcher(cache, settings.image_dirs, settings.fetch, download=settings.download)
+    carver = _Carver(settings, progress, fetcher)
+    records = itertools.islice(read_sources(sources), progress["source_records"], None)
+    meter = ProgressLog("prepare", unit="source records")
+    try:
+        while not carver.done:
+            chunk = list(itertools.islice(records, settings.chunk_records))
+            if not chunk:
+                progress["sources_exhausted"] = True
+                break
+            writers = _ChunkWriters(out, progress["chunk"])
+            consumed = 0
+            for window in _windows(iter(chunk), settings.fetch_batch):
+                consumed += carver.process(window, writers)
+                meter.update(progress["source_records"] + consumed, _budget_line(settings, progress))
+                if carver.done:
+                    break
+            carver.commit(writers, consumed, out)
+    finally:
+        if own_fetcher:
+            fetcher.close()
+    meter.finish(_budget_line(settings, progress))
+    return _finish(settings, list(sources), progress, out)
+
+
+def _budget_line(s: PrepareSettings, p: dict[str, Any]) -> str:
+    return (f"words {p['words']['text']:,}/{s.text_words:,}, images {p['kept']['image']:,}/{s.images:,}, "
+            f"pairs {p['kept']['pair']:,}")
+
+
+def _finish(settings: PrepareSettings, sources: list[str], progress: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Train the tokenizer on the budgeted text and write manifest.json."""
+    for name, budget in (("text", settings.text_words), ("images", settings.images)):
+        if budget > 0 and not progress["budget_met"][name]:
+            log.warning("the sources ran out before the %s budget was met: see manifest.json", name)
+    texts = (records_lib.decode_text(r).replace("\n", " ") for r in read_stream(out, "text"))
+    tokenizer_info = None
+    if progress["kept"]["text"]:
+        tokenizer = Tokenizer.train(itertools.islice(texts, settings.tokenizer_max_texts), settings.vocab_size)
+        tokenizer.save(out / TOKENIZER)
+        tokenizer_info = {"file": TOKENIZER, "sha256": file_sha256(out / TOKENIZER),
+                          "vocab_size": tokenizer.vocab_size}
+    manifest = {
+        "format": FORMAT,
+        "settings": json.loads(json.dumps(dataclasses.asdict(settings))),
+        "sources": sources,
+        "budgets": {"text_words": settings.text_words, "images": settings.images},
+        "budget_met": progress["budget_met"],
+        "sources_exhausted": progress["sources_exhausted"],
+        "source_records": progress["source_records"],
+        "train_rows": progress["train_rows"],
+        "kept": progress["kept"],
+        "words": progress["words"],
+        "images": progress["kept"]["image"],
+        "skipped": progress["skipped"],
+        "shards": progress["shards"],
+        "tokenizer": tokenizer_info,
+        "complete": True,
+    }
+    _write_json(out / MANIFEST, manifest)
+    progress["complete"] = True
+    _write_json(out / PROGRESS, progress)
+    log.info("prepared %s: %s", out, json.dumps({k: manifest[k] for k in ("kept", "words", "skipped")}))
+    return manifest
+
+
+def main() -> None:
+    """The command line; flags are defined here so that importing this module defines none."""
+    config_flag = config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/debug.py.",
+                                                  lock_config=True)
+    source_flag = flags.DEFINE_multi_string("source", None, "WiT source: a file, directory, glob or "
+                                            "tfds:wit/train[@dir]. Repeatable; default: config.data.sources.")
+    out_flag = flags.DEFINE_string("out", None, "Output directory (default: config.data.dir).")
+
+    def run(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        config = config_flag.value
+        if config is None:
+            raise app.UsageError("--config is required")
+        sources = source_flag.value or list(config.data.sources)
+        out = out_flag.value or config.data.dir
+        if not sources or not out:
+            raise app.UsageError("give --source (or config.data.sources) and --out (or config.data.dir)")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        manifest = prepare(PrepareSettings.from_config(config), sources, out)
+        print(json.dumps({k: manifest[k] for k in ("kept", "words", "budget_met", "skipped")}, indent=2))
+
+    app.run(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The download path against a local HTTP server on 127.0.0.1: failures are skipped or retried and counted, the
+run completes, and a re-run fetches nothing twice."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import http.server
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flava_jax.data.images import FetchSettings, ImageFetcher
+from flava_jax.data.prepare import PrepareSettings, prepare
+from flava_jax.data.sample import SAMPLE_DIR
+from flava_jax.data.wit import WIT_COLUMNS
+
+PHOTOS = SAMPLE_DIR / "images"
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A valid PNG signature and IHDR claiming width x height, with almost no pixel data: a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+class _Server:
+    """Serves the photos plus misbehaving URLs, counting requests and recording User-Agents."""
+
+    def __init__(self) -> None:
+        self.hits: collections.Counter[str] = collections.Counter()
+        self.agents: set[str] = set()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                server.hits[self.path] += 1
+                server.agents.add(self.headers.get("User-Agent", ""))
+                name = self.path.rsplit("/", 1)[-1]
+                if self.path.startswith("/photos/"):
+                    self._send(200, (PHOTOS / name).read_bytes())
+                elif self.path.startswith("/flaky/"):  # 500, then the photo
+                    if server.hits[self.path] == 1:
+                        self._send(500, b"")
+                    else:
+                        self._send(200, (PHOTOS / name).read_bytes())
+                elif self.path.startswith("/busy/"):  # 429 with Retry-After, then the photo
+                    if server.hits[self.path] == 1:
+                        self.send_response(429)
+                        self.send_header("Retry-After", "0")
+                        self.end_headers()
+                    else:
+                        self._send(200, (PHOTOS / name).read_bytes())
+                elif self.path == "/slow.jpg":
+                    time.sleep(1.5)
+                    self._send(200, (PHOTOS / "rocket.jpg").read_bytes())
+                elif self.path == "/truncated.jpg":
+                    data = (PHOTOS / "rocket.jpg").read_bytes()
+                    self._send(200, data[: len(data) // 2])
+                elif self.path == "/notimage.jpg":
+                    self._send(200, b"<html><body>Rate limit exceeded</body></html>")
+                elif self.path == "/bomb.png":
+                    self._send(200, _png_header(20000, 20000))
+                else:
+                    self._send(404, b"not found")
+
+            def _send(self, code: int, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    s = _Server()
+    yield s
+    s.close()
+
+
+CASES = {  # path -> the manifest's verdict
+    "/photos/rocket.jpg": "kept", "/photos/coins.png": "kept", "/photos/chelsea.png": "kept",
+    "/flaky/clock_motion.png": "kept", "/busy/rocket.jpg": "kept",
+    "/missing.jpg": "image: http 404", "/slow.jpg": "image: timeout", "/truncated.jpg": "image: corrupt image",
+    "/notimage.jpg": "image: not an image", "/bomb.png": "image: decompression bomb",
+}
+
+
+def _tsv(path: Path, base: str) -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(WIT_COLUMNS)
+        for i, url_path in enumerate(CASES):
+            values = dict.fromkeys(WIT_COLUMNS, "")
+            values.update(language="en", page_url=f"https://en.wikipedia.org/wiki/P{i}", image_url=base + url_path,
+                          caption_reference_description=f"Caption number {i}")
+            writer.writerow([values[c] for c in WIT_COLUMNS])
+    return path
+
+
+def _settings(tmp_path: Path) -> PrepareSettings:
+    return PrepareSettings(text_words=-1, images=-1, vocab_size=64, heldout_fraction=0.0, image_size=32,
+                           cache_dir=str(tmp_path / "cache"),
+                           fetch=FetchSettings(timeout=0.5, retries=2, backoff=0.05, workers=8))
+
+
+def test_download_failures_are_counted_and_the_run_completes(tmp_path: Path, server: _Server) -> None:
+    source = str(_tsv(tmp_path / "rows.tsv", server.url))
+    manifest = prepare(_settings(tmp_path), [source], tmp_path / "out")
+    verdicts = collections.Counter(CASES.values())
+    assert manifest["kept"]["image"] == verdicts["kept"] == manifest["train_rows"]
+    assert manifest["skipped"] == {k: v for k, v in verdicts.items() if k != "kept"}
+    assert manifest["complete"]
+    # Retried where it should be: 500 and 429 once each; the timeout on every attempt; a 404 never.
+    assert server.hits["/flaky/clock_motion.png"] == 2 and server.hits["/busy/rocket.jpg"] == 2
+    assert server.hits["/slow.jpg"] == 3 and server.hits["/missing.jpg"] == 1
+    assert server.agents == {FetchSettings().user_agent}
+
+    # A re-run (another output, same cache) fetches nothing, and comes to the same verdicts.
+    before = dict(server.hits)
+    again = prepare(_settings(tmp_path), [source], tmp_path / "out2")
+    assert dict(server.hits) == before
+    assert again["skipped"] == manifest["skipped"] and again["kept"] == manifest["kept"]
+    assert [s["sha256"] for s in again["shards"]["image"]] == [s["sha256"] for s in manifest["shards"]["image"]]
+
+
+def test_local_folder_and_inline_bytes_need_no_network(tmp_path: Path) -> None:
+    fetcher = ImageFetcher(None, [PHOTOS], download=False)
+    with fetcher:
+        local, inline, missing, remote = fetcher.fetch_many(
+            ["https://upload.wikimedia.org/x/rocket.jpg", "ignored", "nowhere.jpg", "https://example.org/a.jpg"],
+            [None, b"bytes", None, None])
+    assert local.data == (PHOTOS / "rocket.jpg").read_bytes() and local.origin == "local"
+    assert inline.data == b"bytes" and inline.origin == "inline"
+    assert missing.data is None and missing.reason == "image not found locally"
+    assert remote.data is None and remote.reason == "image not found locally"

@@ -1,0 +1,151 @@
+"""The WiT readers on every real file in ../shared/data/wit (and the copies bundled in the package)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from flava_jax.data.sample import SAMPLE_DIR
+from flava_jax.data.wit import KAGGLE_COLUMNS, WIT_COLUMNS, Skip, WitRow, read_source, read_tfds
+
+TSV_FILES = {  # file below shared/data/wit -> number of data rows a reader must yield
+    "tfds_dummy_data/wit/train-00000-of-00009.tsv": 3,
+    "tfds_dummy_data/wit/test-00000-of-00005.tsv": 0,  # its only row has an unclosed quote
+    "hf_datasets_wit_dummy/2a3cd16e/wit_v1.train.all-00000-of-00010.tsv.gz": 2,  # plain text despite .gz
+    "tfds_dummy_data/wit_kaggle/train/ZIP.unzipped_train/train-00000-of-00005.tsv": 2,
+}
+JSON_FILES = {  # file -> rows (one per wit_features entry)
+    "hf_datasets_wit_dummy/5923719/part-00000-48a6f07e-bb86-4735-aac7-883349f41a28-c000.json.gz": 14,  # gzip
+    "hf_datasets_wit_dummy/f47dd42/part-00000-48a6f07e-bb86-4735-aac7-883349f41a28-c000.json.gz": 10,  # plain
+}
+
+
+def _raw(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+def _expected_value(column: str, raw: str | None):
+    """The reader's contract, written independently: "" is None, booleans and integers are typed."""
+    if raw is None or raw.strip() == "":
+        return None
+    if column in ("original_height", "original_width"):
+        return int(raw)
+    if column in ("is_main_image", "attribution_passes_lang_id", "page_changed_recently"):
+        return {"true": True, "false": False}[raw]
+    return raw
+
+
+@pytest.mark.parametrize("name", list(TSV_FILES))
+def test_every_tsv_row_matches_the_file(shared_data: Path, name: str) -> None:
+    path = shared_data / "wit" / name
+    records = list(read_source(str(path)))
+    rows = [r for r in records if isinstance(r, WitRow)]
+    assert len(rows) == TSV_FILES[name]
+    csv.field_size_limit(sys.maxsize)
+    with open(path, encoding="utf-8", newline="") as f:
+        raw_rows = [r for r in csv.DictReader(f, delimiter="\t") if None not in r.values()]
+    assert len(raw_rows) == len(rows)
+    columns = KAGGLE_COLUMNS if "kaggle" in name else WIT_COLUMNS
+    for row, raw in zip(rows, raw_rows, strict=True):
+        for column in columns:
+            assert getattr(row, column) == _expected_value(column, raw[column]), (row.where, column)
+
+
+def test_multiline_fields_booleans_and_gz_names(shared_data: Path) -> None:
+    wit = shared_data / "wit"
+    es, de, ru = [r for r in read_source(str(wit / "tfds_dummy_data/wit/train-00000-of-00009.tsv"))]
+    assert es.context_page_description.startswith("La hoz y el martillo es un símbolo")
+    assert "\nEl símbolo ―llamado серп и молот, serp i molot en idioma ruso― es conocido" in (
+        es.context_page_description)
+    assert es.context_section_description is None and es.caption_reference_description is None
+    assert es.caption_attribution_description == "Galego: Logo do Movemento Galego ao Socialismo"
+    # "false" is False: TFDS's builder turns every non-empty string into True.
+    assert (es.is_main_image, es.attribution_passes_lang_id, es.page_changed_recently) == (False, False, True)
+    assert de.is_main_image is True and (es.original_height, es.original_width) == (107, 272)
+    assert es.where.endswith("train-00000-of-00009.tsv:2") and de.where.endswith(":4")  # es spans lines 2-3
+    fr, nl = read_source(str(wit / "hf_datasets_wit_dummy/2a3cd16e/wit_v1.train.all-00000-of-00010.tsv.gz"))
+    assert fr.caption_reference_description == "Daryl Clark, lauréat en 2014."
+    assert fr.context_page_description.count("\n") == 1 and fr.context_section_description.count("\n") == 1
+    assert nl.language == "nl" and nl.page_title == "Perigrapha (vlinder)"
+    tg, en = read_source(str(wit / "tfds_dummy_data/wit_kaggle/train/ZIP.unzipped_train/train-00000-of-00005.tsv"))
+    assert en.caption_title_and_reference_description == "Deer Park, Wisconsin [SEP] Downtown Deer Park"
+    assert en.caption_reference_description == "Downtown Deer Park"
+
+
+def test_unclosed_quote_is_a_reported_skip(shared_data: Path) -> None:
+    (record,) = read_source(str(shared_data / "wit" / "tfds_dummy_data/wit/test-00000-of-00005.tsv"))
+    assert isinstance(record, Skip)
+    assert record.reason == "malformed TSV row" and "16 fields, expected 17" in record.detail
+    assert record.where.endswith("test-00000-of-00005.tsv:2")
+
+
+@pytest.mark.parametrize("name", list(JSON_FILES))
+def test_every_json_row_matches_the_file(shared_data: Path, name: str) -> None:
+    path = shared_data / "wit" / name
+    rows = list(read_source(str(path)))
+    assert len(rows) == JSON_FILES[name] and all(isinstance(r, WitRow) for r in rows)
+    expected = []
+    for line in _raw(path).decode().splitlines():
+        record = json.loads(line)
+        features = record["wit_features"]
+        if isinstance(features, dict):  # dict of lists
+            features = [dict(zip(features, values, strict=True)) for values in zip(*features.values(), strict=True)]
+        for entry in features:
+            expected.append((record, entry))
+    images = {p.name: p.read_bytes() for p in (shared_data / "wit" / "images").iterdir()}
+    for row, (record, entry) in zip(rows, expected, strict=True):
+        for column in ("language", "page_url", "page_title", "section_title", "caption_reference_description",
+                       "context_page_description", "context_section_description", "is_main_image"):
+            raw = entry.get(column)
+            assert getattr(row, column) == _expected_value(column, raw), (row.where, column)
+        assert row.image_url == record["image_url"]
+        attribution = record.get("caption_attribution_description")
+        assert row.caption_attribution_description == _expected_value("", attribution)
+        assert row.image_bytes == base64.b64decode(record["b64_bytes"])
+        assert row.image_bytes in images.values()  # the decoded images shared/data/wit/images holds
+
+
+def test_bundled_sample_copies_read_the_same(shared_data: Path) -> None:
+    for bundled, original in (("wit_with_images_lord_warden.jsonl.gz", list(JSON_FILES)[0]),
+                              ("wit_with_images_teucrium.jsonl", list(JSON_FILES)[1])):
+        ours = [dict(vars(r), where="") for r in read_source(str(SAMPLE_DIR / "wit" / bundled))]
+        theirs = [dict(vars(r), where="") for r in read_source(str(shared_data / "wit" / original))]
+        assert ours == theirs
+
+
+def test_bad_records_are_skips_not_crashes(tmp_path: Path) -> None:
+    good = {"image_url": "u", "b64_bytes": base64.b64encode(b"x").decode(), "wit_features": [{"language": "en"}]}
+    lines = [json.dumps(good), "{not json", json.dumps([1, 2]), json.dumps({**good, "b64_bytes": "!!"}),
+             json.dumps({**good, "wit_features": {"language": ["en", "de"], "page_url": ["a"]}}),
+             json.dumps({**good, "wit_features": [{"language": "en", "is_main_image": "maybe"}]})]
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    records = list(read_source(str(tmp_path / "bad.jsonl")))
+    assert [type(r).__name__ for r in records] == ["WitRow", "Skip", "Skip", "Skip", "Skip", "Skip"]
+    assert [r.reason for r in records[1:]] == ["bad JSON record"] * 4 + ["bad value"]
+    (tmp_path / "bad.tsv").write_text("\t".join(WIT_COLUMNS) + "\n" + "\t".join(["en"] * 10 + ["tall"] + [""] * 6)
+                                      + "\n")
+    (skip,) = read_source(str(tmp_path / "bad.tsv"))
+    assert skip.reason == "bad value" and "original_height='tall'" in skip.detail
+    (tmp_path / "other.tsv").write_text("a\tb\n1\t2\n")
+    assert [r.reason for r in read_source(str(tmp_path / "other.tsv"))] == ["unknown TSV header"]
+    (tmp_path / "binary.tsv").write_bytes(b"\xff\xfe\x00garbage")
+    assert [r.reason for r in read_source(str(tmp_path / "binary.tsv"))] == ["unreadable file"]
+
+
+def test_tfds_source_drops_its_broken_booleans() -> None:
+    """What tfds.data_source('wit') returns: bytes for text, "" for missing, booleans parsed as bool(str)."""
+    item = {column: b"" for column in WIT_COLUMNS}
+    item.update(language=b"en", image_url=b"https://x/y.jpg", caption_reference_description=b"Caption",
+                original_height=10, original_width=20, is_main_image=True, page_changed_recently=True)
+    (row,) = read_tfds([item], "tfds:wit/train")
+    assert row.language == "en" and row.caption_reference_description == "Caption"
+    assert row.page_title is None and (row.original_height, row.original_width) == (10, 20)
+    assert row.is_main_image is None and row.page_changed_recently is None
+    assert row.where == "tfds:wit/train#0"
