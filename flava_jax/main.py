@@ -64,7 +64,8 @@ def sample_forward(config: ConfigDict, workdir: Path, batch_size: int = 4) -> di
     n_params = sum(x.size for x in jax.tree.leaves(params))
     logging.info("initialised %s parameters in %.1f s", f"{n_params:,}", time.perf_counter() - start)
 
-    forward = jax.jit(lambda p, batch: model.apply({"params": p}, **model_inputs(batch)))
+    sizes = (model_cfg.image_config.image_size, model_cfg.codebook_image_size)
+    forward = jax.jit(lambda p, batch: model.apply({"params": p}, **model_inputs(batch, *sizes)))
     results: dict[str, Any] = {"parameters": int(n_params), "data": str(data_dir)}
     for name, batch in batches.items():
         out = forward(params, batch)

@@ -30,7 +30,8 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
 
 
 def test_main_runs_the_debug_config_on_the_bundled_sample(tmp_path: Path) -> None:
-    """README's first command, minus the install: every objective gets a finite loss on the sample."""
+    """README's first command, minus the install: the sample is prepared into WORKDIR/data and every objective
+    gets a finite loss on a pipeline batch."""
     result = subprocess.run([sys.executable, "-m", "flava_jax.main", "--config=configs/debug.py",
                              f"--workdir={tmp_path}", "--config.compilation_cache_dir="], cwd=REPO,
                             capture_output=True, text=True, timeout=900)
@@ -42,7 +43,8 @@ def test_main_runs_the_debug_config_on_the_bundled_sample(tmp_path: Path) -> Non
     assert set(out["image"]["losses"]) == {"mim"}
     assert set(out["pairs"]["losses"]) == {"itm", "global_contrastive", "mmm_image", "mmm_text"}
     assert all(0 < v < 20 for batch in ("text", "image", "pairs") for v in out[batch]["losses"].values())
-    assert (tmp_path / "tokenizer.model").is_file()
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["complete"] and (tmp_path / "data" / "tokenizer.model").is_file()
 
 
 def test_bad_config_value_names_the_key(tmp_path: Path) -> None:

@@ -61,8 +61,9 @@ class BlockMasking:
         self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
         self.exact, self.max_rounds = exact, max_rounds
 
-    def _add_block(self, mask: np.ndarray, budget: int, rng: random.Random) -> Block | None:
-        """One round: up to 10 attempts at a block adding between 1 and `budget` new patches."""
+    def _add_block(self, rows: list[int], budget: int, rng: random.Random) -> Block | None:
+        """One round: up to 10 attempts at a block adding between 1 and `budget` new patches. `rows` holds the
+        mask as one bit per column per row (cheaper than numpy on a 14x14 grid)."""
         for _ in range(10):
             area = rng.uniform(self.min_block, budget)  # as the reference: b < a is allowed
             aspect = math.exp(rng.uniform(*self.log_aspect))
@@ -70,15 +71,17 @@ class BlockMasking:
             if height < self.grid and width < self.grid:
                 top = rng.randint(0, self.grid - height)
                 left = rng.randint(0, self.grid - width)
-                region = mask[top:top + height, left:left + width]
-                if 0 < int((~region).sum()) <= budget:
-                    region[:] = True
+                bits = ((1 << width) - 1) << left
+                new = sum((bits & ~rows[r]).bit_count() for r in range(top, top + height))
+                if 0 < new <= budget:
+                    for r in range(top, top + height):
+                        rows[r] |= bits
                     return Block(top, left, height, width, area, aspect, budget)
         return None
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, list[Block]]:
         """A (grid * grid,) boolean mask, row-major like the patch sequence, and the blocks that made it."""
-        mask = np.zeros((self.grid, self.grid), bool)
+        rows = [0] * self.grid
         blocks: list[Block] = []
         count = 0
         # Scalar draws from Python's generator (seeded from `rng`) are ~20x cheaper than numpy's one by one.
@@ -86,13 +89,15 @@ class BlockMasking:
         for _ in range(self.max_rounds):
             if count >= self.num_masked:
                 break
-            block = self._add_block(mask, min(self.num_masked - count, self.max_block), scalar_rng)
+            block = self._add_block(rows, min(self.num_masked - count, self.max_block), scalar_rng)
             if block is not None:
                 blocks.append(block)
-                count = int(mask.sum())
+                count = sum(row.bit_count() for row in rows)
             elif not self.exact:
                 break
-        return mask.reshape(-1), blocks
+        columns = np.arange(self.grid)
+        mask = (np.asarray(rows, np.int64)[:, None] >> columns) & 1
+        return mask.reshape(-1).astype(bool), blocks
 
     def __call__(self, rng: np.random.Generator) -> np.ndarray:
         return self.sample(rng)[0]

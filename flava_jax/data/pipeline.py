@@ -5,10 +5,13 @@ repeat -> this process's shard -> per-example transform with its own RNG (decode
 block masking, ITM negatives) -> batch -> worker processes. Every random choice derives from the seed and the
 example's position, so a restored iterator continues exactly, whatever the number of workers.
 
-Images leave the pipeline as uint8, 4x less to move than f32; `transforms.model_inputs` finishes them on the
-device. Text-only batches are padded to `text_max_length` (the reference pads to 512) unless `length_buckets`
-is set: then windows of batches are sorted by length and each batch is padded to the smallest bucket that fits,
-which changes no example's outputs (the attention mask hides the padding) but removes most of the padding work.
+Images leave the pipeline as the stored uint8 pixels: the host only decodes JPEGs, and
+`transforms.model_inputs` makes the encoder's and the codebook's inputs on the device, bit-identical to
+FlavaImageProcessor (resizes included), from 4x fewer bytes than f32.
+
+Text-only batches are padded to `text_max_length` (the reference pads to 512) unless `length_buckets` is set: then
+windows of batches are sorted by length and each batch is padded to the smallest bucket that fits, which changes
+no example's outputs (the attention mask hides the padding) but removes most of the padding work.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import grain
 import jax
 import numpy as np
+from absl import flags
 from PIL import Image
 
 from flava_jax.data import masking, records
@@ -40,8 +44,7 @@ class PipelineSettings:
 
     data_dir: str
     seed: int
-    image_size: int = 224
-    grid_size: int = 14
+    grid_size: int = 14  # patches per side of the model's image: the block masks' grid
     text_max_length: int = 512
     pair_max_length: int = 77
     mlm_probability: float = 0.4
@@ -55,18 +58,16 @@ class PipelineSettings:
     bucket_window: int = 16  # batches sorted by length together
     workers: int = 0  # worker processes per stream; 0 runs the transforms in the calling process
     worker_buffer: int = 2
-
-    @property
-    def codebook_size(self) -> int:
-        return 8 * self.grid_size
+    read_threads: int = 16  # threads per process reading and transforming examples ahead
+    read_buffer: int = 500  # examples read ahead per process
 
     @classmethod
     def from_config(cls, config: Any, data_dir: str | None = None) -> PipelineSettings:
         data, image = config.data, config.model.image_config
-        names = {f.name for f in dataclasses.fields(cls)} - {"data_dir", "seed", "image_size", "grid_size"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"data_dir", "seed", "grid_size"}
         values = {n: data[n] for n in names if n in data}
         values["length_buckets"] = tuple(values.get("length_buckets", ()))
-        return cls(data_dir=data_dir or data.dir, seed=config.seed, image_size=image["image_size"],
+        return cls(data_dir=data_dir or data.dir, seed=config.seed,
                    grid_size=image["image_size"] // image["patch_size"], **values)
 
 
@@ -105,21 +106,16 @@ class TextTransform(grain.transforms.RandomMap):
 
 
 class ImageTransform(grain.transforms.RandomMap):
-    """record -> uint8 pixels (bicubic to image_size), uint8 codebook pixels (LANCZOS), a block mask."""
+    """record -> the stored image's uint8 pixels (H, W, 3) and a block mask over the model's patch grid."""
 
     def __init__(self, settings: PipelineSettings) -> None:
-        self.size, self.codebook_size = settings.image_size, settings.codebook_size
         self.blocks = masking.BlockMasking(settings.grid_size, settings.mask_patches, settings.mask_min_block,
                                            settings.mask_min_aspect, exact=settings.mask_exact_count)
 
     def encode(self, jpeg: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
         image = Image.open(io.BytesIO(jpeg))
         image = image.convert("RGB") if image.mode != "RGB" else image
-        pixels = image if image.size == (self.size, self.size) else image.resize(
-            (self.size, self.size), Image.Resampling.BICUBIC)
-        codebook = image.resize((self.codebook_size, self.codebook_size), Image.Resampling.LANCZOS)
-        return {"pixels": np.asarray(pixels), "codebook_pixels": np.asarray(codebook),
-                "bool_masked_pos": self.blocks(rng)}
+        return {"pixels": np.asarray(image), "bool_masked_pos": self.blocks(rng)}
 
     def random_map(self, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return self.encode(records.decode(record).image, rng)
@@ -134,19 +130,20 @@ class PairTransform(grain.transforms.RandomMap):
         self.negative_probability, self.exclude_same_row, self.max_draws = (negative_probability, exclude_same_row,
                                                                             max_draws)
 
-    def negative(self, example: records.Example, rng: np.random.Generator) -> str | None:
-        """A text drawn uniformly from the whole pair set that differs from the positive (None if none found)."""
+    def negative(self, example: records.Example, rng: np.random.Generator) -> records.Example | None:
+        """An example drawn uniformly from the whole pair set whose text differs from the positive's (None when
+        `max_draws` draws find none, e.g. a pair set of one text)."""
         for _ in range(self.max_draws):
             other = records.decode(self.source[int(rng.integers(len(self.source)))])
             if other.text != example.text and not (self.exclude_same_row and other.row == example.row):
-                return other.text
+                return other
         return None
 
     def random_map(self, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
         example = records.decode(record)
         text, label = example.text, 1
         if rng.random() < self.negative_probability and (negative := self.negative(example, rng)) is not None:
-            text, label = negative, 0
+            text, label = negative.text, 0
         return {**self.text.encode(text, rng), **self.image.encode(example.image, rng),
                 "itm_labels": np.int32(label)}
 
@@ -176,36 +173,48 @@ def _examples(settings: PipelineSettings, stream: str, transform: grain.transfor
     return data[index::count].random_map(transform, seed=seed + 1)
 
 
-def stream_iterator(settings: PipelineSettings, stream: str, batch_size: int, tokenizer: Tokenizer,
-                    process: tuple[int, int] | None = None) -> grain.DatasetIterator:
-    """Endless batches of one stream ("text", "image" or "pairs") for this process, as a checkpointable iterator."""
+def stream_dataset(settings: PipelineSettings, stream: str, batch_size: int, tokenizer: Tokenizer,
+                   process: tuple[int, int] | None = None) -> grain.MapDataset:
+    """The batched MapDataset of one stream ("text", "image" or "pairs") for this process: random access, endless.
+    With length buckets, text elements are windows (lists) of `bucket_window` batches."""
     process = process or (jax.process_index(), jax.process_count())
     text = TextTransform(tokenizer, settings.text_max_length, settings.mlm_probability)
     image = ImageTransform(settings)
     if stream == "text":
         examples = _examples(settings, "text", text, 0, process)
         if settings.length_buckets:
-            window = examples.batch(batch_size * settings.bucket_window, drop_remainder=True,
-                                    batch_fn=_BucketWindow(batch_size, settings.length_buckets, settings.seed))
-            return _Unwindow(_workers(window.to_iter_dataset(), settings)).__iter__()
-        batches = examples.batch(batch_size, drop_remainder=True,
-                                 batch_fn=functools.partial(pad_batch, length=settings.text_max_length))
-    elif stream == "image":
-        batches = _examples(settings, "image", image, 1000, process).batch(batch_size, drop_remainder=True)
-    elif stream == "pairs":
+            return examples.batch(batch_size * settings.bucket_window, drop_remainder=True,
+                                  batch_fn=_BucketWindow(batch_size, settings.length_buckets, settings.seed))
+        return examples.batch(batch_size, drop_remainder=True,
+                              batch_fn=functools.partial(pad_batch, length=settings.text_max_length))
+    if stream == "image":
+        return _examples(settings, "image", image, 1000, process).batch(batch_size, drop_remainder=True)
+    if stream == "pairs":
         text = TextTransform(tokenizer, settings.pair_max_length, settings.mlm_probability)
         pairs = PairTransform(text, image, source(settings.data_dir, "pair"), settings.itm_negative_probability,
                               settings.itm_exclude_same_row)
-        batches = _examples(settings, "pair", pairs, 2000, process).batch(
+        return _examples(settings, "pair", pairs, 2000, process).batch(
             batch_size, drop_remainder=True, batch_fn=functools.partial(pad_batch, length=settings.pair_max_length))
-    else:
-        raise ValueError(f"unknown stream {stream!r}; expected one of {sorted(STREAM_KEYS)}")
-    return iter(_workers(batches.to_iter_dataset(), settings))
+    raise ValueError(f"unknown stream {stream!r}; expected one of {sorted(STREAM_KEYS)}")
 
 
-def _workers(dataset: grain.IterDataset, settings: PipelineSettings) -> grain.IterDataset:
+def stream_iterator(settings: PipelineSettings, stream: str, batch_size: int, tokenizer: Tokenizer,
+                    process: tuple[int, int] | None = None) -> grain.DatasetIterator:
+    """Endless batches of one stream for this process, read ahead, as a checkpointable iterator."""
+    dataset = _workers(stream_dataset(settings, stream, batch_size, tokenizer, process), settings)
+    if stream == "text" and settings.length_buckets:
+        dataset = _Unwindow(dataset)
+    return iter(dataset)
+
+
+def _workers(dataset: grain.MapDataset, settings: PipelineSettings) -> grain.IterDataset:
+    """The iterable dataset, read ahead by threads and, with `workers`, by worker processes."""
+    dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=settings.read_threads,
+                                                        prefetch_buffer_size=settings.read_buffer))
     if settings.workers <= 0:
         return dataset
+    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app nobody parsed them
+        flags.FLAGS.mark_as_parsed()
     return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=settings.workers,
                                                             per_worker_buffer_size=settings.worker_buffer))
 

@@ -122,5 +122,6 @@ class Tokenizer:
         pad, unk, cls, sep, mask = SPECIAL_TOKENS
         fast = PreTrainedTokenizerFast(tokenizer_object=self.to_hf(), pad_token=pad, unk_token=unk, cls_token=cls,
                                        sep_token=sep, mask_token=mask, model_max_length=model_max_length,
-                                       clean_up_tokenization_spaces=False)
+                                       clean_up_tokenization_spaces=False,
+                                       model_input_names=["input_ids", "token_type_ids", "attention_mask"])
         fast.save_pretrained(str(out))

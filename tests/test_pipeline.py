@@ -1,0 +1,125 @@
+"""Grain pipelines on the bundled sample: exact resume, the reference's transforms, sharding, length bucketing."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flava_jax.data import records
+from flava_jax.data.pipeline import MultitaskIterator, PipelineSettings, source, stream_iterator
+from flava_jax.data.prepare import PrepareSettings, prepare, read_stream
+from flava_jax.data.sample import SAMPLE_DIR
+from flava_jax.data.tokenizer import PAD_ID, Tokenizer
+from flava_jax.data.transforms import model_inputs
+
+BATCHES = {"text": 3, "image": 2, "pairs": 4}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sample")
+    prepare(PrepareSettings(text_words=-1, images=-1, vocab_size=256, heldout_fraction=0.0, image_size=224,
+                            image_dirs=(str(SAMPLE_DIR / "images"),), download=False), [str(SAMPLE_DIR / "wit")], out)
+    return out
+
+
+def _settings(data: Path, **changes: Any) -> PipelineSettings:
+    base = PipelineSettings(data_dir=str(data), seed=3, text_max_length=48, pair_max_length=24,
+                            itm_negative_probability=0.3, read_buffer=16)
+    return dataclasses.replace(base, **changes)
+
+
+def _equal(a: dict[str, dict[str, np.ndarray]], b: dict[str, dict[str, np.ndarray]]) -> bool:
+    return a.keys() == b.keys() and all(
+        a[s].keys() == b[s].keys() and all(np.array_equal(a[s][k], b[s][k]) for k in a[s]) for s in a)
+
+
+@pytest.mark.parametrize("changes, streams", [
+    (dict(), BATCHES),
+    (dict(workers=2), {"pairs": 4}),  # worker processes: one stream keeps the test short
+    (dict(length_buckets=(16, 32, 48), bucket_window=3), BATCHES),
+])
+def test_restored_iterator_yields_the_same_next_batches(data: Path, changes: dict[str, Any],
+                                                       streams: dict[str, int]) -> None:
+    settings = _settings(data, **changes)
+    running = MultitaskIterator(settings, streams)
+    for _ in range(4):  # mid-way through an epoch of the sample and, with buckets, through a window
+        next(running)
+    state = running.get_state()
+    expected = [next(running) for _ in range(5)]
+    restored = MultitaskIterator(settings, streams)
+    restored.set_state(state)
+    assert all(_equal(a, b) for a, b in zip(expected, [next(restored) for _ in range(5)], strict=True))
+    fresh = MultitaskIterator(settings, streams)
+    assert not _equal(expected[0], next(fresh))  # the restored one really skipped ahead
+
+
+def test_batches_hold_the_reference_transforms(data: Path) -> None:
+    """Pixels equal transformers' FlavaImageProcessor on the stored image; text ids are the tokenizer's."""
+    processor = pytest.importorskip("transformers").FlavaImageProcessor()
+    settings = _settings(data, itm_negative_probability=0.0)
+    iterator = stream_iterator(settings, "pairs", 4, Tokenizer.load(data / "tokenizer.model"), process=(0, 1))
+    batch = next(iterator)
+    inputs = {k: np.asarray(v) for k, v in model_inputs(batch, 224, 112).items()}
+    stored = {records.decode(r).text: records.decode(r) for r in read_stream(data, "pair")}
+    tokenizer = Tokenizer.load(data / "tokenizer.model")
+    for i in range(4):
+        ids = batch["input_ids"][i]
+        text = next(t for t in stored if tokenizer.encode(t, 24) == list(ids[ids != PAD_ID]))
+        reference = processor(Image.open(io.BytesIO(stored[text].image)), return_codebook_pixels=True,
+                              return_tensors="np")
+        np.testing.assert_allclose(inputs["pixel_values"][i], reference["pixel_values"][0], atol=1e-6)
+        np.testing.assert_allclose(inputs["codebook_pixel_values"][i], reference["codebook_pixel_values"][0],
+                                   atol=1e-6)
+        labels, masked = batch["mlm_labels"][i], batch["input_ids_masked"][i]
+        assert (labels[labels != -100] == ids[labels != -100]).all() and (masked[labels == -100] ==
+                                                                           ids[labels == -100]).all()
+        assert batch["attention_mask"][i].sum() == (ids != PAD_ID).sum()
+        assert batch["bool_masked_pos"][i].sum() == 75
+    assert (batch["itm_labels"] == 1).all()
+
+
+def test_processes_read_disjoint_shards(data: Path) -> None:
+    tokenizer = Tokenizer.load(data / "tokenizer.model")
+    settings = _settings(data)
+    epoch = len(source(data, "text"))  # 12 texts: 6 per process
+
+    def texts(process: int) -> list[str]:
+        iterator = stream_iterator(settings, "text", 1, tokenizer, process=(process, 2))
+        return [tokenizer.decode(next(iterator)["input_ids"][0]) for _ in range(epoch // 2)]
+
+    first, second = texts(0), texts(1)
+    everything = sorted(tokenizer.decode(tokenizer.encode(records.decode_text(r), 48))
+                        for r in read_stream(data, "text"))
+    assert sorted(first + second) == everything
+
+
+def test_length_buckets_keep_every_example_and_cut_padding(data: Path) -> None:
+    tokenizer = Tokenizer.load(data / "tokenizer.model")
+    plain = stream_iterator(_settings(data), "text", 2, tokenizer, process=(0, 1))
+    bucketed = stream_iterator(_settings(data, length_buckets=(8, 16, 32, 48), bucket_window=3), "text", 2,
+                               tokenizer, process=(0, 1))
+
+    def rows(batch: dict[str, np.ndarray]) -> list[tuple[int, ...]]:
+        return [tuple(int(x) for x in row[mask == 1]) for row, mask in zip(
+            batch["input_ids_masked"], batch["attention_mask"], strict=True)]
+
+    plain_tokens = bucketed_tokens = 0
+    for _ in range(4):  # windows of 3 batches
+        expected, got = [], []
+        for _ in range(3):
+            a, b = next(plain), next(bucketed)
+            expected += rows(a)
+            got += rows(b)
+            plain_tokens += a["input_ids"].size
+            bucketed_tokens += b["input_ids"].size
+            assert b["input_ids"].shape[1] in (8, 16, 32, 48)
+            assert b["input_ids"].shape[1] < 16 or (b["attention_mask"].sum(1) > b["input_ids"].shape[1] // 2).any()
+        assert sorted(expected) == sorted(got)  # the same masked examples, regrouped
+    assert bucketed_tokens < plain_tokens
