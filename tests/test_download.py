@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flava_jax.data.images import FetchSettings, ImageFetcher
@@ -154,3 +155,28 @@ def test_local_folder_and_inline_bytes_need_no_network(tmp_path: Path) -> None:
     assert inline.data == b"bytes" and inline.origin == "inline"
     assert missing.data is None and missing.reason == "image not found locally"
     assert remote.data is None and remote.reason == "image not found locally"
+
+
+def test_stored_images_squash_or_keep_the_aspect_ratio() -> None:
+    """squash (the reference): 640x427 -> 224x224 bicubic, aspect ratio lost; crop: the centre square kept."""
+    import io
+
+    from PIL import Image
+
+    from flava_jax.data.images import to_jpeg
+
+    data = (PHOTOS / "rocket.jpg").read_bytes()
+    original = Image.open(io.BytesIO(data)).convert("RGB")
+    squashed = Image.open(io.BytesIO(to_jpeg(data, 224, "squash")))
+    cropped = Image.open(io.BytesIO(to_jpeg(data, 224, "crop")))
+    assert squashed.size == cropped.size == (224, 224) and squashed.format == "JPEG"
+    reference_squash = np.asarray(original.resize((224, 224), Image.Resampling.BICUBIC), np.float32)
+    width = round(640 * 224 / 427)
+    reference_crop = np.asarray(original.resize((width, 224), Image.Resampling.BICUBIC).crop(
+        ((width - 224) // 2, 0, (width - 224) // 2 + 224, 224)), np.float32)
+    # JPEG at quality 95 stays within a few levels of what it encodes, far from the other mode's result.
+    assert np.abs(np.asarray(squashed, np.float32) - reference_squash).mean() < 3
+    assert np.abs(np.asarray(cropped, np.float32) - reference_crop).mean() < 3
+    assert np.abs(np.asarray(cropped, np.float32) - reference_squash).mean() > 10
+    gray = to_jpeg((PHOTOS / "coins.png").read_bytes(), 32)
+    assert Image.open(io.BytesIO(gray)).mode == "RGB"
