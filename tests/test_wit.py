@@ -149,3 +149,18 @@ def test_tfds_source_drops_its_broken_booleans() -> None:
     assert row.page_title is None and (row.original_height, row.original_width) == (10, 20)
     assert row.is_main_image is None and row.page_changed_recently is None
     assert row.where == "tfds:wit/train#0"
+
+
+def test_tfds_spec_goes_through_tfds_data_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    tfds = pytest.importorskip("tensorflow_datasets")
+    calls = []
+
+    def data_source(name: str, split: str, data_dir: str | None) -> list[dict]:
+        calls.append((name, split, data_dir))
+        return [{"language": b"en", "image_url": b"u", "page_url": b"p", "caption_reference_description": b"c"}]
+
+    monkeypatch.setattr(tfds, "data_source", data_source)
+    (row,) = read_source("tfds:wit/val@/data/tfds")
+    assert calls == [("wit", "val", "/data/tfds")] and row.caption_reference_description == "c"
+    list(read_source("tfds:"))
+    assert calls[-1] == ("wit", "train", None)
