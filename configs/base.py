@@ -30,6 +30,7 @@ def data_config() -> ConfigDict:
         require_image=True,  # rows whose image cannot be had are dropped, text budget included (reference)
         heldout_fraction=0.1,  # the reference's 90/10 split, here seeded
         heldout_max_texts=4000,  # enough for pseudo-perplexity (the reference scores 2000 phrases)
+        heldout_max_images=1000,  # held-out images (and their pairs) for the validation losses
         # --- stored images
         image_size=224,
         image_resize="squash",  # the reference squashes to 224x224; "crop" keeps the aspect ratio
@@ -57,13 +58,74 @@ def data_config() -> ConfigDict:
     ))
 
 
+def train_config() -> ConfigDict:
+    """Batches, sampling and the step (paper_reference.md §3.1-3.2)."""
+    return ConfigDict(dict(
+        batch_size=4096,  # examples per optimizer step, all streams together
+        micro_batch_size=64,  # examples per micro-step (the reference: 32 per GPU x 2 GPUs); accumulation fills up
+        sampling_temperature=config_dict.placeholder(float),  # None: the reference's rule (1 if text >= images else 0)
+        text_percent=config_dict.placeholder(float),  # None: from data.text_words (1% of WiT ~ 10M words)
+        image_percent=config_dict.placeholder(float),  # None: from data.images (1% ~ 40K images)
+    ))
+
+
+def optim_config() -> ConfigDict:
+    """AdamW and its policy as data: learning-rate groups by parameter path, frozen and undecayed parameters."""
+    return ConfigDict(dict(
+        lr_groups=[("flava/text_model/.*", 7.5e-4), (".*", 1e-3)],  # first match wins
+        frozen=["image_codebook/.*"],
+        no_decay=[],  # a fix: e.g. [".*/bias", ".*(LayerNorm|layernorm).*", ".*embedding.*", ".*logit_scale"]
+        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1,
+        warmup_steps=10_000, decay_steps=450_000,  # linear warmup, then cosine to 0 at decay_steps
+        grad_clip_norm=1.0,
+    ))
+
+
+def sharding_config() -> ConfigDict:
+    """The device mesh (-1: the devices left) and parameter sharding rules (regex over the parameter path ->
+    mesh axes per dimension; first match wins; unmatched parameters are replicated, or FSDP-sharded with `fsdp`)."""
+    tensor_rules = [
+        (r".*/attention/attention/(query|key|value)/kernel", (None, "tensor")),
+        (r".*/attention/attention/(query|key|value)/bias", ("tensor",)),
+        (r".*/intermediate/dense/kernel", (None, "tensor")),
+        (r".*/intermediate/dense/bias", ("tensor",)),
+        (r".*/attention/output/dense/kernel", ("tensor", None)),
+        (r".*/encoder/layer/(\d+/)?output/dense/kernel", ("tensor", None)),
+    ]
+    return ConfigDict(dict(mesh=dict(data=-1, fsdp=1, tensor=1), fsdp=False, fsdp_min_size=2**16,
+                           rules=tensor_rules))
+
+
+def eval_config() -> ConfigDict:
+    return ConfigDict(dict(
+        every_steps=125,  # the reference validated every 8000 micro-batches = 125 optimizer steps
+        val_batch_size=64, val_batches=8,
+        pppl_texts=2000, pppl_max_length=300,  # the reference: 2000 phrases per rank, truncated at 300 tokens
+        blimp_dir=config_dict.placeholder(str), blimp_limit=50, blimp_paradigms=[],  # [] = all paradigms
+        pll_batch_size=256,
+    ))
+
+
+def scheduler_config() -> ConfigDict:
+    """Modality early stopping (the full-size era's monitor): patience in validations, halving, stop rules."""
+    return ConfigDict(dict(enabled=True, patience=dict(mlm=3, mim=3, itm=5, global_contrastive=5, mmm_image=5,
+                                                       mmm_text=5),
+                           factor=0.5, min_delta=0.0, mmm_text_floor=0.06))
+
+
 def get_config() -> ConfigDict:
     config = ConfigDict()
     config.seed = 5501650  # the reference's seed_everything value
     config.model = model_config("full")
     config.total_steps = 450_000  # the reference's cosine horizon; its runs stopped at 5K-50K steps
-    config.checkpoint_every_steps = 1000
-    config.log_every_steps = 50
+    config.checkpoint_every_steps = 500
+    config.keep_checkpoints = 2  # the latest N, plus the best by pseudo-perplexity
+    config.log_every_steps = 10
     config.compilation_cache_dir = "~/.cache/flava_jax/xla"  # persistent XLA cache; "" turns it off
     config.data = data_config()
+    config.train = train_config()
+    config.optim = optim_config()
+    config.sharding = sharding_config()
+    config.eval = eval_config()
+    config.scheduler = scheduler_config()
     return config

@@ -7,9 +7,17 @@ from flava_jax.data.sample import SAMPLE_DIR
 def get_config():
     config = base.get_config()
     config.model = base.model_config("tiny")
-    config.total_steps = 20
-    config.checkpoint_every_steps = 10
+    config.total_steps = 60
+    config.checkpoint_every_steps = 20
     config.log_every_steps = 1
+    config.train.batch_size = 16
+    config.train.micro_batch_size = 8
+    config.optim.warmup_steps = 5
+    config.optim.decay_steps = 60
+    config.eval.every_steps = 20
+    config.eval.val_batch_size = 4
+    config.eval.val_batches = 1
+    config.eval.blimp_limit = 2  # pairs per paradigm, when eval.blimp_dir is set
     data = config.data
     data.sources = [str(SAMPLE_DIR / "wit")]
     data.image_dirs = [str(SAMPLE_DIR / "images")]

@@ -164,36 +164,45 @@ def source(data_dir: str | Path, stream: str) -> grain.sources.ArrayRecordDataSo
     return grain.sources.ArrayRecordDataSource([str(Path(data_dir) / s["file"]) for s in shards])
 
 
+VALIDATION_KEYS = {"text": "heldout", "image": "heldout_image", "pairs": "heldout_pair"}
+
+
 def _examples(settings: PipelineSettings, stream: str, transform: grain.transforms.RandomMap, offset: int,
-              process: tuple[int, int]) -> grain.MapDataset:
-    """Shuffled, endlessly repeated, process-sharded examples of one stream."""
+              process: tuple[int, int], train: bool) -> grain.MapDataset:
+    """One stream's examples for this process: for training shuffled (reseeded every epoch) and endless, for
+    validation in order and once. Transforms run before the process split, so each example gets the same masks
+    and negatives however many processes share the work."""
     seed = settings.seed + offset
-    data = grain.MapDataset.source(source(settings.data_dir, stream)).shuffle(seed=seed).repeat()
+    data = grain.MapDataset.source(source(settings.data_dir, stream))
+    if train:
+        data = data.shuffle(seed=seed).repeat()
     index, count = process
-    return data[index::count].random_map(transform, seed=seed + 1)
+    return data.random_map(transform, seed=seed + 1)[index::count]
 
 
 def stream_dataset(settings: PipelineSettings, stream: str, batch_size: int, tokenizer: Tokenizer,
-                   process: tuple[int, int] | None = None) -> grain.MapDataset:
-    """The batched MapDataset of one stream ("text", "image" or "pairs") for this process: random access, endless.
-    With length buckets, text elements are windows (lists) of `bucket_window` batches."""
+                   process: tuple[int, int] | None = None, train: bool = True) -> grain.MapDataset:
+    """The batched MapDataset of one stream ("text", "image" or "pairs") for this process: random access; for
+    training endless (with length buckets, text elements are windows of `bucket_window` batches), for validation
+    (`train=False`) the held-out examples once, in order, with fixed masks."""
     process = process or (jax.process_index(), jax.process_count())
+    keys = STREAM_KEYS if train else VALIDATION_KEYS
     text = TextTransform(tokenizer, settings.text_max_length, settings.mlm_probability)
     image = ImageTransform(settings)
     if stream == "text":
-        examples = _examples(settings, "text", text, 0, process)
-        if settings.length_buckets:
+        examples = _examples(settings, keys["text"], text, 0, process, train)
+        if train and settings.length_buckets:
             return examples.batch(batch_size * settings.bucket_window, drop_remainder=True,
                                   batch_fn=_BucketWindow(batch_size, settings.length_buckets, settings.seed))
         return examples.batch(batch_size, drop_remainder=True,
                               batch_fn=functools.partial(pad_batch, length=settings.text_max_length))
     if stream == "image":
-        return _examples(settings, "image", image, 1000, process).batch(batch_size, drop_remainder=True)
+        return _examples(settings, keys["image"], image, 1000, process, train).batch(batch_size, drop_remainder=True)
     if stream == "pairs":
         text = TextTransform(tokenizer, settings.pair_max_length, settings.mlm_probability)
-        pairs = PairTransform(text, image, source(settings.data_dir, "pair"), settings.itm_negative_probability,
-                              settings.itm_exclude_same_row)
-        return _examples(settings, "pair", pairs, 2000, process).batch(
+        pairs = PairTransform(text, image, source(settings.data_dir, keys["pairs"]),
+                              settings.itm_negative_probability, settings.itm_exclude_same_row)
+        return _examples(settings, keys["pairs"], pairs, 2000, process, train).batch(
             batch_size, drop_remainder=True, batch_fn=functools.partial(pad_batch, length=settings.pair_max_length))
     raise ValueError(f"unknown stream {stream!r}; expected one of {sorted(STREAM_KEYS)}")
 

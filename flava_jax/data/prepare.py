@@ -40,7 +40,8 @@ from flava_jax.progress import ProgressLog
 
 log = logging.getLogger("flava_jax.prepare")
 FORMAT = "flava_jax.prepare/1"
-HELDOUT = "heldout"
+HELDOUT = "heldout"  # held-out texts (pseudo-perplexity, validation MLM)
+HELDOUT_IMAGE, HELDOUT_PAIR = "heldout_image", "heldout_pair"  # held-out images and their pairs (validation)
 PROGRESS = "progress.json"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.model"
@@ -61,6 +62,7 @@ class PrepareSettings:
     require_image: bool = True
     heldout_fraction: float = 0.1
     heldout_max_texts: int = 4000
+    heldout_max_images: int = 1000  # held-out rows whose image (and pairs) are kept, when the run has images
     image_size: int = 224
     image_resize: str = "squash"
     jpeg_quality: int = 95
@@ -165,7 +167,8 @@ class _ChunkWriters:
 
 def _fresh_progress(fingerprint: str) -> dict[str, Any]:
     return {"format": FORMAT, "fingerprint": fingerprint, "source_records": 0, "chunk": 0, "train_rows": 0,
-            "kept": {"text": 0, "image": 0, "pair": 0, HELDOUT: 0}, "words": {"text": 0, "pair": 0, HELDOUT: 0},
+            "kept": {"text": 0, "image": 0, "pair": 0, HELDOUT: 0, HELDOUT_IMAGE: 0, HELDOUT_PAIR: 0},
+            "words": {"text": 0, "pair": 0, HELDOUT: 0}, "heldout_rows": 0,
             "skipped": {}, "shards": {}, "budget_met": {"text": False, "images": False}, "sources_exhausted": False}
 
 
@@ -218,10 +221,14 @@ class _Carver:
     def _needs_image(self) -> bool:
         return not self.p["budget_met"]["images"] or (self.s.require_image and not self.p["budget_met"]["text"])
 
+    def _heldout_needs_image(self) -> bool:
+        return self.s.images != 0 and self.p["kept"][HELDOUT_IMAGE] < self.s.heldout_max_images
+
     def process(self, window: list[WitRow | Skip], writers: _ChunkWriters) -> int:
         """Process a window of records in order; returns how many were consumed (fewer once budgets are met)."""
         classified = [self._classify(record) for record in window]
-        wanted = [i for i, (kind, _) in enumerate(classified) if kind == "train"] if self._needs_image() else []
+        wanted = [i for i, (kind, _) in enumerate(classified)
+                  if (kind == "train" and self._needs_image()) or (kind == "heldout" and self._heldout_needs_image())]
         fetched = dict(zip(wanted, self.fetcher.fetch_many(
             [window[i].image_url for i in wanted], [window[i].image_bytes for i in wanted],
             convert=lambda data: to_jpeg(data, self.s.image_size, self.s.image_resize, self.s.jpeg_quality,
@@ -232,18 +239,30 @@ class _Carver:
             if kind.startswith("skip:"):
                 self.skipped[kind[5:]] += 1
             elif kind == "heldout":
-                self._heldout(texts, writers)
+                self._heldout(texts, fetched.get(consumed), writers)
             else:
                 self._train(record, texts, fetched.get(consumed), writers)
         return len(window)
 
-    def _heldout(self, texts: list[str], writers: _ChunkWriters) -> None:
+    def _heldout(self, texts: list[str], fetched: Any, writers: _ChunkWriters) -> None:
+        """Held-out texts up to their cap; with an image (while under its cap), the image and its pairs too."""
+        kept = self.p["kept"]
+        row = self.p["heldout_rows"]
+        self.p["heldout_rows"] += 1
         for text in texts:
-            if self.p["kept"][HELDOUT] >= self.s.heldout_max_texts:
-                return
-            writers.write(HELDOUT, records_lib.encode(-1, text))
-            self.p["kept"][HELDOUT] += 1
+            if kept[HELDOUT] >= self.s.heldout_max_texts:
+                break
+            writers.write(HELDOUT, records_lib.encode(row, text))
+            kept[HELDOUT] += 1
             self.p["words"][HELDOUT] += word_count(text)
+        image = fetched.data if fetched is not None else None
+        if image is None or kept[HELDOUT_IMAGE] >= self.s.heldout_max_images:
+            return  # a failed held-out image is not counted as skipped: the row's texts are kept
+        writers.write(HELDOUT_IMAGE, records_lib.encode(row, "", image))
+        kept[HELDOUT_IMAGE] += 1
+        for text in texts:
+            writers.write(HELDOUT_PAIR, records_lib.encode(row, text, image))
+            kept[HELDOUT_PAIR] += 1
 
     def _train(self, row: WitRow, texts: list[str], fetched: Any, writers: _ChunkWriters) -> None:
         image = fetched.data if fetched is not None else None

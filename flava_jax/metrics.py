@@ -1,0 +1,182 @@
+"""Training metrics: metrics.jsonl and TensorBoard (process 0), console progress, analytic FLOPs and MFU.
+
+metrics.jsonl (the contract) holds one object per logged step with `step` and every loss by name; it holds only
+values that a rerun reproduces exactly (no timings), so an interrupted and resumed run writes the same rows.
+Timings go to TensorBoard and the console.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flava_jax.config import EncoderConfig, FlavaConfig
+
+log = logging.getLogger("flava_jax")
+
+# Dense bf16 peak per chip, in TFLOP/s (MaxText's table; A100 per NVIDIA; H200 has H100's compute). No sparse peaks.
+PEAK_TFLOPS = {"TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0,
+               "TPU v6 lite": 918.0, "TPU v6e": 918.0, "A100": 312.0, "H100": 989.0, "H200": 989.0}
+
+
+def device_peak_flops(device: Any = None) -> tuple[float, str]:
+    """(peak FLOP/s, where the figure comes from) for one device: the table for TPUs and GPUs, a measured
+    f32 matmul peak for a CPU."""
+    device = device or jax.devices()[0]
+    kind = device.device_kind
+    for name, tflops in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])):
+        if name.lower() in kind.lower():
+            return tflops * 1e12, f"{name} bf16 dense peak"
+    if device.platform == "cpu":
+        return measured_matmul_peak(), "measured XLA f32 matmul peak"
+    return float("nan"), f"no peak known for {kind!r}"
+
+
+def measured_matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """The best f32 FLOP/s of jnp.dot on size x size matrices over `repeats` runs (this process's devices)."""
+    a = jnp.ones((size, size), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dot(a, a).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / min(times)
+
+
+# ------------------------------------------------------------------------------------------------- FLOPs
+def encoder_flops(config: EncoderConfig, batch: int, length: int) -> float:
+    """Forward matmul FLOPs of one encoder pass: per layer QKV + output (4 D^2), FFN (2 D F) per token, and
+    attention scores and mixing (2 L^2 D per example), each multiply-add counted as 2."""
+    d, f = config.hidden_size, config.intermediate_size
+    per_layer = 2 * batch * length * (4 * d * d + 2 * d * f) + 4 * batch * length * length * d
+    return config.num_hidden_layers * per_layer
+
+
+def _head_flops(batch: int, positions: int, hidden: int, vocab: int) -> float:
+    return 2 * batch * positions * (hidden * hidden + hidden * vocab)
+
+
+def codebook_flops(config: FlavaConfig, batch: int) -> float:
+    """Forward FLOPs of the DALL-E-style codebook on codebook_image_size images."""
+    c = config.image_codebook_config
+    h, side, total = c.hidden_size, config.codebook_image_size, 0.0
+
+    def conv(n_in: int, n_out: int, k: int, s: int) -> float:
+        return 2.0 * batch * s * s * k * k * n_in * n_out
+
+    total += conv(c.input_channels, h, 7, side)
+    widths = (h, h, 2 * h, 4 * h, 8 * h)
+    for g in range(4):
+        for b in range(c.num_blocks_per_group):
+            n_in, n_out = (widths[g] if b == 0 else widths[g + 1]), widths[g + 1]
+            q = n_out // 4
+            total += (conv(n_in, n_out, 1, side) if n_in != n_out else 0) + conv(n_in, q, 3, side)
+            total += 2 * conv(q, q, 3, side) + conv(q, n_out, 1, side)
+        if g < 3:
+            side //= 2
+    return total + conv(8 * h, c.vocab_size, 1, side)
+
+
+def train_flops(config: FlavaConfig, stream: str, batch: int, text_length: int, text_positions: int,
+                image_positions: int, unmasked_passes: bool = False) -> float:
+    """Model FLOPs of one training micro-batch of a stream: trainable work counted 3x (forward + backward), the
+    frozen codebook once. `unmasked_passes` adds the unmasked encoder passes that no loss uses (the reference
+    computes them; XLA drops them here)."""
+    t, i, m = config.text_config, config.image_config, config.multimodal_config
+    tokens = i.num_patches + 1
+    patch = 2 * batch * i.num_patches * i.patch_size**2 * i.num_channels * i.hidden_size
+    if stream == "text":
+        trainable = encoder_flops(t, batch, text_length) * (2 if unmasked_passes else 1)
+        trainable += _head_flops(batch, text_positions, t.hidden_size, t.vocab_size)
+        return 3 * trainable
+    image = 2 * (encoder_flops(i, batch, tokens) + patch)
+    if stream == "image":
+        trainable = image / (1 if unmasked_passes else 2) + _head_flops(batch, image_positions, i.hidden_size,
+                                                                         i.vocab_size)
+        return 3 * trainable + codebook_flops(config, batch)
+    mm_length = 1 + tokens + text_length
+    trainable = image + 2 * encoder_flops(t, batch, text_length) + encoder_flops(m, batch, mm_length)
+    trainable += 2 * batch * (tokens * i.hidden_size + text_length * t.hidden_size) * m.hidden_size
+    trainable += _head_flops(batch, text_positions, m.hidden_size, t.vocab_size)
+    trainable += _head_flops(batch, image_positions, m.hidden_size, i.vocab_size)
+    trainable += 2 * batch * (m.hidden_size**2 + 2 * m.hidden_size)  # ITM
+    trainable += 2 * batch * config.projection_dim * (i.hidden_size + t.hidden_size + 2 * batch)  # contrastive
+    return 3 * trainable + codebook_flops(config, batch)
+
+
+# ------------------------------------------------------------------------------------------------ writers
+def _scalar(value: Any) -> float:
+    return float(np.asarray(value))
+
+
+class MetricWriter:
+    """metrics.jsonl + TensorBoard, written by process 0 only."""
+
+    def __init__(self, workdir: str | os.PathLike, resume_step: int = 0) -> None:
+        self.active = jax.process_index() == 0
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if not self.active:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():  # rows past the restored checkpoint are rewritten by this run
+            rows = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(row + "\n" for row in rows))
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:  # pragma: no cover - tensorboardX is a dependency; keep training without it
+            log.warning("tensorboardX is not installed: no TensorBoard events")
+        else:
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, values: Mapping[str, Any], timings: Mapping[str, Any] | None = None) -> None:
+        """A metrics.jsonl row (`values`) and TensorBoard scalars (`values` and `timings`)."""
+        if not self.active:
+            return
+        row = {"step": int(step), **{k: _scalar(v) for k, v in sorted(values.items())}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for key, value in {**values, **(timings or {})}.items():
+                self._tb.add_scalar(key, _scalar(value), step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Throughput:
+    """Step rate, examples/s, data-wait share and MFU over the steps since the last report."""
+
+    def __init__(self, flops_per_step: float, examples_per_step: int, peak_flops: float, devices: int) -> None:
+        self.flops, self.examples, self.peak, self.devices = flops_per_step, examples_per_step, peak_flops, devices
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.steps, self.data_wait = time.perf_counter(), 0, 0.0
+
+    def add(self, steps: int, data_wait: float) -> None:
+        self.steps += steps
+        self.data_wait += data_wait
+
+    def report(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        out = {"perf/steps_per_s": self.steps / elapsed, "perf/examples_per_s": self.steps * self.examples / elapsed,
+               "perf/data_wait_fraction": self.data_wait / elapsed,
+               "perf/tflops_per_s_per_device": self.steps * self.flops / elapsed / self.devices / 1e12}
+        out["perf/mfu"] = out["perf/tflops_per_s_per_device"] * 1e12 / self.peak if self.peak > 0 else float("nan")
+        self.reset()
+        return out

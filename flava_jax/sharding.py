@@ -1,0 +1,146 @@
+"""The device mesh and every sharding, from config data.
+
+* The mesh has axes (data, fsdp, tensor); a size of -1 takes the devices left; all axes are `AxisType.Auto`.
+* Parameters: the first rule in `sharding.rules` (regex over the "/"-joined parameter path, with a partition spec
+  over mesh axes) that matches decides; unmatched parameters are replicated (pure data parallel) or, with `fsdp`,
+  sharded over the fsdp axis along their largest divisible dimension when they are large enough.
+* Optimizer state follows its parameters; batches are split over (data, fsdp) on their example axis.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the axes that split examples
+Rules = Sequence[tuple[str, Sequence[str | None]]]
+
+
+class ShardingError(ValueError):
+    """A mesh or sharding rule that cannot apply; the message says which and why."""
+
+
+def make_mesh(sizes: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all); at most one size may be -1 (the rest)."""
+    devices = list(devices if devices is not None else jax.devices())
+    unknown = set(sizes) - set(MESH_AXES)
+    if unknown:
+        raise ShardingError(f"sharding.mesh: unknown axes {sorted(unknown)}; the axes are {MESH_AXES}")
+    shape = [int(sizes.get(axis, 1)) for axis in MESH_AXES]
+    if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ShardingError(f"sharding.mesh: sizes {dict(zip(MESH_AXES, shape, strict=True))} must be positive, "
+                            "with at most one -1")
+    known = int(np.prod([s for s in shape if s != -1]))
+    if -1 in shape:
+        if len(devices) % known:
+            raise ShardingError(f"sharding.mesh: {len(devices)} devices do not divide into {known}-device groups")
+        shape[shape.index(-1)] = len(devices) // known
+    if int(np.prod(shape)) != len(devices):
+        raise ShardingError(f"sharding.mesh: {dict(zip(MESH_AXES, shape, strict=True))} needs {int(np.prod(shape))} "
+                            f"devices, there are {len(devices)}")
+    return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def _path(keys: tuple[str, ...]) -> str:
+    return "/".join(str(k) for k in keys)
+
+
+def param_specs(params: Any, mesh: Mesh, rules: Rules = (), fsdp: bool = False,
+                fsdp_min_size: int = 2**16) -> Any:
+    """A PartitionSpec per parameter (same tree); `params` may hold arrays or ShapeDtypeStructs."""
+    compiled = [(re.compile(pattern), tuple(spec)) for pattern, spec in rules]
+    fsdp_size = mesh.shape["fsdp"]
+    specs = {}
+    for keys, leaf in flatten_dict(params).items():
+        path, shape = _path(keys), tuple(leaf.shape)
+        spec = next((spec for pattern, spec in compiled if pattern.fullmatch(path)), None)
+        if spec is not None:
+            specs[keys] = _fit(spec, shape, mesh, path)
+        elif fsdp and fsdp_size > 1 and int(np.prod(shape)) >= fsdp_min_size:
+            dims = [d for d in np.argsort(shape)[::-1] if shape[d] % fsdp_size == 0]
+            specs[keys] = PartitionSpec(*["fsdp" if d == dims[0] else None for d in range(len(shape))]) if dims \
+                else PartitionSpec()
+        else:
+            specs[keys] = PartitionSpec()
+    return unflatten_dict(specs)
+
+
+def _fit(spec: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh, path: str) -> PartitionSpec:
+    """A rule's spec for this parameter: aligned to its trailing dims (scanned layers add a leading axis), axes of
+    size 1 dropped, and every remaining axis dividing its dimension."""
+    if len(spec) > len(shape):
+        raise ShardingError(f"sharding rule {spec} has more axes than {path} {shape}")
+    spec = (None,) * (len(shape) - len(spec)) + tuple(spec)
+    out = []
+    for dim, axis in zip(shape, spec, strict=True):
+        if axis is not None and axis not in mesh.shape:
+            raise ShardingError(f"sharding rule for {path} names axis {axis!r}; the axes are {MESH_AXES}")
+        if axis is None or mesh.shape[axis] == 1:
+            out.append(None)
+            continue
+        if dim % mesh.shape[axis]:
+            raise ShardingError(f"sharding rule for {path}: dimension {dim} does not divide over {axis!r} "
+                                f"({mesh.shape[axis]} devices)")
+        out.append(axis)
+    return PartitionSpec(*out)
+
+
+def named(specs: Any, mesh: Mesh) -> Any:
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def opt_state_shardings(opt_state: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Each parameter-shaped optimizer leaf (Adam's moments, ...) sharded like its parameter, found by the dict
+    keys of its path; the rest (step counts) replicated."""
+    by_path = {keys: sharding for keys, sharding in flatten_dict(param_shardings).items()}
+
+    def leaf_sharding(path: tuple[Any, ...], leaf: Any) -> NamedSharding:
+        keys = tuple(str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey))
+        for start in range(len(keys)):
+            if keys[start:] in by_path:
+                return by_path[keys[start:]]
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(leaf_sharding, opt_state)
+
+
+def batch_sharding(mesh: Mesh, leading: int = 0) -> NamedSharding:
+    """Examples split over (data, fsdp) on axis `leading` (1 for stacked micro-batches)."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * leading), BATCH_AXES))
+
+
+def global_batch(local: Any, sharding: NamedSharding) -> Any:
+    """Global arrays from this process's part of the batch (multi-host safe)."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+
+def examples_per_process(global_size: int, mesh: Mesh) -> int:
+    """This process's share of a global batch dimension, which must split evenly over devices and processes."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if global_size % shards:
+        raise ShardingError(f"a batch of {global_size} does not split over {shards} data x fsdp shards")
+    return global_size // jax.process_count()
+
+
+def check_sharded(params: Any, shardings: Any, mesh: Mesh, min_size: int) -> None:
+    """With FSDP on, fail when a parameter of at least `min_size` elements stayed fully replicated."""
+    if mesh.shape["fsdp"] == 1:
+        return
+    flat_shardings = flatten_dict(shardings)
+    lonely = [(_path(k), tuple(v.shape)) for k, v in flatten_dict(params).items()
+              if int(np.prod(v.shape)) >= min_size and flat_shardings[k].is_fully_replicated]
+    if lonely:
+        raise ShardingError(f"FSDP is on but these large parameters are replicated: {lonely[:10]}"
+                            + (f" and {len(lonely) - 10} more" if len(lonely) > 10 else ""))

@@ -1,0 +1,294 @@
+"""The trainer, top to bottom: set up (mesh, data, model, optimiser, checkpoints), restore, loop, save.
+
+Every optimizer step consumes `accumulation` micro-steps of all streams at once (sub-batch sizes proportional to
+the stream weights, see scheduler.py), so one jitted program computes all five objectives. Metrics are read one
+step late, so the host never waits on the device between steps; a non-finite loss stops the run before anything
+is saved. SIGTERM (a preemption) saves a checkpoint at the current step and exits; rerunning the same command
+resumes from the latest complete checkpoint, data order included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from flava_jax import checkpoint as checkpoint_lib
+from flava_jax import metrics as metrics_lib
+from flava_jax import optim
+from flava_jax import sharding as sharding_lib
+from flava_jax.config import ConfigError, FlavaConfig
+from flava_jax.data import pipeline, prepare
+from flava_jax.data.tokenizer import Tokenizer
+from flava_jax.evaluation import TrainingEvaluator
+from flava_jax.model import FlavaForPreTraining
+from flava_jax.progress import _duration
+from flava_jax.scheduler import MultimodalScheduler, micro_batch_sizes, stream_weights
+from flava_jax.step import TrainState, make_loss_fn, make_train_step, mask_capacity
+
+log = logging.getLogger("flava_jax")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, inconsistent data); the message says what and where."""
+
+
+def model_config(config: ConfigDict) -> FlavaConfig:
+    """The FlavaConfig of `config.model`; an invalid value raises ConfigError naming the config key."""
+    try:
+        return FlavaConfig(**config.model.to_dict())
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("FlavaConfig.", "config.model.", 1)) from e
+
+
+def prepared_data(config: ConfigDict, workdir: Path) -> Path:
+    """`config.data.dir`, or WORKDIR/data prepared from `config.data.sources` when it is not there yet."""
+    if config.data.dir:
+        path = Path(config.data.dir)
+        if not (path / prepare.MANIFEST).is_file():
+            raise ConfigError(f"config.data.dir: {path} holds no prepared data; run python -m "
+                              f"flava_jax.data.prepare --config=... --out={path}")
+        return path
+    path = workdir / "data"
+    if not (path / prepare.MANIFEST).is_file():
+        if not config.data.sources:
+            raise ConfigError("config.data.dir: set it to prepared data, or set config.data.sources to prepare from")
+        if jax.process_count() > 1:
+            raise ConfigError("config.data.dir: prepare the data once before a multi-process run and point every "
+                              "process at it")
+        prepare.prepare(prepare.PrepareSettings.from_config(config), list(config.data.sources), path)
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Batch shapes of a run: global examples per micro-step and stream, micro-steps per optimizer step."""
+
+    weights: dict[str, float]
+    micro_batch: dict[str, int]
+    accumulation: int
+
+    @property
+    def examples_per_step(self) -> int:
+        return self.accumulation * sum(self.micro_batch.values())
+
+
+def plan(config: ConfigDict, streams: list[str], mesh: jax.sharding.Mesh) -> Plan:
+    """Stream weights by the paper's rule and micro-batch sizes rounded up to whole data x fsdp shards."""
+    t = config.train
+    text = t.text_percent if t.text_percent is not None else config.data.text_words / 1e7
+    image = t.image_percent if t.image_percent is not None else config.data.images / 4e4
+    if config.data.text_words < 0 or config.data.images < 0:  # "everything": use what was prepared
+        text, image = float("text" in streams), float("image" in streams)
+    weights = {s: w for s, w in stream_weights(text, image, t.sampling_temperature).items() if s in streams}
+    if not weights:
+        raise ConfigError(f"config.data: the prepared data holds none of the weighted streams (it has {streams})")
+    total = sum(weights.values())
+    weights = {s: w / total for s, w in weights.items()}
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    quantum = math.lcm(shards, jax.process_count())
+    sizes = {s: -(-n // quantum) * quantum for s, n in micro_batch_sizes(weights, t.micro_batch_size).items()}
+    accumulation = max(1, round(t.batch_size / sum(sizes.values())))
+    return Plan(weights, sizes, accumulation)
+
+
+def _stack(micro_batches: list[dict[str, dict[str, np.ndarray]]]) -> dict[str, dict[str, np.ndarray]]:
+    return {stream: {key: np.stack([m[stream][key] for m in micro_batches]) for key in micro_batches[0][stream]}
+            for stream in micro_batches[0]}
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("SIGTERM: saving a checkpoint after the current step, then exiting")
+        self.requested = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """The model, optimiser, shardings and compiled functions of a run on a mesh."""
+
+    model: FlavaForPreTraining
+    tx: Any
+    state_shardings: TrainState
+    abstract_state: TrainState  # ShapeDtypeStructs with shardings: restore targets
+    batch_sharding: Any  # stacked micro-batches: (micro_steps, examples, ...)
+    init_state: Any  # rng -> TrainState, jitted, born sharded
+    train_step: Any  # (state, batch, weights, rng) -> (state, metrics), jitted, state donated
+
+
+def build(config: ConfigDict, model_cfg: FlavaConfig, mesh: jax.sharding.Mesh) -> Parts:
+    """Everything about the model a run needs, sharded over `mesh` as `config.sharding` says."""
+    model = FlavaForPreTraining(model_cfg)
+    abstract_params = jax.eval_shape(model.init_params, jax.random.key(config.seed))
+    specs = sharding_lib.param_specs(abstract_params, mesh, config.sharding.rules, config.sharding.fsdp,
+                                     config.sharding.fsdp_min_size)
+    param_shardings = sharding_lib.named(specs, mesh)
+    if config.sharding.fsdp:
+        sharding_lib.check_sharded(abstract_params, param_shardings, mesh, config.sharding.fsdp_min_size)
+    tx = optim.build(config.optim, abstract_params)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    state_shardings = TrainState(step=sharding_lib.replicated(mesh), params=param_shardings,
+                                 opt_state=sharding_lib.opt_state_shardings(abstract_opt, param_shardings, mesh))
+
+    def init_state(rng: jax.Array) -> TrainState:
+        params = model.init_params(rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    loss_fn = make_loss_fn(model, config.data.mlm_probability, config.data.mask_patches)
+    batch_sharding = sharding_lib.batch_sharding(mesh, leading=1)
+    train_step = jax.jit(make_train_step(loss_fn, tx), in_shardings=(state_shardings, batch_sharding, None, None),
+                         out_shardings=(state_shardings, None), donate_argnums=0)
+    abstract_state = checkpoint_lib.abstract(TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract_params,
+                                                        abstract_opt), state_shardings)
+    return Parts(model, tx, state_shardings, abstract_state, batch_sharding,
+                 jax.jit(init_state, out_shardings=state_shardings), train_step)
+
+
+def train(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Train as `config` says, in `workdir` (resuming if it holds checkpoints); returns the last metrics."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_cfg = model_config(config)
+    mesh = sharding_lib.make_mesh(config.sharding.mesh)
+    data_dir = prepared_data(config, workdir)
+    manifest = pipeline.manifest(data_dir)
+    tokenizer = Tokenizer.load(data_dir / prepare.TOKENIZER)
+    if tokenizer.vocab_size > model_cfg.text_config.vocab_size:
+        raise ConfigError(f"config.model.text_config.vocab_size: {model_cfg.text_config.vocab_size} is smaller than "
+                          f"the tokenizer's {tokenizer.vocab_size} ({data_dir / prepare.TOKENIZER})")
+    streams = [s for s, key in pipeline.STREAM_KEYS.items() if manifest["shards"].get(key)]
+    run = plan(config, streams, mesh)
+    log.info("mesh %s; streams %s; micro-batch %s x %d accumulation = %d examples per step", dict(mesh.shape),
+             {s: round(w, 4) for s, w in run.weights.items()}, run.micro_batch, run.accumulation,
+             run.examples_per_step)
+
+    parts = build(config, model_cfg, mesh)
+    model, batch_sharding = parts.model, parts.batch_sharding
+
+    # ---------------------------------------------------------------------------------------- data + restore
+    settings = pipeline.PipelineSettings.from_config(config, str(data_dir))
+    per_process = {s: n // jax.process_count() for s, n in run.micro_batch.items()}
+    iterator = pipeline.MultitaskIterator(settings, per_process, tokenizer)
+    scheduler = MultimodalScheduler(run.weights, dict(config.scheduler.patience), config.scheduler.factor,
+                                    config.scheduler.min_delta, config.scheduler.mmm_text_floor)
+    checkpoints = checkpoint_lib.Checkpoints(workdir / "checkpoints", config.keep_checkpoints, best_metric="pppl")
+    restored = checkpoints.restore(parts.abstract_state)
+    if restored is None:
+        state, step = parts.init_state(jax.random.key(config.seed)), 0
+    else:
+        state, data_state, scheduler_state, step = restored
+        iterator.set_state(data_state)
+        scheduler.load_state_dict(scheduler_state)
+        log.info("resumed from %s at step %d", checkpoints.directory, step)
+    writer = metrics_lib.MetricWriter(workdir, resume_step=step)
+
+    # ---------------------------------------------------------------------------------------- evaluation, metrics
+    train_step = parts.train_step
+    evaluator = TrainingEvaluator(config, model, tokenizer, data_dir, mesh, list(run.weights))
+    peak, peak_source = metrics_lib.device_peak_flops()
+    lengths = {"text": config.data.text_max_length, "pairs": config.data.pair_max_length, "image": 0}
+    flops = run.accumulation * sum(
+        metrics_lib.train_flops(model_cfg, s, n, lengths[s], mask_capacity(lengths[s], config.data.mlm_probability)
+                                if lengths[s] else 0, config.data.mask_patches)
+        for s, n in run.micro_batch.items())
+    throughput = metrics_lib.Throughput(flops, run.examples_per_step, peak, jax.device_count())
+    log.info("%.3g model FLOPs per step; MFU against %s (%.3g FLOP/s per device)", flops, peak_source, peak)
+
+    # ---------------------------------------------------------------------------------------- the loop
+    preemption = _Preemption()
+    pending: tuple[int, Any, float] | None = None  # the previous step, its metrics and data wait, read one late
+    last: dict[str, Any] = {}
+    base_rng = jax.random.key(config.seed + 1)
+    started = time.perf_counter()
+
+    def flush() -> None:
+        nonlocal pending, last
+        if pending is None:
+            return
+        done_step, device_metrics, waited = pending
+        pending = None
+        values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        throughput.add(1, waited)
+        bad = sorted(k[5:] for k, v in values.items() if k.startswith("loss/") and not math.isfinite(v))
+        if not values.pop("finite") or bad:
+            raise TrainingError(
+                f"step {done_step}: non-finite loss for {', '.join(bad) or 'the gradient'} "
+                f"({ {k: values[f'loss/{k}'] for k in bad} }); the update was skipped and the run stops without "
+                f"saving. The last good checkpoint is step {checkpoints.latest_step()}.")
+        last = values
+        if done_step % config.log_every_steps == 0 or done_step == config.total_steps:
+            weights = scheduler.weights()
+            row = {**values, **optim.learning_rates(config.optim, done_step - 1),
+                   **{f"weight/{s}": w for s, w in weights["streams"].items()},
+                   **{f"weight/{n}": w for n, w in weights["losses"].items()}}
+            timings = throughput.report()
+            writer.write(done_step, row, timings)
+            eta = _duration((config.total_steps - done_step) / max(timings["perf/steps_per_s"], 1e-9))
+            losses = " ".join(f"{k[5:]}={v:.3f}" for k, v in sorted(values.items()) if k.startswith("loss/"))
+            log.info("step %d/%d | loss %.4f | %s | %.2f steps/s, %.1f ex/s, data wait %.0f%%, MFU %.1f%% | ETA %s",
+                     done_step, config.total_steps, values["loss"], losses, timings["perf/steps_per_s"],
+                     timings["perf/examples_per_s"], 100 * timings["perf/data_wait_fraction"],
+                     100 * timings["perf/mfu"], eta)
+
+    saved = step if restored is not None else -1
+
+    def save(at: int, metrics: dict[str, float] | None = None) -> None:
+        nonlocal saved
+        checkpoints.save(at, state, iterator.get_state(), scheduler.state_dict(), metrics)
+        saved = at
+
+    try:
+        while step < config.total_steps and not scheduler.stopped and not preemption.requested:
+            waited = time.perf_counter()
+            batch = sharding_lib.global_batch(_stack([next(iterator) for _ in range(run.accumulation)]),
+                                              batch_sharding)
+            waited = time.perf_counter() - waited
+            weights = jax.tree.map(lambda w: jnp.asarray(w, jnp.float32), scheduler.weights())
+            state, device_metrics = train_step(state, batch, weights, base_rng)
+            flush()  # the previous step's, while this one runs
+            step += 1
+            pending = (step, device_metrics, waited)
+            evaluate = step % config.eval.every_steps == 0 or step == config.total_steps
+            if evaluate or step % config.checkpoint_every_steps == 0 or preemption.requested:
+                flush()
+                eval_metrics = None
+                if evaluate:
+                    eval_metrics = evaluator(state.params)
+                    events = scheduler.update(step, {k[4:]: v for k, v in eval_metrics.items()
+                                                     if k.startswith("val/")})
+                    for event in events:
+                        log.info("scheduler: %s", event)
+                    writer.write(step, eval_metrics)
+                    log.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in eval_metrics.items()
+                                                            if "/" not in k or k.startswith(("val/", "blimp/acc"))})
+                save(step, {"pppl": eval_metrics["pppl"]} if eval_metrics and "pppl" in eval_metrics else None)
+                throughput.reset()  # evaluation and saving are not training throughput
+        flush()
+        if saved != step:
+            save(step)
+        checkpoints.wait()
+    finally:
+        preemption.restore()
+        checkpoints.close()
+        writer.close()
+    log.info("stopped at step %d after %s (%s)", step, _duration(time.perf_counter() - started),
+             "preempted" if preemption.requested else "scheduler stop" if scheduler.stopped else "done")
+    return {"step": step, **last}
