@@ -53,9 +53,10 @@ class Checkpoints:
                                   scheduler=ocp.args.JsonSave(scheduler))
         return self.manager.save(step, args=args, metrics=metrics, force=force)
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, dict, int] | None:
+    def restore(self, abstract_state: Any = None, step: int | None = None) -> tuple[Any, dict, dict, int] | None:
         """(state, data state, scheduler state, step) of `step` (default: the latest), sharded like
-        `abstract_state` (ShapeDtypeStructs with shardings); None when there is no checkpoint."""
+        `abstract_state` (ShapeDtypeStructs with shardings), or as saved on this process's default device when it
+        is None (export, inspection); None when there is no checkpoint."""
         step = self.latest_step() if step is None else step
         if step is None:
             return None

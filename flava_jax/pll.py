@@ -40,7 +40,9 @@ class PLLScorer:
             logp = jax.nn.log_softmax(out.mlm_logits[:, 0].astype(jnp.float32), axis=-1)
             return jnp.take_along_axis(logp, targets[:, None], axis=-1)[:, 0]
 
-        self._logprobs = jax.jit(logprobs)
+        # Inputs split over devices; the (small) output replicated, so every process can read it.
+        replicated = None if sharding is None else NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        self._logprobs = jax.jit(logprobs, out_shardings=replicated)
 
     def _place(self, x: np.ndarray) -> Any:
         if self.sharding is None:

@@ -18,12 +18,14 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from flava_jax.config import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the axes that split examples
 Rules = Sequence[tuple[str, Sequence[str | None]]]
 
 
-class ShardingError(ValueError):
+class ShardingError(ConfigError):
     """A mesh or sharding rule that cannot apply; the message says which and why."""
 
 
@@ -54,25 +56,25 @@ def _path(keys: tuple[str, ...]) -> str:
 
 def param_specs(params: Any, mesh: Mesh, rules: Rules = (), fsdp: bool = False,
                 fsdp_min_size: int = 2**16) -> Any:
-    """A PartitionSpec per parameter (same tree); `params` may hold arrays or ShapeDtypeStructs."""
+    """A PartitionSpec per parameter (same tree); `params` may hold arrays or ShapeDtypeStructs. The first
+    matching rule places mesh axes (size-1 axes count as none); FSDP then shards a free dimension."""
     compiled = [(re.compile(pattern), tuple(spec)) for pattern, spec in rules]
     fsdp_size = mesh.shape["fsdp"]
     specs = {}
     for keys, leaf in flatten_dict(params).items():
         path, shape = _path(keys), tuple(leaf.shape)
-        spec = next((spec for pattern, spec in compiled if pattern.fullmatch(path)), None)
-        if spec is not None:
-            specs[keys] = _fit(spec, shape, mesh, path)
-        elif fsdp and fsdp_size > 1 and int(np.prod(shape)) >= fsdp_min_size:
-            dims = [d for d in np.argsort(shape)[::-1] if shape[d] % fsdp_size == 0]
-            specs[keys] = PartitionSpec(*["fsdp" if d == dims[0] else None for d in range(len(shape))]) if dims \
-                else PartitionSpec()
-        else:
-            specs[keys] = PartitionSpec()
+        spec = next((spec for pattern, spec in compiled if pattern.fullmatch(path)), ())
+        axes = list(_fit(spec, shape, mesh, path))
+        if fsdp and fsdp_size > 1 and int(np.prod(shape)) >= fsdp_min_size:
+            # FSDP adds the fsdp axis on the largest dimension a rule left unsharded that it divides.
+            free = [d for d in np.argsort(shape, kind="stable")[::-1] if axes[d] is None and shape[d] % fsdp_size == 0]
+            if free:
+                axes[free[0]] = "fsdp"
+        specs[keys] = PartitionSpec(*axes)
     return unflatten_dict(specs)
 
 
-def _fit(spec: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh, path: str) -> PartitionSpec:
+def _fit(spec: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh, path: str) -> tuple[str | None, ...]:
     """A rule's spec for this parameter: aligned to its trailing dims (scanned layers add a leading axis), axes of
     size 1 dropped, and every remaining axis dividing its dimension."""
     if len(spec) > len(shape):
@@ -89,7 +91,7 @@ def _fit(spec: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh, path:
             raise ShardingError(f"sharding rule for {path}: dimension {dim} does not divide over {axis!r} "
                                 f"({mesh.shape[axis]} devices)")
         out.append(axis)
-    return PartitionSpec(*out)
+    return tuple(out)
 
 
 def named(specs: Any, mesh: Mesh) -> Any:

@@ -154,8 +154,9 @@ def build(config: ConfigDict, model_cfg: FlavaConfig, mesh: jax.sharding.Mesh) -
 
     loss_fn = make_loss_fn(model, config.data.mlm_probability, config.data.mask_patches)
     batch_sharding = sharding_lib.batch_sharding(mesh, leading=1)
+    # Metrics replicated: every process reads them (a multi-process run cannot read a sharded array locally).
     train_step = jax.jit(make_train_step(loss_fn, tx), in_shardings=(state_shardings, batch_sharding, None, None),
-                         out_shardings=(state_shardings, None), donate_argnums=0)
+                         out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
     abstract_state = checkpoint_lib.abstract(TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract_params,
                                                         abstract_opt), state_shardings)
     return Parts(model, tx, state_shardings, abstract_state, batch_sharding,

@@ -4,6 +4,8 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Tests compile the same tiny programs many times (and in subprocesses): share XLA's compilation cache.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/flava_jax_test_xla_cache")
 
 import pytest  # noqa: E402
 
@@ -28,3 +30,15 @@ def tiny_params():
     from flava_jax import FlavaConfig, FlavaForPreTraining
 
     return FlavaForPreTraining(FlavaConfig.from_preset("tiny")).init_params(jax.random.key(0))
+
+
+@pytest.fixture(scope="session")
+def debug_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample, prepared as configs/debug.py prepares it (once per session)."""
+    from flava_jax.data.prepare import PrepareSettings, prepare
+    from tests.configs import debug_config
+
+    out = tmp_path_factory.mktemp("debug_data")
+    config = debug_config()
+    prepare(PrepareSettings.from_config(config), list(config.data.sources), out)
+    return out

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,22 +32,24 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_main_runs_the_debug_config_on_the_bundled_sample(tmp_path: Path) -> None:
-    """README's first command, minus the install: the sample is prepared into WORKDIR/data and every objective
-    gets a finite loss on a pipeline batch."""
+def test_main_trains_the_debug_config_and_every_objective_learns(tmp_path: Path) -> None:
+    """README's first command, minus the install: the sample is prepared into WORKDIR/data, the tiny model trains,
+    and each of the six losses (five objectives) ends lower than it started."""
     result = subprocess.run([sys.executable, "-m", "flava_jax.main", "--config=configs/debug.py",
-                             f"--workdir={tmp_path}", "--config.compilation_cache_dir="], cwd=REPO,
-                            capture_output=True, text=True, timeout=900)
+                             f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=1200,
+                            check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    import json
-
-    out = json.loads((tmp_path / "sample_forward.json").read_text())
-    assert set(out["text"]["losses"]) == {"mlm"}
-    assert set(out["image"]["losses"]) == {"mim"}
-    assert set(out["pairs"]["losses"]) == {"itm", "global_contrastive", "mmm_image", "mmm_text"}
-    assert all(0 < v < 20 for batch in ("text", "image", "pairs") for v in out[batch]["losses"].values())
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss" in r]
+    assert len(train) == 60
+    for name in ("mlm", "mim", "itm", "global_contrastive", "mmm_image", "mmm_text"):
+        first = np.mean([r[f"loss/{name}"] for r in train[:10]])
+        last = np.mean([r[f"loss/{name}"] for r in train[-10:]])
+        assert last < first, f"{name}: {first:.3f} -> {last:.3f}"
+    evals = [r for r in rows if "pppl" in r]
+    assert len(evals) == 3 and evals[-1]["pppl"] < evals[0]["pppl"]
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
-    assert manifest["complete"] and (tmp_path / "data" / "tokenizer.model").is_file()
+    assert manifest["complete"] and (tmp_path / "checkpoints" / "60").is_dir()
 
 
 def test_bad_config_value_names_the_key(tmp_path: Path) -> None:
