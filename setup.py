@@ -23,7 +23,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["flava_jax", "flava_jax.*"]),
-    package_data={"flava_jax": ["sample_data/*.tsv", "sample_data/*.md", "sample_data/images/*"]},
+    package_data={"flava_jax": ["sample_data/*.md", "sample_data/images/*", "sample_data/wit/*"]},
     install_requires=[
         "jax>=0.10.2,<0.13",
         "flax>=0.12.8,<0.13",
@@ -36,6 +36,7 @@ setup(
         "sentencepiece>=0.2,<0.3",
         "tensorflow-datasets>=4.9.8,<5",  # a WiT source through tfds.data_source; TensorFlow itself is not needed
         "safetensors>=0.4,<1",
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
         "numpy>=1.26",
         "pillow>=10",
     ],

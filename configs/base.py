@@ -66,6 +66,9 @@ def train_config() -> ConfigDict:
         sampling_temperature=config_dict.placeholder(float),  # None: the reference's rule (1 if text >= images else 0)
         text_percent=config_dict.placeholder(float),  # None: from data.text_words (1% of WiT ~ 10M words)
         image_percent=config_dict.placeholder(float),  # None: from data.images (1% ~ 40K images)
+        # contrastive negatives: "micro_batch" (the reference: its micro-batch across devices) or "global_batch"
+        # (every pair of the optimizer step, exactly, for one more forward pass of the unimodal encoders)
+        contrastive_negatives="micro_batch",
     ))
 
 
@@ -128,4 +131,18 @@ def get_config() -> ConfigDict:
     config.sharding = sharding_config()
     config.eval = eval_config()
     config.scheduler = scheduler_config()
+    return config
+
+
+def grid_config(text_words: int, images: int, arg: str | None = None) -> ConfigDict:
+    """One cell of the paper's grid. `arg` is what follows the config path after ":", e.g.
+    --config=configs/10M_4M.py:model=half for the thesis size (default: model=full, the paper's)."""
+    options = dict(item.split("=", 1) for item in (arg or "").split(",") if item)
+    unknown = set(options) - {"model"}
+    if unknown:
+        raise ValueError(f"config argument: unknown options {sorted(unknown)}; known: model=full|half|tiny")
+    config = get_config()
+    config.model = model_config(options.get("model", "full"))
+    config.data.text_words = text_words
+    config.data.images = images
     return config

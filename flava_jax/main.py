@@ -38,7 +38,8 @@ def main(argv: list[str]) -> None:
                                    process_id=_PROCESS_ID.value)
     elif _DISTRIBUTED.value == "auto":
         jax.distributed.initialize()
-    logging.getLogger("flava_jax").setLevel(logging.INFO)
+    # One progress log per run: the other processes report warnings and errors only.
+    logging.getLogger("flava_jax").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax and Grain log every file operation at INFO
     config = _CONFIG.value
     if config.compilation_cache_dir:

@@ -104,6 +104,9 @@ class FlavaForPreTrainingOutput:
     mmm_text_logits_mask: jax.Array | None = None
     pos_mask: jax.Array | None = None
     mim_labels: jax.Array | None = None
+    # L2-normalised contrastive projections of the unmasked CLS states (B, P), as the contrastive logits use them
+    image_contrastive_embedding: jax.Array | None = None
+    text_contrastive_embedding: jax.Array | None = None
     metrics: dict[str, Any] = flax.struct.field(default_factory=dict)
 
 
@@ -558,9 +561,8 @@ class FlavaForPreTraining(nn.Module):
 
         image_embeddings, text_embeddings = unmasked.image_embeddings, unmasked.text_embeddings
         if image_embeddings is not None and text_embeddings is not None and c.global_contrastive_weight > 0:
-            text_embedding = losses.l2_normalize(self.flava.text_projection(text_embeddings[:, 0]))
-            image_embedding = losses.l2_normalize(self.flava.image_projection(image_embeddings[:, 0]))
-            logit_scale = self.flava.clamped_logit_scale(deterministic)
+            image_embedding, text_embedding, logit_scale = self._contrastive(unmasked, deterministic)
+            out["image_contrastive_embedding"], out["text_contrastive_embedding"] = image_embedding, text_embedding
             per_image, per_text = losses.contrastive_logits(image_embedding, text_embedding, logit_scale)
             out["contrastive_logits_per_image"], out["contrastive_logits_per_text"] = per_image, per_text
             if return_loss:
@@ -588,6 +590,24 @@ class FlavaForPreTraining(nn.Module):
             metrics=metrics,
             **out,
         )
+
+    def _contrastive(self, unmasked: FlavaModelOutput,
+                     deterministic: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(image, text) L2-normalised projections of the unmasked CLS states, and the logit scale to use."""
+        image = losses.l2_normalize(self.flava.image_projection(unmasked.image_embeddings[:, 0]))
+        text = losses.l2_normalize(self.flava.text_projection(unmasked.text_embeddings[:, 0]))
+        return image, text, self.flava.clamped_logit_scale(deterministic)
+
+    def contrastive_embeddings(self, input_ids: jax.Array, pixel_values: jax.Array,
+                               attention_mask: jax.Array | None = None, token_type_ids: jax.Array | None = None,
+                               position_ids: jax.Array | None = None,
+                               deterministic: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The global contrastive loss's inputs alone, from the unimodal encoders (use with `method=`):
+        (image (B, P), text (B, P), logit scale), exactly as the full forward computes them."""
+        unmasked = self.flava(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids, position_ids=position_ids, skip_multimodal_encoder=True,
+                              deterministic=deterministic)
+        return self._contrastive(unmasked, deterministic)
 
     def get_codebook_indices(self, codebook_pixel_values: jax.Array) -> jax.Array:
         """(B, C, H, W) codebook pixels -> (B, H/8, W/8) MIM target ids (use with `method=`)."""

@@ -8,10 +8,17 @@ A batch is {"text": ..., "image": ..., "pairs": ...}, each stream's arrays stack
 (p: stream weights, w: loss weights, both traced inputs the scheduler changes without recompiling), averages it,
 clips, applies AdamW, clamps the logit scale as HF does in training, and, when any loss or the gradient is not
 finite, keeps the previous state and says so in its metrics.
+
+The global contrastive loss takes its negatives from the micro-batch (all devices), as the reference does. With
+`contrastive_negatives="global_batch"` it takes them from the whole step instead, exactly (the GradCache method):
+a forward pass of the unimodal encoders embeds every pair of the step; the loss over all of them gives the gradient
+with respect to each embedding, and each micro-step then back-propagates its own embeddings' share through the
+encoders. That costs one more forward pass of the text and image encoders on the pairs.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flava_jax.data.transforms import model_inputs
+from flava_jax import losses
+from flava_jax.data.transforms import device_encoder_pixels, model_inputs
 from flava_jax.model import LOGIT_SCALE_CLAMP_MAX, LOGIT_SCALE_CLAMP_MIN, FlavaForPreTraining
 from flava_jax.scheduler import STREAM_OF
 
@@ -44,16 +52,20 @@ def mask_capacity(length: int, probability: float) -> int:
 
 def make_loss_fn(model: FlavaForPreTraining, mlm_probability: float, image_mask_capacity: int | None,
                  deterministic: bool = False) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
-    """loss_fn(params, micro_batch, weights, rng) -> (weighted total, {metric: value}) for one micro-step.
+    """loss_fn(params, micro_batch, weights, rng, contrastive=None) -> (weighted total, {metric: value}) for one
+    micro-step.
 
     Losses in the metrics are unweighted, as the reference logs them. Only masked positions reach the heads: up to
     `image_mask_capacity` patches and `mask_capacity(length, mlm_probability)` tokens per example, the labels past
-    them counted in `dropped/<loss>`.
+    them counted in `dropped/<loss>`. `contrastive` (from `make_contrastive_cache`, one micro-step's slice) replaces
+    the micro-batch contrastive loss with the step-wide one: its value, and its gradient through this micro-step's
+    embeddings.
     """
     config = model.config
     sizes = (config.image_config.image_size, config.codebook_image_size)
 
-    def loss_fn(params: Any, micro: Batch, weights: Weights, rng: jax.Array) -> tuple[jax.Array, dict]:
+    def loss_fn(params: Any, micro: Batch, weights: Weights, rng: jax.Array,
+                contrastive: dict[str, Any] | None = None) -> tuple[jax.Array, dict]:
         total = jnp.zeros((), jnp.float32)
         metrics: dict[str, jax.Array] = {}
         for i, stream in enumerate(sorted(micro)):
@@ -64,14 +76,61 @@ def make_loss_fn(model: FlavaForPreTraining, mlm_probability: float, image_mask_
             out = model.apply({"params": params}, **model_inputs(batch, *sizes), deterministic=deterministic,
                               rngs=rngs, text_mask_capacity=text_capacity, image_mask_capacity=image_mask_capacity)
             for name, value in out.loss_info.items():
+                extras = out.metrics[name]
+                if name == "global_contrastive" and contrastive is not None:
+                    # The step-wide value, with the gradient <d loss / d embeddings, embeddings> carries.
+                    surrogate = ((out.image_contrastive_embedding * contrastive["image"]).sum()
+                                 + (out.text_contrastive_embedding * contrastive["text"]).sum())
+                    value = contrastive["loss"] + surrogate - jax.lax.stop_gradient(surrogate)
+                    extras = contrastive["metrics"]
                 total = total + weights["streams"][stream] * weights["losses"][name] * value
                 metrics[f"loss/{name}"] = value
-                for key, extra in out.metrics[name].items():
+                for key, extra in extras.items():
                     if key != "count":
                         metrics[f"{key}/{name}"] = extra.astype(jnp.float32)
         return total, metrics
 
     return loss_fn
+
+
+def make_contrastive_cache(model: FlavaForPreTraining) -> Callable[..., dict[str, Any]]:
+    """cache(params, pairs) -> the global contrastive loss over every pair of a step, for `make_train_step`.
+
+    `pairs` is the step's stacked pairs stream (micro_steps, examples, ...). Returns the (weighted) loss and its
+    metrics, its gradient with respect to each embedding ("image", "text": (micro_steps, examples, P), scaled by
+    micro_steps because the step averages micro-step gradients) and with respect to the logit scale ("scale").
+    Rows are the positive pairs of each micro-batch (HF's rule per micro-batch); columns are every text and image.
+    """
+    config = model.config
+    image_size = config.image_config.image_size
+    weight = config.global_contrastive_weight
+    keys = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+    def embed(params: Any, micro: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+        # Training mode (the logit scale clamped); the trainer refuses this switch when dropout is on, so the
+        # embeddings are the ones the micro-steps will compute.
+        return model.apply({"params": params}, pixel_values=device_encoder_pixels(micro["pixels"], image_size),
+                           **{k: micro[k] for k in keys if k in micro}, deterministic=False,
+                           method=FlavaForPreTraining.contrastive_embeddings)
+
+    def cache(params: Any, pairs: dict[str, jax.Array]) -> dict[str, Any]:
+        micro_steps = pairs["input_ids"].shape[0]
+        image, text, scale = jax.lax.map(functools.partial(embed, params), pairs)
+        positive = pairs["itm_labels"] != 0
+        rows = (positive | ~positive.any(axis=1, keepdims=True)).reshape(-1)
+
+        def loss(image: jax.Array, text: jax.Array, scale: jax.Array) -> tuple[jax.Array, dict]:
+            flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
+            value, metrics = losses.global_contrastive_loss(
+                *losses.contrastive_logits(flat(image), flat(text), scale), row_mask=rows)
+            return value * weight, metrics
+
+        (value, metrics), (d_image, d_text, d_scale) = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
+            image, text, scale[0])
+        return {"loss": value, "metrics": metrics, "image": d_image * micro_steps, "text": d_text * micro_steps,
+                "scale": d_scale}
+
+    return cache
 
 
 def _clamp_logit_scale(params: Any) -> Any:
@@ -81,29 +140,49 @@ def _clamp_logit_scale(params: Any) -> Any:
     return {**params, "flava": flava}
 
 
-def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformation) -> Callable[..., Any]:
-    """train_step(state, batch, weights, rng) -> (state, metrics), pure; jit it with shardings and donation."""
+def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformation,
+                    contrastive_cache: Callable[..., dict[str, Any]] | None = None) -> Callable[..., Any]:
+    """train_step(state, batch, weights, rng) -> (state, metrics), pure; jit it with shardings and donation.
+
+    With `contrastive_cache` (from `make_contrastive_cache`), the contrastive negatives are every pair of the step.
+    """
 
     def train_step(state: TrainState, batch: Batch, weights: Weights, rng: jax.Array) -> tuple[TrainState, dict]:
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         micro_steps = jax.tree.leaves(batch)[0].shape[0]
         rng = jax.random.fold_in(rng, state.step)
+        cache = None
+        if contrastive_cache is not None and "pairs" in batch and micro_steps > 1:
+            cache = contrastive_cache(state.params, batch["pairs"])
+        per_micro = None if cache is None else {"image": cache["image"], "text": cache["text"]}
+
+        def contrastive(k_slice: Any) -> dict[str, Any] | None:
+            return None if cache is None else {"loss": cache["loss"], "metrics": cache["metrics"], **k_slice}
 
         def micro(carry: Any, xs: Any) -> tuple[Any, None]:
             grads_sum, metrics_sum = carry
-            micro_batch, k = xs
-            (loss, metrics), grads = grad_fn(state.params, micro_batch, weights, jax.random.fold_in(rng, k))
+            micro_batch, k, k_slice = xs
+            (loss, metrics), grads = grad_fn(state.params, micro_batch, weights, jax.random.fold_in(rng, k),
+                                             contrastive(k_slice))
             metrics = {**metrics, "loss": loss}
             return (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.add, metrics_sum, metrics)), None
 
-        first = jax.tree.map(lambda x: x[0], batch)
-        metric_shapes = jax.eval_shape(lambda: {**loss_fn(state.params, first, weights, rng)[1], "loss": 0.0})
+        first = jax.tree.map(lambda x: x[0], (batch, per_micro))
+        metric_shapes = jax.eval_shape(
+            lambda: {**loss_fn(state.params, first[0], weights, rng, contrastive(first[1]))[1], "loss": 0.0})
         init = (jax.tree.map(jnp.zeros_like, state.params),
                 jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metric_shapes))
-        (grads, metrics), _ = jax.lax.scan(micro, init, (batch, jnp.arange(micro_steps)))
+        (grads, metrics), _ = jax.lax.scan(micro, init, (batch, jnp.arange(micro_steps), per_micro))
         grads = jax.tree.map(lambda g: g / micro_steps, grads)
+        if cache is not None:
+            # The logit scale's share is not in any micro-step's: add it once, weighted as the loss is.
+            flava = dict(grads["flava"])
+            flava["logit_scale"] = flava["logit_scale"] + (
+                weights["streams"]["pairs"] * weights["losses"]["global_contrastive"] * cache["scale"]
+            ).astype(flava["logit_scale"].dtype)
+            grads = {**grads, "flava": flava}
         metrics = jax.tree.map(lambda m: m / micro_steps, metrics)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(grad_norm) & jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = _clamp_logit_scale(optax.apply_updates(state.params, updates))
@@ -111,7 +190,7 @@ def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformatio
         new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
                                opt_state=keep(opt_state, state.opt_state))
         return new_state, {**metrics, "grad_norm": grad_norm, "finite": finite,
-                           "param_norm": optax.global_norm(new_state.params)}
+                           "param_norm": optax.tree.norm(new_state.params)}
 
     return train_step
 

@@ -33,7 +33,7 @@ from flava_jax.evaluation import TrainingEvaluator
 from flava_jax.model import FlavaForPreTraining
 from flava_jax.progress import _duration
 from flava_jax.scheduler import MultimodalScheduler, micro_batch_sizes, stream_weights
-from flava_jax.step import TrainState, make_loss_fn, make_train_step, mask_capacity
+from flava_jax.step import TrainState, make_contrastive_cache, make_loss_fn, make_train_step, mask_capacity
 
 log = logging.getLogger("flava_jax")
 
@@ -134,6 +134,23 @@ class Parts:
     train_step: Any  # (state, batch, weights, rng) -> (state, metrics), jitted, state donated
 
 
+def _contrastive_cache(config: ConfigDict, model: FlavaForPreTraining) -> Any:
+    """`config.train.contrastive_negatives`: "micro_batch" (the reference) or "global_batch" (every pair of a step)."""
+    negatives = config.train.contrastive_negatives
+    if negatives == "micro_batch":
+        return None
+    if negatives != "global_batch":
+        raise ConfigError(f"config.train.contrastive_negatives: {negatives!r} is not 'micro_batch' or 'global_batch'")
+    c = model.config
+    rates = {f"config.model.{e}.{k}": getattr(getattr(c, e), k) for e in ("text_config", "image_config")
+             for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
+    if any(rates.values()):
+        # The step-wide loss embeds every pair before the micro-steps run; with dropout the embeddings would differ.
+        raise ConfigError(f"config.train.contrastive_negatives='global_batch' needs the unimodal encoders without "
+                          f"dropout, but {', '.join(k for k, v in rates.items() if v)} > 0")
+    return make_contrastive_cache(model)
+
+
 def build(config: ConfigDict, model_cfg: FlavaConfig, mesh: jax.sharding.Mesh) -> Parts:
     """Everything about the model a run needs, sharded over `mesh` as `config.sharding` says."""
     model = FlavaForPreTraining(model_cfg)
@@ -155,7 +172,8 @@ def build(config: ConfigDict, model_cfg: FlavaConfig, mesh: jax.sharding.Mesh) -
     loss_fn = make_loss_fn(model, config.data.mlm_probability, config.data.mask_patches)
     batch_sharding = sharding_lib.batch_sharding(mesh, leading=1)
     # Metrics replicated: every process reads them (a multi-process run cannot read a sharded array locally).
-    train_step = jax.jit(make_train_step(loss_fn, tx), in_shardings=(state_shardings, batch_sharding, None, None),
+    train_step = jax.jit(make_train_step(loss_fn, tx, _contrastive_cache(config, model)),
+                         in_shardings=(state_shardings, batch_sharding, None, None),
                          out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
     abstract_state = checkpoint_lib.abstract(TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract_params,
                                                         abstract_opt), state_shardings)

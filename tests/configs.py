@@ -11,12 +11,13 @@ from ml_collections import ConfigDict
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_config(name: str, **overrides: Any) -> ConfigDict:
-    """configs/<name>.py's get_config(), with overrides like `train__batch_size=8` ("__" for ".")."""
+def load_config(name: str, arg: str | None = None, **overrides: Any) -> ConfigDict:
+    """configs/<name>.py's get_config() (get_config(arg) for `--config=configs/<name>.py:<arg>`), with overrides
+    like `train__batch_size=8` ("__" for ".")."""
     spec = importlib.util.spec_from_file_location(f"configs.{name}", REPO / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
+    config = module.get_config() if arg is None else module.get_config(arg)
     for key, value in overrides.items():
         *parents, leaf = key.split("__")
         node = config

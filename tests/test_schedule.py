@@ -14,7 +14,9 @@ from flava_jax import FlavaConfig, optim
 from flava_jax.hf import _hf_name, hf_name_table
 from flava_jax.layers import unstack_layers
 from flava_jax.scheduler import MultimodalScheduler, micro_batch_sizes, stream_weights
-from tests.configs import debug_config
+from flava_jax.sharding import make_mesh
+from flava_jax.train import model_config, plan
+from tests.configs import debug_config, load_config
 
 
 @pytest.mark.parametrize("t, v, expected", [
@@ -37,6 +39,36 @@ def test_stream_weights_follow_the_papers_table(t: float, v: float, expected: di
                                                                     "text": 1 / 12})
     assert micro_batch_sizes({"pairs": 1 / 12, "image": 1 / 12, "text": 10 / 12}, 48) == {"pairs": 4, "image": 4,
                                                                                           "text": 40}
+
+
+THIRDS = {"pairs": 1 / 3, "image": 1 / 3, "text": 1 / 3}
+
+
+@pytest.mark.parametrize("name, words, images, expected", [
+    ("10M_0", 10_000_000, 0, {"text": 1.0}),
+    ("10M_40K", 10_000_000, 40_000, THIRDS),
+    ("10M_400K", 10_000_000, 400_000, THIRDS),
+    ("10M_4M", 10_000_000, 4_000_000, THIRDS),
+    ("100M_0", 100_000_000, 0, {"text": 1.0}),
+    ("100M_40K", 100_000_000, 40_000, {"pairs": 1 / 12, "image": 1 / 12, "text": 10 / 12}),
+    ("100M_400K", 100_000_000, 400_000, THIRDS),
+    ("100M_4M", 100_000_000, 4_000_000, THIRDS),
+])
+def test_grid_configs_carry_the_papers_budgets_and_weights(name: str, words: int, images: int,
+                                                           expected: dict[str, float]) -> None:
+    """Each grid config: its budgets, the stream weights of §3.1's table, 4096 examples per step, full size by
+    default and half size with `:model=half`."""
+    config = load_config(name)
+    assert (config.data.text_words, config.data.images) == (words, images)
+    mesh = make_mesh({"data": 1}, jax.devices()[:1])
+    run = plan(config, ["text", "image", "pairs"] if images else ["text"], mesh)
+    assert run.weights == pytest.approx(expected)
+    assert abs(run.examples_per_step - 4096) <= 64
+    full, half = FlavaConfig.from_preset("full"), FlavaConfig.from_preset("half")
+    assert model_config(config) == full
+    assert model_config(load_config(name, "model=half")) == half != full
+    with pytest.raises(ValueError, match="unknown options"):
+        load_config(name, "modle=half")
 
 
 PATIENCE = dict(mlm=3, mim=3, itm=5, global_contrastive=5, mmm_image=5, mmm_text=5)

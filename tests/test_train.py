@@ -1,5 +1,5 @@
-"""The trainer: the multitask gradient against transformers, sharded = single device, exact resume after SIGKILL,
-SIGTERM checkpoints, a 2-process run, non-finite losses, config validation."""
+"""The trainer: the multitask gradient against transformers, sharded = single device, step-wide contrastive
+negatives, exact resume after SIGKILL, SIGTERM checkpoints, a 2-process run, non-finite losses, config validation."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax.traverse_util import flatten_dict
 
@@ -24,7 +25,8 @@ from flava_jax import sharding as sharding_lib
 from flava_jax.data import pipeline
 from flava_jax.data.tokenizer import Tokenizer
 from flava_jax.data.transforms import model_inputs
-from flava_jax.step import TrainState, make_loss_fn
+from flava_jax.model import FlavaForPreTraining
+from flava_jax.step import TrainState, make_contrastive_cache, make_loss_fn, make_train_step
 from flava_jax.train import TrainingError, build, model_config, plan, train
 from tests.configs import REPO, debug_config
 
@@ -110,6 +112,73 @@ def test_sharded_steps_match_one_device(debug_data: Path) -> None:
             assert np.linalg.norm(flat8[keys] - y) <= 1e-5 * np.linalg.norm(y), "/".join(keys)
 
 
+def test_global_batch_contrastive_equals_one_big_micro_batch(debug_data: Path) -> None:
+    """Two micro-steps of 4 pairs with step-wide negatives = one micro-step of the same 8 pairs: same loss, same
+    gradient (through the encoders and the logit scale); with micro-batch negatives they differ."""
+    config = debug_config(train__contrastive_negatives="global_batch")
+    model_cfg = model_config(config)
+    parts = build(config, model_cfg, sharding_lib.make_mesh({"data": 1}, jax.devices()[:1]))
+    params = parts.init_state(jax.random.key(0)).params
+    loss_fn = make_loss_fn(parts.model, config.data.mlm_probability, config.data.mask_patches)
+    micro = [m["pairs"] for m in _batches(debug_data, {"pairs": 4}, 2)]
+    two = {"pairs": {k: np.stack([m[k] for m in micro]) for k in micro[0]}}
+    one = {"pairs": {k: np.concatenate([m[k] for m in micro])[None] for k in micro[0]}}
+    losses = dict.fromkeys(("mlm", "mim", "itm", "mmm_image", "mmm_text"), 0.0) | {"global_contrastive": 1.0}
+    weights = {"streams": {"pairs": 0.7}, "losses": losses}
+    tx = optax.sgd(1.0)  # the update is minus the gradient
+
+    def step(cache: Any, batch: Any) -> tuple[Any, dict]:
+        state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+        new, metrics = jax.jit(make_train_step(loss_fn, tx, cache))(state, batch, weights, jax.random.key(1))
+        return jax.tree.map(lambda a, b: np.asarray(b) - np.asarray(a), new.params, params), metrics
+
+    cache = make_contrastive_cache(parts.model)
+    (d_global, m_global), (d_one, m_one), (_, m_micro) = step(cache, two), step(None, one), step(None, two)
+    assert float(m_global["loss/global_contrastive"]) == pytest.approx(float(m_one["loss/global_contrastive"]),
+                                                                        rel=1e-5)
+    assert float(m_global["loss"]) == pytest.approx(0.7 * float(m_one["loss/global_contrastive"]), rel=1e-5)
+    assert abs(float(m_micro["loss/global_contrastive"]) - float(m_one["loss/global_contrastive"])) > 1e-3
+    flat_global, flat_one = flatten_dict(d_global), flatten_dict(d_one)
+    assert np.abs(flat_one[("flava", "logit_scale")]).max() > 0
+    # The floor, 1e-6 of the largest gradient, covers the attention key biases, whose true gradient is 0.
+    floor = 1e-6 * max(np.abs(y).max() for y in flat_one.values())
+    moved = 0
+    for keys, y in flat_one.items():
+        np.testing.assert_allclose(flat_global[keys], y, rtol=1e-4, atol=floor, err_msg="/".join(keys))
+        moved += bool(np.abs(y).max() > 0)
+    assert moved > 10, "the contrastive gradient should reach the encoders"
+
+
+def test_length_buckets_give_the_same_per_example_losses(debug_data: Path) -> None:
+    """Text padded to 512 (the reference) or only to the bucket that fits (`data.length_buckets`): the attention
+    mask makes the padding invisible, so every example's MLM loss is the same."""
+    config = debug_config()
+    model_cfg = model_config(config).replace(text_config={"max_position_embeddings": 512})
+    model = FlavaForPreTraining(model_cfg)
+    params = model.init_params(jax.random.key(0))
+    texts = pipeline.MultitaskIterator(pipeline.PipelineSettings.from_config(debug_config(data__text_max_length=512),
+                                                                             str(debug_data)),
+                                       {"text": 32}, Tokenizer.load(debug_data / "tokenizer.model"), process=(0, 1))
+    batch = next(texts)["text"]
+    lengths = batch["attention_mask"].sum(1)
+    batch = {k: v[lengths < 200] for k, v in batch.items()}  # the examples a bucket below 512 holds
+    assert len(batch["input_ids"]) >= 4
+    longest = int(batch["attention_mask"].sum(1).max())
+    bucket = min(b for b in (16, 32, 64, 128, 256, 512) if b >= longest)
+    assert batch["input_ids"].shape[1] == 512 and bucket < 512
+
+    def per_example(b: dict[str, np.ndarray]) -> np.ndarray:
+        out = model.apply({"params": params}, **b)
+        labels = b["mlm_labels"]
+        logp = jax.nn.log_softmax(out.mlm_logits.astype(jnp.float32))
+        nll = -np.take_along_axis(np.asarray(logp), np.maximum(labels, 0)[..., None], -1)[..., 0]
+        return (nll * (labels != -100)).sum(1) / np.maximum((labels != -100).sum(1), 1)
+
+    padded, cut = per_example(batch), per_example({k: v[:, :bucket] for k, v in batch.items()})
+    assert (batch["mlm_labels"] != -100).sum(1).min() > 0
+    np.testing.assert_allclose(cut, padded, rtol=2e-6)
+
+
 # ------------------------------------------------------------------------------------------ whole runs
 def _command(workdir: Path, data: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "flava_jax.main", "--config=configs/debug.py", f"--workdir={workdir}",
@@ -126,6 +195,12 @@ def _run(command: list[str], env: dict[str, str] | None = None, timeout: int = 9
                             check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def _spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a run in the background with its log in a file: a pipe nobody reads would block it once full."""
+    with log.open("w") as stderr:
+        return subprocess.Popen(command, cwd=REPO, env=env or _env(), stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 def _final_params(workdir: Path) -> Any:
@@ -157,18 +232,19 @@ def test_sigkill_then_rerun_is_bit_identical(debug_data: Path, tmp_path: Path) -
 
 
 def test_sigterm_checkpoints_the_current_step(debug_data: Path, tmp_path: Path) -> None:
-    process = subprocess.Popen(_command(tmp_path, debug_data, "--config.total_steps=100000",
-                                        "--config.eval.every_steps=100000", "--config.checkpoint_every_steps=100000"),
-                               cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "metrics.jsonl"
+    log = tmp_path / "run.log"
+    process = _spawn(_command(tmp_path / "run", debug_data, "--config.total_steps=100000",
+                              "--config.eval.every_steps=100000", "--config.checkpoint_every_steps=100000"), log)
+    metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 600
     while (not metrics.exists() or metrics.read_text().count("\n") < 5) and time.time() < deadline:
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=300)
+    process.wait(timeout=300)
+    stderr = log.read_text()
     assert process.returncode == 0, stderr[-3000:]
     last = json.loads(metrics.read_text().splitlines()[-1])["step"]
-    checkpoints = checkpoint_lib.Checkpoints(tmp_path / "checkpoints", async_save=False)
+    checkpoints = checkpoint_lib.Checkpoints(tmp_path / "run" / "checkpoints", async_save=False)
     assert checkpoints.latest_step() == last >= 5
     checkpoints.close()
     assert "preempted" in stderr
@@ -186,13 +262,15 @@ def test_two_processes_give_the_losses_of_one(debug_data: Path, tmp_path: Path) 
                  "--config.eval.pppl_texts=0")
     _run(_command(tmp_path / "one", debug_data, *overrides), env=_env(8))
     port = _free_port()
-    processes = [subprocess.Popen(
-        _command(tmp_path / "two", debug_data, *overrides, f"--coordinator_address=127.0.0.1:{port}",
-                 "--num_processes=2", f"--process_id={i}"),
-        cwd=REPO, env=_env(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    # Each log goes to a file: with pipes, one process could block on a full one while the test waits on the other.
+    logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+    processes = [_spawn(_command(tmp_path / "two", debug_data, *overrides, f"--coordinator_address=127.0.0.1:{port}",
+                                 "--num_processes=2", f"--process_id={i}"), log, _env(4))
+                 for i, log in enumerate(logs)]
     for p in processes:
-        _, stderr = p.communicate(timeout=900)
-        assert p.returncode == 0, stderr[-3000:]
+        p.wait(timeout=900)
+    assert [p.returncode for p in processes] == [0, 0], "\n".join(f"--- {f.name}\n{f.read_text()[-3000:]}"
+                                                                 for f in logs)
 
     def losses(workdir: Path) -> list[dict[str, float]]:
         rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
