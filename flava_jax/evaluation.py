@@ -15,7 +15,7 @@ from ml_collections import ConfigDict
 
 from flava_jax import sharding as sharding_lib
 from flava_jax.data import pipeline, records
-from flava_jax.data.blimp import read_blimp
+from flava_jax.data.blimp import blimp_accuracy, read_blimp
 from flava_jax.data.prepare import read_stream
 from flava_jax.data.tokenizer import Tokenizer
 from flava_jax.model import FlavaForPreTraining
@@ -23,21 +23,6 @@ from flava_jax.pll import LN2, PLLScorer, pseudo_perplexity
 from flava_jax.step import make_eval_step
 
 log = logging.getLogger("flava_jax")
-
-
-def blimp_accuracy(pairs: list[Any], good: list[np.ndarray], bad: list[np.ndarray]) -> dict[str, float]:
-    """Accuracy per paradigm and phenomenon (a tie counts as correct, as the reference's argmax does), and their
-    headline: the plain mean over phenomena."""
-    by_paradigm: dict[str, list[bool]] = collections.defaultdict(list)
-    by_phenomenon: dict[str, list[bool]] = collections.defaultdict(list)
-    for pair, g, b in zip(pairs, good, bad, strict=True):
-        correct = g.sum() >= b.sum()
-        by_paradigm[pair.paradigm].append(correct)
-        by_phenomenon[pair.phenomenon].append(correct)
-    out = {f"blimp/{name}": float(np.mean(v)) for name, v in sorted(by_phenomenon.items())}
-    out.update({f"blimp_paradigm/{name}": float(np.mean(v)) for name, v in sorted(by_paradigm.items())})
-    out["blimp/accuracy"] = float(np.mean([np.mean(v) for v in by_phenomenon.values()]))
-    return out
 
 
 class TrainingEvaluator:

@@ -37,11 +37,21 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     return _ACTIVATIONS[name]
 
 
+class _FlatDense(nn.Dense):
+    """nn.Dense on the inputs flattened to (tokens, features): the kernel's gradient is then one plain matrix
+    product, where (batch, length, features) inputs make XLA transpose them into a copy first."""
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        flat = inputs.reshape(-1, inputs.shape[-1]) if inputs.ndim > 2 else inputs
+        return super().__call__(flat).reshape(*inputs.shape[:-1], self.features)
+
+
 def dense(features: int, init_range: float, dtype: Dtype, param_dtype: Dtype, name: str,
           use_bias: bool = True) -> nn.Dense:
     """An `nn.Linear` as HF initialises it: weight ~ N(0, init_range), bias 0."""
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                    kernel_init=nn.initializers.normal(init_range), bias_init=nn.initializers.zeros, name=name)
+    return _FlatDense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                      kernel_init=nn.initializers.normal(init_range), bias_init=nn.initializers.zeros, name=name)
 
 
 def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:

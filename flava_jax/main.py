@@ -1,13 +1,15 @@
 """Entry point: `python -m flava_jax.main --config=configs/<name>.py --workdir=DIR [--config.key=value ...]`.
 
 Trains (or resumes) the configured run in DIR: checkpoints in DIR/checkpoints, metrics in DIR/metrics.jsonl and
-DIR/tensorboard. With `--coordinator_address` (or `--distributed=auto` on TPU pods and Slurm) it first joins a
+DIR/tensorboard. After SIGTERM (a preemption) it saves the current step and exits with status 75; rerun the same
+command to resume. With `--coordinator_address` (or `--distributed=auto` on TPU pods and Slurm) it first joins a
 multi-process run through `jax.distributed.initialize`.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import jax
@@ -16,6 +18,8 @@ from ml_collections import config_flags
 
 from flava_jax.config import ConfigError
 from flava_jax.train import train
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: SIGTERM was handled, a checkpoint saved; rerun the command to resume
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. configs/debug.py.",
                                           lock_config=True)
@@ -46,9 +50,12 @@ def main(argv: list[str]) -> None:
         # XLA compiles (random init especially) take tens of seconds on a CPU; later runs reuse them.
         jax.config.update("jax_compilation_cache_dir", str(Path(config.compilation_cache_dir).expanduser()))
     try:
-        train(config, _WORKDIR.value)
+        result = train(config, _WORKDIR.value)
     except ConfigError as e:
         raise app.UsageError(str(e)) from e
+    if result["preempted"]:
+        # Saved and stopped early: a distinct status, so resume loops (launch/) know to run the command again.
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from flava_jax import checkpoint as checkpoint_lib
@@ -30,6 +32,7 @@ from flava_jax.config import ConfigError, FlavaConfig
 from flava_jax.data import pipeline, prepare
 from flava_jax.data.tokenizer import Tokenizer
 from flava_jax.evaluation import TrainingEvaluator
+from flava_jax.export import write_run_file
 from flava_jax.model import FlavaForPreTraining
 from flava_jax.progress import _duration
 from flava_jax.scheduler import MultimodalScheduler, micro_batch_sizes, stream_weights
@@ -106,19 +109,41 @@ def _stack(micro_batches: list[dict[str, dict[str, np.ndarray]]]) -> dict[str, d
             for stream in micro_batches[0]}
 
 
+def _barrier(name: str, timeout_s: int = 1200) -> None:
+    """Wait until every process gets here. JAX's CPU collectives give peers 30 s to meet at their first
+    collective, and set-up work only process 0 does (TensorBoard, whose import pulls in torch) or uneven compile
+    times can take processes further apart; this barrier (the coordination service's, not a collective) waits."""
+    if jax.process_count() > 1:
+        ocp.multihost.sync_global_processes(name, timeout=timeout_s, processes=set(range(jax.process_count())))
+
+
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks after each step."""
+    """SIGTERM as a decision every process takes at the same step.
+
+    One process: a Python handler sets a flag the loop reads after each step. Several: JAX's preemption sync
+    point (the coordination service hears SIGTERM on any process and picks a step all of them reach), so no
+    process starts saving while another runs the next step.
+    """
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._shared = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
+        self._previous = None if self._shared else signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         log.warning("SIGTERM: saving a checkpoint after the current step, then exiting")
         self.requested = True
 
+    def reached(self, step: int) -> bool:
+        """Whether to save and stop after `step`; call it after every step, on every process."""
+        if self._shared and not self.requested and multihost_utils.reached_preemption_sync_point(step):
+            log.warning("preemption notice: every process saves a checkpoint at step %d, then exits", step)
+            self.requested = True
+        return self.requested
+
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +218,7 @@ def train(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
     if tokenizer.vocab_size > model_cfg.text_config.vocab_size:
         raise ConfigError(f"config.model.text_config.vocab_size: {model_cfg.text_config.vocab_size} is smaller than "
                           f"the tokenizer's {tokenizer.vocab_size} ({data_dir / prepare.TOKENIZER})")
+    write_run_file(workdir, model_cfg, data_dir / prepare.TOKENIZER, config.to_dict())
     streams = [s for s, key in pipeline.STREAM_KEYS.items() if manifest["shards"].get(key)]
     run = plan(config, streams, mesh)
     log.info("mesh %s; streams %s; micro-batch %s x %d accumulation = %d examples per step", dict(mesh.shape),
@@ -232,6 +258,7 @@ def train(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
     log.info("%.3g model FLOPs per step; MFU against %s (%.3g FLOP/s per device)", flops, peak_source, peak)
 
     # ---------------------------------------------------------------------------------------- the loop
+    _barrier("flava_jax_loop_start")
     preemption = _Preemption()
     pending: tuple[int, Any, float] | None = None  # the previous step, its metrics and data wait, read one late
     last: dict[str, Any] = {}
@@ -286,7 +313,7 @@ def train(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
             step += 1
             pending = (step, device_metrics, waited)
             evaluate = step % config.eval.every_steps == 0 or step == config.total_steps
-            if evaluate or step % config.checkpoint_every_steps == 0 or preemption.requested:
+            if preemption.reached(step) or evaluate or step % config.checkpoint_every_steps == 0:
                 flush()
                 eval_metrics = None
                 if evaluate:
@@ -310,4 +337,4 @@ def train(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
         writer.close()
     log.info("stopped at step %d after %s (%s)", step, _duration(time.perf_counter() - started),
              "preempted" if preemption.requested else "scheduler stop" if scheduler.stopped else "done")
-    return {"step": step, **last}
+    return {"step": step, "preempted": preemption.requested, **last}

@@ -7,10 +7,14 @@ s-selection counts as argument structure, and filler-gap dependencies as filler 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 PHENOMENA = ("anaphor_agreement", "argument_structure", "binding", "control_raising", "determiner_noun_agreement",
              "ellipsis", "filler_gap", "irregular_forms", "island_effects", "npi_licensing", "quantifiers",
@@ -59,3 +63,18 @@ def read_blimp(directory: str | os.PathLike, limit: int | None = None,
     if missing:
         problems.append(f"{directory}: no data for paradigms {missing}")
     return pairs, problems
+
+
+def blimp_accuracy(pairs: list[Any], good: list[np.ndarray], bad: list[np.ndarray]) -> dict[str, float]:
+    """Accuracy per paradigm and phenomenon (a tie counts as correct, as the reference's argmax does), and their
+    headline: the plain mean over phenomena."""
+    by_paradigm: dict[str, list[bool]] = collections.defaultdict(list)
+    by_phenomenon: dict[str, list[bool]] = collections.defaultdict(list)
+    for pair, g, b in zip(pairs, good, bad, strict=True):
+        correct = g.sum() >= b.sum()
+        by_paradigm[pair.paradigm].append(correct)
+        by_phenomenon[pair.phenomenon].append(correct)
+    out = {f"blimp/{name}": float(np.mean(v)) for name, v in sorted(by_phenomenon.items())}
+    out.update({f"blimp_paradigm/{name}": float(np.mean(v)) for name, v in sorted(by_paradigm.items())})
+    out["blimp/accuracy"] = float(np.mean([np.mean(v) for v in by_phenomenon.values()]))
+    return out

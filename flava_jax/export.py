@@ -1,0 +1,100 @@
+"""Export a training checkpoint to a directory transformers loads:
+`python -m flava_jax.export --workdir=DIR --out=EXPORT [--step=N|best|latest]`.
+
+EXPORT gets config.json + model.safetensors (`transformers.FlavaForPreTraining.from_pretrained(EXPORT)`, no
+missing or unexpected weights) and the run's tokenizer (`AutoTokenizer.from_pretrained(EXPORT)`, the same ids).
+The model config and the tokenizer come from DIR/run.json, which the trainer writes when a run starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from flava_jax import checkpoint as checkpoint_lib
+from flava_jax.config import FlavaConfig
+from flava_jax.data.tokenizer import Tokenizer
+from flava_jax.hf import save_pretrained
+
+RUN_FILE = "run.json"
+
+
+class ExportError(RuntimeError):
+    """The workdir cannot be exported as asked; the message says why and what to do."""
+
+
+def write_run_file(workdir: str | os.PathLike, model: FlavaConfig, tokenizer: str | os.PathLike,
+                   config: dict[str, Any]) -> None:
+    """What an export needs besides the checkpoint: the model config, the tokenizer's path, the run's config."""
+    if jax.process_index() == 0:
+        run = {"model": model.to_dict(), "tokenizer": str(Path(tokenizer).resolve()), "config": config}
+        (Path(workdir) / RUN_FILE).write_text(json.dumps(run, indent=1, default=str) + "\n")
+
+
+def export(workdir: str | os.PathLike, out: str | os.PathLike, step: str | int = "latest") -> tuple[Path, int]:
+    """Write the checkpoint `step` ("latest", "best" by pseudo-perplexity, or a step number) of `workdir` as an HF
+    directory at `out`; returns (out, the step exported)."""
+    workdir = Path(workdir)
+    run_file = workdir / RUN_FILE
+    if not run_file.is_file():
+        raise ExportError(f"{run_file} is missing: is {workdir} a flava_jax training workdir? (the trainer writes "
+                          f"it when a run starts)")
+    run = json.loads(run_file.read_text())
+    checkpoints = checkpoint_lib.Checkpoints(workdir / "checkpoints", async_save=False)
+    try:
+        steps = checkpoints.all_steps()
+        if not steps:
+            raise ExportError(f"{workdir / 'checkpoints'} holds no complete checkpoint")
+        if step == "latest":
+            chosen = checkpoints.latest_step()
+        elif step == "best":
+            chosen = checkpoints.best_step()
+            if chosen is None:
+                raise ExportError(f"no checkpoint in {workdir} has a pseudo-perplexity (evaluation did not run); "
+                                  f"use --step=latest or one of {steps}")
+        else:
+            chosen = int(step)
+            if chosen not in steps:
+                raise ExportError(f"no checkpoint at step {chosen} in {workdir}; there are {steps}")
+        state, _, _, _ = checkpoints.restore(None, step=chosen)
+    finally:
+        checkpoints.close()
+    config = FlavaConfig(**run["model"])
+    params = jax.tree.map(np.asarray, state["params"])
+    tokenizer_path = Path(run["tokenizer"])
+    if not tokenizer_path.is_file():
+        raise ExportError(f"the run's tokenizer {tokenizer_path} (from {run_file}) is missing; restore the prepared "
+                          f"data directory, or fix the path in {run_file}")
+    return save_pretrained(config, params, out, tokenizer=Tokenizer.load(tokenizer_path)), chosen
+
+
+def main() -> None:
+    """The command line; flags are defined here so that importing this module defines none."""
+    workdir = flags.DEFINE_string("workdir", None, "The training run's directory.")
+    out_dir = flags.DEFINE_string("out", None, "Where to write the HF directory.")
+    step_flag = flags.DEFINE_string("step", "latest", "latest, best (lowest pseudo-perplexity) or a step number.")
+
+    def run(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        if not workdir.value or not out_dir.value:
+            raise app.UsageError("both --workdir and --out are required")
+        if step_flag.value not in ("latest", "best") and not step_flag.value.isdigit():
+            raise app.UsageError(f"--step: {step_flag.value!r} is not latest, best or a step number")
+        try:
+            out, step = export(workdir.value, out_dir.value, step_flag.value)
+        except ExportError as e:
+            raise app.UsageError(str(e)) from e
+        print(f"exported step {step} of {workdir.value} to {out}")
+
+    app.run(run)
+
+
+if __name__ == "__main__":
+    main()

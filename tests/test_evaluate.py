@@ -1,0 +1,152 @@
+"""The PyTorch evaluator on an export: BLiMP PLL against an independent transformers computation and against the
+JAX scorer the trainer uses, pseudo-perplexity, malformed lines, bad exports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import pytest
+
+from flava_jax import FlavaConfig, FlavaForPreTraining, save_pretrained
+from flava_jax.data.tokenizer import Tokenizer
+from flava_jax.evaluate import evaluate
+from flava_jax.hf import from_pretrained
+from flava_jax.pll import LN2, PLLScorer, pseudo_perplexity
+from tests.configs import REPO
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+PARADIGMS = ("adjunct_island", "anaphor_gender_agreement", "determiner_noun_agreement_1",
+             "regular_plural_subject_verb_agreement_1")
+
+
+@pytest.fixture(scope="module")
+def export(debug_data: Path, tmp_path_factory: pytest.TempPathFactory, tiny_params: Any) -> Path:
+    """The tiny model with weights spread out (so PLLs differ clearly between sentences) and the sample's
+    tokenizer."""
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda x: np.asarray(x) + 0.1 * rng.standard_normal(x.shape).astype(np.float32),
+                          tiny_params)
+    out = tmp_path_factory.mktemp("export")
+    save_pretrained(FlavaConfig.from_preset("tiny"), params, out,
+                    tokenizer=Tokenizer.load(debug_data / "tokenizer.model"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def blimp_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "blimp").is_dir():
+        pytest.skip(f"needs real BLiMP in {SHARED_DATA / 'blimp'} (present in CI, absent in a fresh clone)")
+    out = tmp_path_factory.mktemp("blimp")
+    for name in PARADIGMS:
+        lines = (SHARED_DATA / "blimp" / f"{name}.jsonl").read_text().splitlines()[:6]
+        (out / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _independent_pll(model: Any, tokenizer: Any, sentence: str) -> float:
+    """log2 PLL the plain way: HF's whole forward on the n masked copies of one sentence, MLM logits at the
+    masked positions (HF's own boolean selection)."""
+    ids = torch.tensor(tokenizer(sentence)["input_ids"])
+    n = len(ids) - 2
+    copies = ids.repeat(n, 1)
+    labels = torch.full_like(copies, -100)
+    for row in range(n):
+        labels[row, row + 1] = ids[row + 1]
+        copies[row, row + 1] = tokenizer.mask_token_id
+    with torch.no_grad():
+        out = model(input_ids=ids.repeat(n, 1), input_ids_masked=copies, mlm_labels=labels)
+    logp = torch.log_softmax(out.mlm_logits.double(), dim=-1)
+    return float(logp[torch.arange(n), ids[1:-1]].sum()) / LN2
+
+
+def test_blimp_matches_transformers_and_the_jax_scorer(export: Path, blimp_subset: Path, tmp_path: Path) -> None:
+    results = evaluate(export, ["blimp"], blimp_subset, tmp_path)
+    predictions = [json.loads(line) for line in (tmp_path / "blimp_predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == results["blimp"]["pairs"] == 6 * len(PARADIGMS)
+
+    model = transformers.FlavaForPreTraining.from_pretrained(export).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export)
+    rows = {(name, i): json.loads(line)
+            for name in PARADIGMS for i, line in enumerate((blimp_subset / f"{name}.jsonl").read_text().splitlines())}
+    by_paradigm: dict[str, list[bool]] = {}
+    for p in predictions:
+        row = rows[(p["paradigm"], p["index"])]
+        good, bad = (_independent_pll(model, tokenizer, row[k]) for k in ("sentence_good", "sentence_bad"))
+        assert p["pll_good"] == pytest.approx(good, abs=1e-4) and p["pll_bad"] == pytest.approx(bad, abs=1e-4)
+        by_paradigm.setdefault(p["paradigm"], []).append(good >= bad)
+    assert results["blimp"]["paradigms"] == {k: float(np.mean(v)) for k, v in sorted(by_paradigm.items())}
+    assert 0 < results["blimp"]["accuracy"] < 1
+    assert (tmp_path / "results.md").read_text().count("| ") > 5 and (tmp_path / "blimp_phenomena.png").stat().st_size
+
+    # The JAX scorer the trainer uses, on the same export, gives the same per-sentence scores.
+    config, params = from_pretrained(export)
+    scorer = PLLScorer(FlavaForPreTraining(config), batch_size=64)
+    texts = [rows[(p["paradigm"], p["index"])]["sentence_good"] for p in predictions]
+    jax_scores = scorer.token_logprobs(params, [tokenizer(t)["input_ids"] for t in texts])
+    for p, lp in zip(predictions, jax_scores, strict=True):
+        assert lp.sum() / LN2 == pytest.approx(p["pll_good"], abs=1e-4)
+
+
+def test_pppl_matches_the_jax_scorer(export: Path, tmp_path: Path) -> None:
+    texts = ["The old lighthouse stands on a rocky island.", "A clock with moving hands.",
+             "Coins from the Roman empire were found near the river in the spring of that year."]
+    (tmp_path / "pppl.txt").write_text("\n".join(texts) + "\n\n")
+    results = evaluate(export, ["pppl"], tmp_path, tmp_path / "out")["pppl"]
+    config, params = from_pretrained(export)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export)
+    expected = pseudo_perplexity(PLLScorer(FlavaForPreTraining(config), batch_size=64).token_logprobs(
+        params, [tokenizer(t)["input_ids"] for t in texts]))
+    assert results["texts"] == 3
+    assert results["pppl"] == pytest.approx(expected["pppl"], rel=1e-4)
+    assert results["pppl_token_weighted"] == pytest.approx(expected["pppl_token_weighted"], rel=1e-4)
+    assert results["pppl"] != pytest.approx(results["pppl_token_weighted"], rel=1e-3)
+
+
+def test_a_malformed_line_is_reported_and_skipped(export: Path, blimp_subset: Path, tmp_path: Path) -> None:
+    data = tmp_path / "blimp"
+    shutil.copytree(blimp_subset, data)
+    path = data / f"{PARADIGMS[0]}.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], '{"sentence_good": "no bad sentence"}', "not json", *lines[1:]]) + "\n")
+    result = subprocess.run([sys.executable, "-m", "flava_jax.evaluate", f"--model={export}", f"--data={data}",
+                             f"--out={tmp_path / 'out'}", "--tasks=blimp"], cwd=REPO, capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{path}:2: skipped" in result.stderr and f"{path}:3: skipped" in result.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())["blimp"]
+    assert results["skipped_lines"] == 2 and results["pairs"] == 6 * len(PARADIGMS)
+
+
+def test_bad_exports_fail_with_a_clear_message(export: Path, debug_data: Path, blimp_subset: Path,
+                                               tmp_path: Path) -> None:
+    pickled = tmp_path / "pickled"
+    shutil.copytree(export, pickled)
+    (pickled / "model.safetensors").unlink()
+    (pickled / "pytorch_model.bin").write_bytes(b"not read")
+    small = FlavaConfig.from_preset("tiny").replace(text_config={"vocab_size": 64})
+    save_pretrained(small, FlavaForPreTraining(small).init_params(jax.random.key(1)), tmp_path / "small",
+                    tokenizer=Tokenizer.load(debug_data / "tokenizer.model"))
+    for model, message in ((pickled, "has no model.safetensors"), (tmp_path / "small", "does not match the model's")):
+        result = subprocess.run([sys.executable, "-m", "flava_jax.evaluate", f"--model={model}",
+                                 f"--data={blimp_subset}", f"--out={tmp_path / 'out'}"], cwd=REPO,
+                                capture_output=True, text=True, timeout=600, check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_full_blimp_on_the_tiny_model(export: Path, shared_data: Path, tmp_path: Path) -> None:
+    """All 67 paradigms, every pair: 12 phenomena and a headline that is their mean."""
+    results = evaluate(export, ["blimp"], shared_data / "blimp", tmp_path)["blimp"]
+    assert len(results["paradigms"]) == 67 and len(results["phenomena"]) == 12
+    assert results["pairs"] == sum(1 for f in (shared_data / "blimp").glob("*.jsonl") for _ in f.open())
+    assert results["accuracy"] == pytest.approx(np.mean(list(results["phenomena"].values())))
