@@ -9,6 +9,16 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/flava_jax_test_xla_cach
 
 import pytest  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each xdist worker gets about one core: torch's default of a thread per core would oversubscribe them, and
+    # its waiting threads spin on the core the other worker needs.
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
