@@ -25,6 +25,15 @@ from flava_jax.model import FlavaForPreTraining
 LN2 = math.log(2.0)
 
 
+def masked_copies(sentences: Sequence[Sequence[int]]) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
+    """Every masked copy as (sentence, position of its [MASK]), shortest sentences first so that batches of
+    neighbours pad little; and per sentence a zero array to fill with each inner token's log-probability (the copy
+    masking position i fills entry i - 1)."""
+    copies = [(s, i) for s, ids in enumerate(sentences) for i in range(1, len(ids) - 1)]
+    copies.sort(key=lambda c: len(sentences[c[0]]))
+    return copies, [np.zeros(max(len(ids) - 2, 0), np.float64) for ids in sentences]
+
+
 class PLLScorer:
     """`token_logprobs(params, sentences)`: natural-log probabilities of each original token, per sentence."""
 
@@ -51,9 +60,7 @@ class PLLScorer:
 
     def token_logprobs(self, params: Any, sentences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """For each sentence ([CLS] ... [SEP] ids), the log-probability of each inner token when it is masked."""
-        copies = [(s, i) for s, ids in enumerate(sentences) for i in range(1, len(ids) - 1)]
-        copies.sort(key=lambda c: len(sentences[c[0]]))
-        results = [np.zeros(max(len(ids) - 2, 0), np.float64) for ids in sentences]
+        copies, results = masked_copies(sentences)
         for start in range(0, len(copies), self.batch_size):
             chunk = copies[start:start + self.batch_size]
             longest = max(len(sentences[s]) for s, _ in chunk)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from flava_jax.pll import masked_copies
+
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 
 
@@ -60,9 +62,7 @@ class TorchPLL:
         import torch
 
         device = next(self.model.parameters()).device
-        copies = sorted(((s, i) for s, ids in enumerate(sentences) for i in range(1, len(ids) - 1)),
-                        key=lambda c: len(sentences[c[0]]))
-        results = [np.zeros(max(len(ids) - 2, 0), np.float64) for ids in sentences]
+        copies, results = masked_copies(sentences)
         start = 0
         with torch.inference_mode():
             while start < len(copies):
