@@ -42,11 +42,18 @@ def main(argv: list[str]) -> None:
                                    process_id=_PROCESS_ID.value)
     elif _DISTRIBUTED.value == "auto":
         jax.distributed.initialize()
+    cpu_processes = jax.process_count() > 1 and jax.default_backend() == "cpu"
+    if cpu_processes:
+        # XLA:CPU's collectives give peers only 30 s to meet, less than one process compiling alone can take. So
+        # every process must leave every compile together: process 0 compiles and hands the program to the others,
+        # and the persistent cache stays off (its entries, written by process 0, are hits for process 0 only).
+        jax.config.update("jax_share_binary_between_hosts", True)
+        jax.config.update("jax_enable_compilation_cache", False)
     # One progress log per run: the other processes report warnings and errors only.
     logging.getLogger("flava_jax").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax and Grain log every file operation at INFO
     config = _CONFIG.value
-    if config.compilation_cache_dir:
+    if config.compilation_cache_dir and not cpu_processes:
         # XLA compiles (random init especially) take tens of seconds on a CPU; later runs reuse them.
         jax.config.update("jax_compilation_cache_dir", str(Path(config.compilation_cache_dir).expanduser()))
     try:
