@@ -38,9 +38,14 @@ setup(
         "sentencepiece>=0.2,<0.3",
         "tensorflow-datasets>=4.9.8,<5",  # a WiT source through tfds.data_source; TensorFlow itself is not needed
         "safetensors>=0.4,<1",
+        "etils[epath]>=1.7",  # gs:// prepared data (data/stage.py); Orbax uses it too
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
         "numpy>=1.26",
         "pillow>=10",
     ],
-    extras_require={"eval": EVAL, "test": TEST + EVAL},
+    extras_require={
+        "eval": EVAL,
+        "test": TEST + EVAL,
+        "gcs": ["gcsfs>=2024.2"],  # --config.data.dir=gs://... (etils epath reads Cloud Storage through fsspec)
+    },
 )

@@ -18,6 +18,7 @@ def data_config() -> ConfigDict:
     return ConfigDict(dict(
         # --- where: prepare's --out, read by the trainer; None: prepare into WORKDIR/data from `sources`
         dir=config_dict.placeholder(str),
+        stage_dir=config_dict.placeholder(str),  # where a gs:// dir is copied; None: ~/.cache/flava_jax/data/...
         sources=[],  # WiT files, directories, globs or tfds:wit/train[@data_dir]
         image_dirs=[],  # local folders holding images by the file name of their URL
         cache_dir=config_dict.placeholder(str),  # download cache; None: ~/.cache/flava_jax/images

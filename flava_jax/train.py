@@ -29,7 +29,7 @@ from flava_jax import metrics as metrics_lib
 from flava_jax import optim
 from flava_jax import sharding as sharding_lib
 from flava_jax.config import ConfigError, FlavaConfig
-from flava_jax.data import pipeline, prepare
+from flava_jax.data import pipeline, prepare, stage
 from flava_jax.data.tokenizer import Tokenizer
 from flava_jax.evaluation import TrainingEvaluator
 from flava_jax.export import write_run_file
@@ -39,6 +39,7 @@ from flava_jax.scheduler import MultimodalScheduler, micro_batch_sizes, stream_w
 from flava_jax.step import TrainState, make_contrastive_cache, make_loss_fn, make_train_step, mask_capacity
 
 log = logging.getLogger("flava_jax")
+STAGE_TIMEOUT_S = 24 * 3600  # copying a 4M-image grid cell to a slow host disk can take hours
 
 
 class TrainingError(RuntimeError):
@@ -54,7 +55,16 @@ def model_config(config: ConfigDict) -> FlavaConfig:
 
 
 def prepared_data(config: ConfigDict, workdir: Path) -> Path:
-    """`config.data.dir`, or WORKDIR/data prepared from `config.data.sources` when it is not there yet."""
+    """`config.data.dir` (a URL is first staged to local disk: ArrayRecord reads local files only), or
+    WORKDIR/data prepared from `config.data.sources` when it is not there yet."""
+    if config.data.dir and stage.is_url(config.data.dir):
+        try:
+            path = stage.stage(config.data.dir, config.data.stage_dir or stage.default_destination(config.data.dir))
+        except stage.StageError as e:
+            raise ConfigError(f"config.data.dir: {e}") from e
+        # Hosts copy at different speeds; none may start the step's collectives before all have the data.
+        _barrier("flava_jax_data_staged", timeout_s=STAGE_TIMEOUT_S)
+        return path
     if config.data.dir:
         path = Path(config.data.dir)
         if not (path / prepare.MANIFEST).is_file():

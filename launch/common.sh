@@ -46,19 +46,9 @@ need_value() {
   fi
 }
 
-# gs_url_in WORKDIR [OVERRIDE ...]: the trainer opens --workdir and --config.data.dir with pathlib, so gs://B/x would
-# quietly become a local directory gs:/B/x. Succeeds with REPLY=FLAG=URL for the first of them that is a gs:// URL
-# (an override in the "--config.data.dir URL" form included); fails when none is.
-gs_url_in() {
-  local prev='' word
-  for word in "--workdir=$1" "${@:2}"; do
-    [[ $prev != --config.data.dir ]] || word=--config.data.dir=$word  # the "--flag VALUE" form
-    prev=$word
-    case $word in
-      --workdir=gs://*|--config.data.dir=gs://*)
-        REPLY=$word
-        return 0 ;;
-    esac
-  done
-  return 1
+# gs_workdir WORKDIR: the trainer writes its workdir (metrics.jsonl appends, TensorBoard, checkpoints) with
+# pathlib, so gs://B/x would quietly become a local directory gs:/B/x. Succeeds when WORKDIR is a gs:// URL.
+# (--config.data.dir may be one: the trainer copies the prepared data to each host's disk first.)
+gs_workdir() {
+  [[ $1 == gs://* ]]
 }

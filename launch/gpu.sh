@@ -11,7 +11,8 @@ Usage: $PROG --config PATH --workdir DIR [options] [-- --config.key=value ...]
 
 Runs python -m flava_jax.main on this machine's GPUs (install with: pip install 'jax[cuda12]' && pip install -e .).
 Arguments after -- go to the trainer. Rerunning the same command in the same DIR resumes from its latest checkpoint.
-The trainer opens DIR and --config.data.dir as local paths: for a bucket, mount it (e.g. with gcsfuse) first.
+DIR is written through local paths (for a bucket, mount it first, e.g. with gcsfuse); --config.data.dir may be a
+gs:// URL (copied to local disk first).
 
 Options:
   --config PATH        config file, e.g. configs/10M_4M.py or configs/100M_4M.py:model=half
@@ -29,7 +30,7 @@ Example:
 EOF
 }
 
-# The helpers that the launch scripts share: die, quote_word, print_cmd, need_value, gs_url_in.
+# The helpers that the launch scripts share: die, quote_word, print_cmd, need_value, gs_workdir.
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -58,9 +59,9 @@ done
 [[ -n $workdir ]] || die "missing --workdir"
 [[ $max_restarts =~ ^[0-9]+$ ]] || die "--max-restarts must be a whole number, not '$max_restarts'"
 [[ $retry_delay =~ ^[0-9]+$ ]] || die "--retry-delay must be a whole number of seconds, not '$retry_delay'"
-if gs_url_in "$workdir" ${overrides[@]+"${overrides[@]}"}; then
-  die "${REPLY%%=*} ${REPLY#*=}: the trainer reads local paths only: mount the bucket (e.g. with gcsfuse)" \
-    "and pass the mounted path"
+if gs_workdir "$workdir"; then
+  die "--workdir $workdir: the trainer writes its workdir through local paths: mount the bucket (e.g. with" \
+    "gcsfuse) and pass the mounted path"
 fi
 
 train=("$python" -m flava_jax.main "--config=$config" "--workdir=$workdir" ${overrides[@]+"${overrides[@]}"})

@@ -14,8 +14,8 @@ Writes DIR/JOB.sbatch (or --script FILE) and submits it with sbatch. The job run
 with one task per node, so jax.distributed.initialize() reads the process layout from Slurm's environment.
 Submit from the repository root (the config path is relative to it) with the environment that has flava_jax
 installed (pip install 'jax[cuda12]' && pip install -e .) active: sbatch passes it on to the job.
-Arguments after -- go to the trainer. The log is DIR/JOB-<job id>.out. DIR and --config.data.dir are local paths
-to the trainer (no gs:// URLs).
+Arguments after -- go to the trainer. The log is DIR/JOB-<job id>.out. DIR is written through local paths (no
+gs:// URL); --config.data.dir may be gs://BUCKET/PATH (each node copies it to local disk first).
 
 Preemption and time limits: the job is requeue-able (#SBATCH --requeue) and asks for USR1 --grace seconds
 before its time limit (#SBATCH --signal=B:USR1@SECS); on USR1 it sends SIGTERM to the trainers, which save a
@@ -46,7 +46,7 @@ Example:
 EOF
 }
 
-# The helpers that the launch scripts share: die, quote_word, print_cmd, need_value, gs_url_in.
+# The helpers that the launch scripts share: die, quote_word, print_cmd, need_value, gs_workdir.
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -81,8 +81,9 @@ done
 
 [[ -n $config ]] || die "missing --config"
 [[ -n $workdir ]] || die "missing --workdir"
-if gs_url_in "$workdir" ${overrides[@]+"${overrides[@]}"}; then
-  die "${REPLY%%=*} ${REPLY#*=}: the trainer reads local paths only: use a filesystem that every node mounts"
+if gs_workdir "$workdir"; then
+  die "--workdir $workdir: the trainer writes its workdir through local paths: use a filesystem that every" \
+    "node mounts"
 fi
 for pair in "--nodes:$nodes" "--gpus-per-node:$gpus" "--grace:$grace" "--cpus-per-task:${cpus:-1}"; do
   [[ ${pair#*:} =~ ^[1-9][0-9]*$ ]] || die "${pair%%:*} must be a positive whole number, not '${pair#*:}'"

@@ -21,12 +21,12 @@ Commands:
   setup       install flava_jax on every worker (needs --name --zone --repo): a git URL is cloned at --ref;
               a local checkout ships --ref (default HEAD) with git archive + scp, so commit first. Installs
               Python $PYTHON_VERSION with uv (python3 -m pip install --user uv) into $REMOTE_VENV,
-              then pip installs "jax[tpu]" and -e $REMOTE_REPO. With --bucket BUCKET it then installs
+              then pip installs "jax[tpu]" and -e "${REMOTE_REPO}[gcs]". With --bucket BUCKET it then installs
               Cloud Storage FUSE (gcsfuse, from Google's apt repository) and mounts the bucket at /gcs/BUCKET.
   stage       copy a prepared data directory to Cloud Storage (needs --src --dest):
               gcloud storage rsync --recursive SRC gs://BUCKET/PATH (rsync, not cp -r: a rerun after an
               interrupted copy resumes, and the layout never depends on whether the destination already
-              existed); the workers then read it as /gcs/BUCKET/PATH (setup --bucket BUCKET)
+              existed); then train with -- --config.data.dir=gs://BUCKET/PATH
   train       run the trainer on every worker (--worker=all, --distributed=auto; needs --name --zone --config
               --workdir); gcloud streams every worker's log. Arguments after -- go to the trainer. With
               --bucket it first mounts the bucket where it is not mounted (a reboot unmounts it).
@@ -52,15 +52,17 @@ Options:
   --workdir DIR        run directory; on a pod every worker must see the same one, so use /gcs/BUCKET/PATH
   --bucket BUCKET      (setup, train, train-loop) Cloud Storage bucket to mount at /gcs/BUCKET on every worker
   --src DIR            (stage) local prepared-data directory
-  --dest gs://...      (stage) destination gs://BUCKET/PATH; then train with -- --config.data.dir=/gcs/BUCKET/PATH
+  --dest gs://...      (stage) destination gs://BUCKET/PATH; then train with -- --config.data.dir=gs://BUCKET/PATH
   --max-restarts N     (train-loop) attempts after the first before giving up (default 10)
   --retry-delay SECS   (train-loop) pause before each retry (default 60)
   --dry-run            print the commands, one per line, instead of running them
   -h, --help           this help
 
-The trainer opens --workdir and --config.data.dir as local paths, never gs:// URLs. The workers of a pod share
-no disk, and a re-created VM starts with an empty one, so both go in a bucket that every worker mounts at
-/gcs/BUCKET with Cloud Storage FUSE (--bucket): stage the data once, then pass /gcs/BUCKET/... paths.
+The workers of a pod share no disk, and a re-created VM starts with an empty one. So the data goes to a bucket
+(stage, once); with --config.data.dir=gs://BUCKET/PATH every worker copies it to its own disk before training
+(hash-checked, resumable; ArrayRecord reads local files only). The workdir is written through local paths (a
+gs:// --workdir is refused): put it in a bucket that every worker mounts at /gcs/BUCKET with Cloud Storage FUSE
+(--bucket).
 
 Examples:
   $PROG create --name flava --zone us-central2-b --type v4-32 --spot
@@ -68,15 +70,15 @@ Examples:
       --bucket BUCKET
   $PROG stage --src data/10M --dest gs://BUCKET/data/10M
   $PROG train --name flava --zone us-central2-b --config configs/10M_4M.py --workdir /gcs/BUCKET/runs/10M_4M \\
-      -- --config.data.dir=/gcs/BUCKET/data/10M
+      -- --config.data.dir=gs://BUCKET/data/10M
   $PROG train-loop --name flava --zone us-central2-b --type v4-32 --spot --bucket BUCKET \\
       --repo https://github.com/ORG/flava_jax.git --config configs/10M_4M.py --workdir /gcs/BUCKET/runs/10M_4M \\
-      -- --config.data.dir=/gcs/BUCKET/data/10M
+      -- --config.data.dir=gs://BUCKET/data/10M
   $PROG delete --name flava --zone us-central2-b
 EOF
 }
 
-# The helpers that the launch scripts share: die, quote_word, print_cmd, need_value, gs_url_in.
+# The helpers that the launch scripts share: die, quote_word, print_cmd, need_value, gs_workdir.
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -155,11 +157,10 @@ fi
 if [[ $command == train || $command == train-loop ]]; then
   require --config "$config"
   require --workdir "$workdir"
-  if gs_url_in "$workdir" ${overrides[@]+"${overrides[@]}"}; then  # local paths only, on each worker
-    url=${REPLY#*=}
-    path=${url#gs://}
-    die "${REPLY%%=*} $url: the trainer reads local paths only: mount the bucket on the workers with" \
-      "--bucket ${path%%/*} and pass /gcs/$path instead"
+  if gs_workdir "$workdir"; then  # written through local paths, on each worker
+    path=${workdir#gs://}
+    die "--workdir $workdir: the trainer writes its workdir through local paths: mount the bucket on the" \
+      "workers with --bucket ${path%%/*} and pass /gcs/$path instead"
   fi
 fi
 if [[ -n $bucket ]]; then
@@ -209,7 +210,7 @@ setup_workers() {
   # A venv on uv's own Python: pip refuses flava_jax on the image's Python 3.10.
   install="python3 -m pip install --quiet --user uv; [ -x $REMOTE_VENV/bin/python ] || ~/.local/bin/uv venv"
   install+=" --python $PYTHON_VERSION $REMOTE_VENV; cd $REMOTE_REPO;"
-  install+=" ~/.local/bin/uv pip install --python $REMOTE_VENV/bin/python \"jax[tpu]\" -e ."
+  install+=" ~/.local/bin/uv pip install --python $REMOTE_VENV/bin/python \"jax[tpu]\" -e \".[gcs]\""
   if [[ -d $repo ]]; then
     # Ship exactly REF of the local checkout (what a clone would get), without build outputs or data.
     local archive=${TMPDIR:-/tmp}/flava_jax-$name.tar.gz

@@ -142,7 +142,7 @@ SETUP_FROM_GIT = (
     "git -C ~/flava_jax fetch --quiet origin v1.0; git -C ~/flava_jax checkout --quiet --detach FETCH_HEAD; "
     "python3 -m pip install --quiet --user uv; "
     "[ -x ~/flava_venv/bin/python ] || ~/.local/bin/uv venv --python 3.12 ~/flava_venv; cd ~/flava_jax; "
-    "~/.local/bin/uv pip install --python ~/flava_venv/bin/python \"jax[tpu]\" -e .'")
+    "~/.local/bin/uv pip install --python ~/flava_venv/bin/python \"jax[tpu]\" -e \".[gcs]\"'")
 MOUNT = (
     "gcloud compute tpus tpu-vm ssh flava --zone=us-central2-b --worker=all --command='set -e; "
     "if ! command -v gcsfuse >/dev/null; then echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] "
@@ -191,7 +191,7 @@ def test_tpu_setup_copies_a_local_checkout(fakes: Fakes) -> None:
         "gcloud compute tpus tpu-vm ssh flava --zone=us-central2-b --worker=all --command='set -e; "
         "rm -rf ~/flava_jax; tar -xzf ~/flava_jax.tar.gz -C ~; python3 -m pip install --quiet --user uv; "
         "[ -x ~/flava_venv/bin/python ] || ~/.local/bin/uv venv --python 3.12 ~/flava_venv; cd ~/flava_jax; "
-        "~/.local/bin/uv pip install --python ~/flava_venv/bin/python \"jax[tpu]\" -e .'"]
+        "~/.local/bin/uv pip install --python ~/flava_venv/bin/python \"jax[tpu]\" -e \".[gcs]\"'"]
 
 
 def test_tpu_setup_mounts_the_bucket(fakes: Fakes) -> None:
@@ -261,8 +261,7 @@ def test_tpu_help_documents_the_bucket_mount(fakes: Fakes) -> None:
     assert result.returncode == 0 and result.stdout.startswith("Usage: tpu_vm.sh COMMAND")
     assert "--bucket BUCKET" in result.stdout and "gcsfuse" in result.stdout
     assert "--workdir /gcs/BUCKET/runs/10M_4M" in result.stdout
-    assert "--config.data.dir=/gcs/BUCKET/data/10M" in result.stdout
-    assert "epath" not in result.stdout and "--config.data.dir=gs://" not in result.stdout
+    assert "--config.data.dir=gs://BUCKET/data/10M" in result.stdout and "own disk" in result.stdout
     assert fakes.calls() == []
 
 
@@ -364,6 +363,9 @@ def test_gpu_command(fakes: Fakes) -> None:
                    "--config.data.dir=data/10M") == [
         "python -m flava_jax.main --config=configs/10M_4M.py:model=half --workdir=runs/10M_4M "
         "--config.data.dir=data/10M"]
+    # Prepared data may stay in a bucket: the trainer stages it to local disk.
+    assert dry_run(fakes, "gpu.sh", "--config", "c.py", "--workdir", "w", "--", "--config.data.dir", "gs://b/d") == [
+        "python -m flava_jax.main --config=c.py --workdir=w --config.data.dir gs://b/d"]
     assert dry_run(fakes, "gpu.sh", "--config=configs/debug.py", "--workdir=/tmp/run dir", "--resume-loop",
                    "--max-restarts=3", "--python", "/opt/venv/bin/python") == [
         "# rerun after a failure or a SIGTERM (exit 75) until it exits 0, at most 3 restarts:",
@@ -530,13 +532,10 @@ def test_job_sent_sigterm_does_not_requeue_itself(fakes: Fakes) -> None:
     ("tpu_vm.sh", ["train", *WHERE, "--bogus"], "unknown option: --bogus"),
     ("tpu_vm.sh", ["train", *WHERE, "--workdir", "/gcs/b/w"], "train needs --config"),
     ("tpu_vm.sh", ["train", *WHERE, "--config", "c.py", "--workdir", "gs://b/runs/x"],
-     "--workdir gs://b/runs/x: the trainer reads local paths only: mount the bucket on the workers with --bucket b "
-     "and pass /gcs/b/runs/x instead"),
+     "--workdir gs://b/runs/x: the trainer writes its workdir through local paths: mount the bucket on the workers "
+     "with --bucket b and pass /gcs/b/runs/x instead"),
     ("tpu_vm.sh", ["train-loop", *WHERE, "--type", "v4-8", "--repo", "u", "--config", "c.py", "--workdir=gs://b"],
      "--bucket b and pass /gcs/b instead"),
-    ("tpu_vm.sh", ["train", *WHERE, *RUN, "--", "--config.data.dir=gs://b/data/10M"],
-     "--config.data.dir gs://b/data/10M: the trainer reads local paths only"),
-    ("tpu_vm.sh", ["train", *WHERE, *RUN, "--", "--config.data.dir", "gs://b/d"], "pass /gcs/b/d instead"),
     ("tpu_vm.sh", ["setup", *WHERE, "--repo", "u", "--bucket", "gs://b"], "--bucket takes a bucket's name"),
     ("tpu_vm.sh", ["setup", *WHERE, "--repo", "u", "--bucket", "b/runs"], "not 'b/runs'"),
     ("tpu_vm.sh", ["create", *WHERE, "--type", "v4-8", "--bucket", "b"], "only setup, train and train-loop take"),
@@ -554,16 +553,14 @@ def test_job_sent_sigterm_does_not_requeue_itself(fakes: Fakes) -> None:
     ("gpu.sh", ["--workdir", "w"], "missing --config"),
     ("gpu.sh", ["--config", "c.py", "--workdir", "w", "--gpus", "2"], "unknown option: --gpus"),
     ("gpu.sh", ["--config", "c.py", "--workdir", "w", "--max-restarts", "many"], "--max-restarts must be"),
-    ("gpu.sh", ["--config", "c.py", "--workdir", "gs://b/w"], "--workdir gs://b/w: the trainer reads local paths"),
-    ("gpu.sh", ["--config", "c.py", "--workdir", "w", "--", "--config.data.dir", "gs://b/d"],
-     "--config.data.dir gs://b/d: the trainer reads local paths only: mount the bucket"),
+    ("gpu.sh", ["--config", "c.py", "--workdir", "gs://b/w"],
+     "--workdir gs://b/w: the trainer writes its workdir through local paths: mount the bucket"),
     ("slurm.sh", ["--config", "c.py"], "missing --workdir"),
     ("slurm.sh", ["--config", "c.py", "--workdir", "w", "--nodes", "0"], "--nodes must be a positive"),
     ("slurm.sh", ["--config", "c.py", "--workdir", "w", "--time"], "--time needs a value"),
     ("slurm.sh", ["--config", "c.py", "--workdir", "my runs"], "white space cannot go in an #SBATCH line"),
-    ("slurm.sh", ["--config", "c.py", "--workdir", "gs://b/w"], "--workdir gs://b/w: the trainer reads local paths"),
-    ("slurm.sh", ["--config", "c.py", "--workdir", "w", "--", "--config.data.dir=gs://b/d"],
-     "--config.data.dir gs://b/d: the trainer reads local paths only"),
+    ("slurm.sh", ["--config", "c.py", "--workdir", "gs://b/w"],
+     "--workdir gs://b/w: the trainer writes its workdir through local paths: use a filesystem"),
 ])
 def test_bad_arguments(fakes: Fakes, script: str, args: list[str], message: str) -> None:
     for dry in ([], ["--dry-run"]):
