@@ -114,7 +114,10 @@ def scheduler_config() -> ConfigDict:
     """Modality early stopping (the full-size era's monitor): patience in validations, halving, stop rules."""
     return ConfigDict(dict(enabled=True, patience=dict(mlm=3, mim=3, itm=5, global_contrastive=5, mmm_image=5,
                                                        mmm_text=5),
-                           factor=0.5, min_delta=0.0, mmm_text_floor=0.06))
+                           factor=0.5, min_delta=0.0, mmm_text_floor=0.06,
+                           # the intended semantics; False: the reference's code, whose loader kept sampling with
+                           # the initial stream weights (paper_reference.md §7.2a)
+                           stream_weights_act=True))
 
 
 def get_config() -> ConfigDict:

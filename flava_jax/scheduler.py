@@ -49,11 +49,15 @@ class MultimodalScheduler:
     count; nothing is revived. Training stops when MLM stops and the run is text-only or MMM-text's weight is
     below `mmm_text_floor`, or when every stream weight is 0; the pair stream stops when all four multimodal
     weights are 0.
+
+    `stream_weights_act=False` reproduces what the reference's code did instead (§7.2a): its stream weights
+    change and decide when to stop, but the loader kept sampling with the initial ones.
     """
 
     def __init__(self, streams: dict[str, float], patience: dict[str, int], factor: float = 0.5,
-                 min_delta: float = 0.0, mmm_text_floor: float = 0.06) -> None:
+                 min_delta: float = 0.0, mmm_text_floor: float = 0.06, stream_weights_act: bool = True) -> None:
         self.factor, self.min_delta, self.mmm_text_floor = factor, min_delta, mmm_text_floor
+        self.initial_streams, self.stream_weights_act = dict(streams), stream_weights_act
         objectives = [name for name, stream in STREAM_OF.items() if stream in streams]
         self.state: dict[str, Any] = {
             "streams": dict(streams),
@@ -66,7 +70,7 @@ class MultimodalScheduler:
     # ------------------------------------------------------------------------------------------- weights
     def weights(self) -> dict[str, dict[str, float]]:
         """What the train step multiplies losses by: the normalised stream probabilities and the loss weights."""
-        streams = self.state["streams"]
+        streams = self.state["streams"] if self.stream_weights_act else self.initial_streams
         total = sum(streams.values())
         return {"streams": {s: (w / total if total else 0.0) for s, w in streams.items()},
                 "losses": dict(self.state["losses"])}

@@ -243,7 +243,8 @@ def train(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
     per_process = {s: n // jax.process_count() for s, n in run.micro_batch.items()}
     iterator = pipeline.MultitaskIterator(settings, per_process, tokenizer)
     scheduler = MultimodalScheduler(run.weights, dict(config.scheduler.patience), config.scheduler.factor,
-                                    config.scheduler.min_delta, config.scheduler.mmm_text_floor)
+                                    config.scheduler.min_delta, config.scheduler.mmm_text_floor,
+                                    config.scheduler.stream_weights_act)
     checkpoints = checkpoint_lib.Checkpoints(workdir / "checkpoints", config.keep_checkpoints, best_metric="pppl")
     restored = checkpoints.restore(parts.abstract_state)
     if restored is None:

@@ -101,6 +101,21 @@ def test_scheduler_halves_then_stops_and_never_revives() -> None:
     assert scheduler.stopped and any("training stops" in e for e in scheduler.state["events"])
 
 
+def test_the_references_loader_kept_its_initial_stream_weights() -> None:
+    """stream_weights_act=False: the same decisions, but sampling stays at the initial weights (§7.2a), while the
+    multimodal loss weights still act."""
+    initial = {"pairs": 1 / 3, "image": 1 / 3, "text": 1 / 3}
+    flat = {"mlm": 5.0, "mim": 4.0, "itm": 0.6, "global_contrastive": 2.0, "mmm_image": 4.0, "mmm_text": 5.0}
+    for acts in (True, False):
+        scheduler = MultimodalScheduler(initial, PATIENCE, stream_weights_act=acts)
+        scheduler.update(1, flat)
+        scheduler.update(2, {**flat, "mlm": 4.0})
+        assert scheduler.state["streams"]["image"] == pytest.approx(1 / 6)  # the decision is taken either way
+        assert scheduler.weights()["losses"]["itm"] == 0.5
+        expected = 1 / 6 / (1 / 6 + 2 / 3) if acts else 1 / 3
+        assert scheduler.weights()["streams"]["image"] == pytest.approx(expected)
+
+
 def test_text_only_run_stops_with_mlm() -> None:
     scheduler = MultimodalScheduler({"text": 1.0}, PATIENCE)
     assert set(scheduler.state["monitors"]) == {"mlm"}
