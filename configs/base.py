@@ -4,6 +4,7 @@ from ml_collections import ConfigDict, config_dict
 
 from flava_jax.config import FlavaConfig
 from flava_jax.data.images import USER_AGENT
+from flava_jax.sharding import ACTIVATION_RULES
 
 
 def model_config(preset: str) -> ConfigDict:
@@ -86,8 +87,10 @@ def optim_config() -> ConfigDict:
 
 
 def sharding_config() -> ConfigDict:
-    """The device mesh (-1: the devices left) and parameter sharding rules (regex over the parameter path ->
-    mesh axes per dimension; first match wins; unmatched parameters are replicated, or FSDP-sharded with `fsdp`)."""
+    """The device mesh (-1: the devices left), parameter sharding rules (regex over the parameter path -> mesh axes
+    per dimension; first match wins; unmatched parameters are replicated, or FSDP-sharded with `fsdp`) and
+    activation rules (logical axis of an activation -> mesh axes; default: examples over data and fsdp, attention
+    heads and MLP units over tensor; unlisted axes replicated; [] leaves activations to XLA)."""
     tensor_rules = [
         (r".*/attention/attention/(query|key|value)/kernel", (None, "tensor")),
         (r".*/attention/attention/(query|key|value)/bias", ("tensor",)),
@@ -97,7 +100,7 @@ def sharding_config() -> ConfigDict:
         (r".*/encoder/layer/(\d+/)?output/dense/kernel", ("tensor", None)),
     ]
     return ConfigDict(dict(mesh=dict(data=-1, fsdp=1, tensor=1), fsdp=False, fsdp_min_size=2**16,
-                           rules=tensor_rules))
+                           rules=tensor_rules, activation_rules=list(ACTIVATION_RULES)))
 
 
 def eval_config() -> ConfigDict:

@@ -35,7 +35,8 @@ class TrainingEvaluator:
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         settings = pipeline.PipelineSettings.from_config(config, str(data_dir))
         image_capacity = data.mask_patches
-        self.eval_step = jax.jit(make_eval_step(model, data.mlm_probability, image_capacity),
+        eval_step = make_eval_step(model, data.mlm_probability, image_capacity)
+        self.eval_step = jax.jit(sharding_lib.shard_activations(eval_step, mesh, config.sharding.activation_rules),
                                  out_shardings=sharding_lib.replicated(mesh))
         self.batches: dict[str, list[dict[str, np.ndarray]]] = {}
         for stream in streams:

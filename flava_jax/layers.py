@@ -3,6 +3,9 @@
 Module and parameter names mirror transformers' (`attention.attention.query`, `intermediate.dense`, ...), so the
 HF mapping in `hf.py` is a rename plus transposes. Numerics mirror HF too: exact-erf GELU, two-pass LayerNorm
 variance, scores divided by sqrt(head_dim) after the QK product, and an additive mask of finfo(f32).min.
+
+Activations are named by logical axes for `sharding.constrain` ("batch", "length", "embed", "heads", "head_dim",
+"mlp"), no-ops unless a train step is traced under `sharding.shard_activations`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from flava_jax.config import EncoderConfig
+from flava_jax.sharding import constrain
 
 Dtype = Any
 
@@ -110,7 +114,9 @@ class SelfAttention(_LayerPart):
 
         def project(name: str) -> jax.Array:
             y = dense(c.hidden_size, c.initializer_range, self.dtype, self.param_dtype, name, c.qkv_bias)(x)
-            return y.reshape(batch, length, heads, c.head_dim)
+            # Heads stay on their examples' devices: left alone, XLA may split them over fsdp like the projection's
+            # FSDP-sharded kernel, and the batch-sharded attention then needs a full replica to change layout.
+            return constrain(y.reshape(batch, length, heads, c.head_dim), "batch", "length", "heads", "head_dim")
 
         query, key, value = project("query"), project("key"), project("value")
         acc = accumulation_dtype(self.dtype)
@@ -120,7 +126,7 @@ class SelfAttention(_LayerPart):
             scores = scores + bias
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=self.deterministic)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+        context = constrain(jnp.einsum("bhqk,bkhd->bqhd", probs, value), "batch", "length", "heads", "head_dim")
         return context.reshape(batch, length, c.hidden_size)
 
 
@@ -141,13 +147,17 @@ class FlavaLayer(_LayerPart):
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:
         c = self.config
+        residual = ("batch", "length", "embed")
+        x = constrain(x, *residual)
         ln = functools.partial(layer_norm, c.layer_norm_eps, self.dtype, self.param_dtype)
         block = functools.partial(DenseBlock, init_range=c.initializer_range, dropout=c.hidden_dropout_prob,
                                   dtype=self.dtype, param_dtype=self.param_dtype, deterministic=self.deterministic)
         x = x + Attention(c, self.dtype, self.param_dtype, self.deterministic, name="attention")(
             ln("layernorm_before")(x), bias)
+        x = constrain(x, *residual)
         hidden = block(c.intermediate_size, act=c.hidden_act, name="intermediate")(ln("layernorm_after")(x))
-        return x + block(c.hidden_size, name="output")(hidden)
+        hidden = constrain(hidden, "batch", "length", "mlp")
+        return constrain(x + block(c.hidden_size, name="output")(hidden), *residual)
 
 
 class _LayerStack(nn.Module):

@@ -27,6 +27,7 @@ from flava_jax import losses
 from flava_jax.codebook import FlavaImageCodebook
 from flava_jax.config import EncoderConfig, FlavaConfig, ImageConfig, MultimodalConfig, TextConfig
 from flava_jax.layers import DenseBlock, FlavaEncoder, activation, attention_bias, dense, layer_norm
+from flava_jax.sharding import constrain
 
 Dtype = Any
 LOGIT_SCALE_CLAMP_MIN = 0.0
@@ -374,8 +375,12 @@ class FlavaMaskedPredictionHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = _HeadTransform(self.config, self.init_range, self.dtype, self.param_dtype, name="transform")(x)
-        return dense(self.config.vocab_size, self.init_range, self.dtype, self.param_dtype, "decoder")(x)
+        x = _HeadTransform(self.config, self.init_range, self.dtype, self.param_dtype, name="transform")(
+            constrain(x, "batch", "length", "embed"))
+        logits = dense(self.config.vocab_size, self.init_range, self.dtype, self.param_dtype, "decoder")(x)
+        # Examples keep their devices here too: left alone, XLA may gather every example's states to split the
+        # vocabulary over the decoder's FSDP shards instead.
+        return constrain(logits, "batch", "length", "vocab")
 
 
 class FlavaITMHead(nn.Module):

@@ -207,8 +207,9 @@ def build(config: ConfigDict, model_cfg: FlavaConfig, mesh: jax.sharding.Mesh) -
     loss_fn = make_loss_fn(model, config.data.mlm_probability, config.data.mask_patches)
     batch_sharding = sharding_lib.batch_sharding(mesh, leading=1)
     # Metrics replicated: every process reads them (a multi-process run cannot read a sharded array locally).
-    train_step = jax.jit(make_train_step(loss_fn, tx, _contrastive_cache(config, model)),
-                         in_shardings=(state_shardings, batch_sharding, None, None),
+    step = sharding_lib.shard_activations(make_train_step(loss_fn, tx, _contrastive_cache(config, model)), mesh,
+                                          config.sharding.activation_rules)
+    train_step = jax.jit(step, in_shardings=(state_shardings, batch_sharding, None, None),
                          out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
     abstract_state = checkpoint_lib.abstract(TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract_params,
                                                         abstract_opt), state_shardings)
