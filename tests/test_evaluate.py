@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from flava_jax import FlavaConfig, FlavaForPreTraining, save_pretrained
-from flava_jax.data.tokenizer import Tokenizer
+from flava_jax.data.tokenizer import MASK_ID, PAD_ID, Tokenizer
 from flava_jax.evaluate import evaluate
 from flava_jax.hf import from_pretrained
-from flava_jax.pll import LN2, PLLScorer, pseudo_perplexity
+from flava_jax.pll import LN2, PLLScorer, masked_copies, pseudo_perplexity
 from tests.configs import REPO
 
 torch = pytest.importorskip("torch")
@@ -113,6 +113,18 @@ def test_pppl_matches_the_jax_scorer(export: Path, tmp_path: Path) -> None:
     assert results["pppl"] != pytest.approx(results["pppl_token_weighted"], rel=1e-3)
 
 
+def test_pppl_reads_prepared_datas_held_out_split(export: Path, debug_data: Path, tmp_path: Path) -> None:
+    """--pppl_file=DATA (a prepare directory) scores the held-out texts, as the same texts in a file would."""
+    from flava_jax.data import prepare, records
+
+    texts = [records.decode_text(r) for r in prepare.read_stream(debug_data, "heldout")]
+    assert len(texts) == json.loads((debug_data / "manifest.json").read_text())["kept"]["heldout"] > 1
+    (tmp_path / "pppl.txt").write_text("\n".join(texts) + "\n")
+    from_file = evaluate(export, ["pppl"], tmp_path, tmp_path / "a")["pppl"]
+    from_data = evaluate(export, ["pppl"], tmp_path, tmp_path / "b", pppl_file=debug_data)["pppl"]
+    assert from_data == from_file and from_data["texts"] == len(texts)
+
+
 def test_a_malformed_line_is_reported_and_skipped(export: Path, blimp_subset: Path, tmp_path: Path) -> None:
     data = tmp_path / "blimp"
     shutil.copytree(blimp_subset, data)
@@ -150,3 +162,84 @@ def test_full_blimp_on_the_tiny_model(export: Path, shared_data: Path, tmp_path:
     assert len(results["paradigms"]) == 67 and len(results["phenomena"]) == 12
     assert results["pairs"] == sum(1 for f in (shared_data / "blimp").glob("*.jsonl") for _ in f.open())
     assert results["accuracy"] == pytest.approx(np.mean(list(results["phenomena"].values())))
+
+
+def test_masked_copies_mask_the_rest_of_the_word_for_within_word_l2r() -> None:
+    # [CLS] a b | c | d e f [SEP]: words 0, 1 and 2, two, one and three pieces.
+    sentence = [2, 10, 11, 12, 13, 14, 15, 3]
+    words = [None, 0, 0, 1, 2, 2, 2, None]
+    assert masked_copies([sentence]).copies.tolist() == [[0, i, i + 1] for i in range(1, 7)]
+    copies = masked_copies([sentence], [words])
+    assert copies.copies.tolist() == [[0, 1, 3], [0, 2, 3], [0, 3, 4], [0, 4, 7], [0, 5, 7], [0, 6, 7]]
+    ids, positions, targets = copies.batch(0, len(copies), 10, MASK_ID)
+    assert ids[3].tolist() == [2, 10, 11, 12, MASK_ID, MASK_ID, MASK_ID, 3, PAD_ID, PAD_ID]
+    assert ids[1].tolist() == [2, 10, MASK_ID, 12, 13, 14, 15, 3, PAD_ID, PAD_ID]
+    assert positions.tolist() == list(range(1, 7)) and targets.tolist() == sentence[1:-1]
+    assert [v.tolist() for v in copies.per_sentence(np.arange(6.0))] == [[0, 1, 2, 3, 4, 5]]
+    with pytest.raises(ValueError, match="one word index per token"):
+        masked_copies([sentence], [words[:-1]])
+
+
+def _independent_l2r_pll(model: Any, tokenizer: Any, sentence: str) -> tuple[float, int]:
+    """(log2 within-word-l2r PLL, copies masking more than one token) the plain way: a piece that starts with
+    SentencePiece's "▁" begins a word, any other continues it; the copy scoring a piece also masks the later pieces
+    of its word; HF's whole forward, MLM logits at the scored positions."""
+    ids = torch.tensor(tokenizer(sentence)["input_ids"])
+    pieces = tokenizer.convert_ids_to_tokens(ids.tolist())
+    n = len(ids) - 2
+    copies = ids.repeat(n, 1)
+    labels = torch.full_like(copies, -100)
+    longer = 0
+    for i in range(1, n + 1):
+        labels[i - 1, i] = ids[i]
+        end = i + 1
+        while end <= n and not pieces[end].startswith("\u2581"):
+            end += 1
+        copies[i - 1, i:end] = tokenizer.mask_token_id
+        longer += end > i + 1
+    with torch.no_grad():
+        out = model(input_ids=ids.repeat(n, 1), input_ids_masked=copies, mlm_labels=labels)
+    logp = torch.log_softmax(out.mlm_logits.double(), dim=-1)
+    return float(logp[torch.arange(n), ids[1:-1]].sum()) / LN2, longer
+
+
+def test_within_word_l2r_matches_transformers_and_the_jax_scorer(export: Path, blimp_subset: Path,
+                                                                 tmp_path: Path) -> None:
+    results = evaluate(export, ["blimp"], blimp_subset, tmp_path, pll=["original", "within_word_l2r"])
+    l2r = results["blimp_within_word_l2r"]
+    assert l2r.keys() == results["blimp"].keys() and set(l2r["phenomena"]) == set(results["blimp"]["phenomena"])
+    assert (tmp_path / "blimp_within_word_l2r_phenomena.png").stat().st_size
+    assert "## BLiMP, within-word-l2r PLL" in (tmp_path / "results.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["blimp_within_word_l2r"] == l2r
+
+    model = transformers.FlavaForPreTraining.from_pretrained(export).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export)
+    predictions = [json.loads(line) for line in (tmp_path / "blimp_predictions.jsonl").read_text().splitlines()]
+    rows = {(name, i): json.loads(line)
+            for name in PARADIGMS for i, line in enumerate((blimp_subset / f"{name}.jsonl").read_text().splitlines())}
+    multi_piece = 0
+    for p in predictions[::4]:  # a few sentences: the whole forward per sentence is slow
+        row = rows[(p["paradigm"], p["index"])]
+        for side in ("good", "bad"):
+            expected, longer = _independent_l2r_pll(model, tokenizer, row[f"sentence_{side}"])
+            assert p[f"pll_{side}_within_word_l2r"] == pytest.approx(expected, abs=1e-4)
+            multi_piece += longer
+            if longer:  # masking more pieces can only change the score
+                assert p[f"pll_{side}_within_word_l2r"] != pytest.approx(p[f"pll_{side}"], abs=1e-3)
+    assert multi_piece > 10
+
+    # The JAX scorer, given the same word indices, agrees.
+    from flava_jax.torch_pll import word_ids
+
+    config, params = from_pretrained(export)
+    texts = [rows[(p["paradigm"], p["index"])]["sentence_good"] for p in predictions]
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    scores = PLLScorer(FlavaForPreTraining(config), batch_size=64).token_logprobs(
+        params, ids, [word_ids(tokenizer, t, i) for t, i in zip(texts, ids, strict=True)])
+    for p, lp in zip(predictions, scores, strict=True):
+        assert lp.sum() / LN2 == pytest.approx(p["pll_good_within_word_l2r"], abs=1e-4)
+
+
+def test_unknown_pll_metric_is_refused(export: Path, blimp_subset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--pll"):
+        evaluate(export, ["blimp"], blimp_subset, tmp_path, pll=["l2r"])

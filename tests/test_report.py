@@ -1,0 +1,155 @@
+"""The report across runs: the paper's numbers as transcribed, grid cells found three ways, deltas against the
+text-only cell checked by hand, and the command line's files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from flava_jax.data.blimp import PHENOMENA
+from flava_jax.paper_results import COLUMNS, IMAGE_BUDGETS, PAPER, TEXT_BUDGETS
+from flava_jax.report import load_runs, write_report
+from tests.configs import REPO
+
+REFERENCE = REPO.parent / "shared" / "reference" / "paper_reference.md"
+
+
+def _markdown_tables(section: str) -> list[list[list[str]]]:
+    """The tables under `section` ("### 6.2 ...") of the reference notes, as rows of cells (separator row
+    dropped)."""
+    body = REFERENCE.read_text().split(f"\n{section}")[1].split("\n### ")[0]
+    tables: list[list[list[str]]] = [[]]
+    for line in body.splitlines():
+        if line.startswith("|"):
+            tables[-1].append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif tables[-1]:
+            tables.append([])
+    return [[row for row in t if not set("".join(row)) <= set("-")] for t in tables if t]
+
+
+@pytest.mark.parametrize(("size", "section"), [("full", "### 6.2"), ("half", "### 6.3")])
+def test_the_paper_tables_match_the_reference_notes(size: str, section: str) -> None:
+    if not REFERENCE.is_file():
+        pytest.skip(f"needs {REFERENCE} (the shared reference notes)")
+    summary, phenomena = _markdown_tables(section)
+    assert phenomena[0] == ["config", *COLUMNS] and set(COLUMNS.values()) == set(PHENOMENA)
+    table = PAPER[size]
+    assert sorted(table) == sorted(f"{t}/{i}" for t in TEXT_BUDGETS for i in IMAGE_BUDGETS)
+    for text, images, step, pppl, blimp, extra in summary[1:]:
+        cell = table[f"{text}/{images}"]
+        assert cell.best_step == int(step.split()[0])  # "17435 (cap)"
+        assert cell.pppl == float(pppl)
+        assert cell.blimp == float(blimp.split("**")[1] if "**" in blimp else blimp)
+        if size == "full":
+            assert cell.extra == {"val_mlm_loss": float(extra)}
+        else:
+            top1, top5 = (None, None) if extra == "–" else (float(x) for x in extra.split("/"))
+            assert cell.extra == ({} if top1 is None else {"mtr_top1": top1, "mtr_top5": top5})
+    assert len(summary) - 1 == len(phenomena) - 1 == len(table)
+    for config, *values in phenomena[1:]:
+        assert table[config].phenomena == {COLUMNS[c]: float(v) for c, v in zip(COLUMNS, values, strict=True)}
+
+
+def _results(anaphor: float, others: float, model: str = "") -> dict[str, Any]:
+    phenomena = {name: anaphor if name == "anaphor_agreement" else others for name in PHENOMENA}
+    return {"model": model, "blimp": {"accuracy": float(np.mean(list(phenomena.values()))), "phenomena": phenomena,
+                                      "paradigms": {}, "pairs": 12, "skipped_lines": 0},
+            "pppl": {"pppl": 20.0 + anaphor, "pppl_token_weighted": 21.0, "texts": 3}}
+
+
+def _report(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flava_jax.report", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def _write(path: Path, content: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """Five runs: 10M/0 named by its path, 10M/40K by its workdir's run.json (half size), two 10M/4M that need a
+    --label, and 100M/40K (by path) whose text-only cell is missing."""
+    root = tmp_path / "runs"
+    _write(root / "10M_0" / "results.json", _results(0.80, 0.60))
+    export = root / "a" / "export"
+    _write(export / "config.json", {"text_config": {"hidden_size": 516}})
+    _write(root / "a" / "run.json", {"model": {"text_config": {"hidden_size": 516}},
+                                     "config": {"data": {"text_words": 10_000_000, "images": 40_000}}})
+    _write(root / "a" / "eval" / "results.json", _results(0.70, 0.65, str(export)))
+    _write(root / "b1" / "results.json", _results(0.50, 0.50))
+    _write(root / "b2" / "results.json", _results(0.60, 0.60))
+    _write(root / "100M_40K" / "results.json", _results(0.90, 0.90))
+    return root
+
+
+def test_deltas_against_text_only_by_hand(runs: Path, tmp_path: Path) -> None:
+    loaded = load_runs([runs / "10M_0", runs / "a" / "eval", runs / "b1", runs / "b2", runs / "100M_40K"],
+                       {str(runs / "b1"): "10M/4M", str(runs / "b2"): "10m_4m"})
+    assert [(r.cell, r.size) for r in loaded] == [("10M/0", None), ("10M/40K", "half"), ("10M/4M", None),
+                                                  ("10M/4M", None), ("100M/40K", None)]
+    assert loaded[1].found_by == str(runs / "a" / "run.json") and loaded[0].found_by.startswith("the path")
+    report = write_report(loaded, tmp_path / "out")
+    assert report["paper_size"] == "half"  # from the one run whose size is known
+
+    ours = report["deltas"]["ours"]
+    assert set(ours) == {"10M/40K", "10M/4M"}  # 100M/40K has no 100M/0 to compare with
+    baseline = (80 + 11 * 60) / 12
+    assert ours["10M/40K"]["anaphor_agreement"] == pytest.approx(70 - 80)
+    assert ours["10M/40K"]["binding"] == pytest.approx(65 - 60)
+    assert ours["10M/40K"]["average"] == pytest.approx((70 + 11 * 65) / 12 - baseline)
+    # Two runs in 10M/4M: their mean, 55 everywhere.
+    assert ours["10M/4M"]["anaphor_agreement"] == pytest.approx(55 - 80)
+    assert ours["10M/4M"]["quantifiers"] == pytest.approx(55 - 60)
+    assert ours["10M/4M"]["average"] == pytest.approx(55 - baseline)
+    assert report["cells"]["10M/4M"]["ours"]["pppl"] == pytest.approx(20.55)
+
+    paper = report["deltas"]["paper"]  # half size, §6.3
+    assert set(paper) == {"10M/40K", "10M/400K", "10M/4M", "100M/40K", "100M/400K", "100M/4M"}
+    assert paper["10M/40K"]["anaphor_agreement"] == pytest.approx(82.77 - 72.90)
+    assert paper["100M/4M"]["average"] == pytest.approx(67.09 - 70.51)
+    assert report["cells"]["10M/0"]["paper"]["scores"]["average"] == 63.62
+
+
+def test_the_command_line_writes_the_files(runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    # Two PATHs after --results, as a shell glob gives them; --label repeated.
+    result = _report("--results", str(runs), str(runs / "a" / "eval"), f"--out={out}", "--paper=full",
+                     f"--label={runs / 'b1' / 'results.json'}=10M/4M", "--label", f"{runs / 'b2'}=10M/4M")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["paper_size"] == "full" and len(report["runs"]) == 5
+    markdown = (out / "report.md").read_text()
+    assert "| 10M/40K | 1 | 65.42 | 63.98 | +1.44 |" in markdown
+    assert "| 10M/0 | 80.0 (76.3) |" in markdown and "![BLiMP deltas" in markdown
+    assert (out / "blimp_deltas.png").stat().st_size > 10_000
+
+
+def test_a_run_without_a_cell_is_refused_with_a_hint(tmp_path: Path) -> None:
+    _write(tmp_path / "somewhere" / "results.json", _results(0.5, 0.5))
+    result = _report(f"--results={tmp_path / 'somewhere'}", f"--out={tmp_path / 'out'}")
+    assert result.returncode != 0 and "pass --label" in result.stderr, result.stderr[-2000:]
+    with pytest.raises(ValueError, match="pass --label"):
+        load_runs([tmp_path / "somewhere"])
+
+
+def test_a_run_on_all_of_the_sample_has_no_deltas_but_a_report(tmp_path: Path) -> None:
+    """configs/debug.py trains on all of the bundled sample (budgets -1): its cell is all/all, outside the grid."""
+    _write(tmp_path / "work" / "run.json", {"model": {"text_config": {"hidden_size": 32}},
+                                            "config": {"data": {"text_words": -1, "images": -1}}})
+    _write(tmp_path / "work" / "eval" / "results.json", _results(0.5, 0.5))
+    result = _report(f"--results={tmp_path / 'work' / 'eval'}", f"--out={tmp_path / 'report'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["runs"][0]["cell"] == "all/all" and report["paper_size"] == "full"
+    assert report["deltas"]["ours"] == {} and report["cells"]["all/all"]["paper"] is None
+    assert "No deltas of ours" in (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "report" / "blimp_deltas.png").stat().st_size
