@@ -168,9 +168,13 @@ class Throughput:
     def reset(self) -> None:
         self.start, self.steps, self.data_wait = time.perf_counter(), 0, 0.0
 
-    def add(self, steps: int, data_wait: float) -> None:
+    def waited(self, seconds: float) -> None:
+        """Host time spent waiting for a batch, counted in the window where the wait happened."""
+        self.data_wait += seconds
+
+    def stepped(self, steps: int = 1) -> None:
+        """Steps completed (read back from the device)."""
         self.steps += steps
-        self.data_wait += data_wait
 
     def report(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)

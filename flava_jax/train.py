@@ -272,7 +272,7 @@ def train(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
     # ---------------------------------------------------------------------------------------- the loop
     _barrier("flava_jax_loop_start")
     preemption = _Preemption()
-    pending: tuple[int, Any, float] | None = None  # the previous step, its metrics and data wait, read one late
+    pending: tuple[int, Any] | None = None  # the previous step and its metrics, read one step late
     last: dict[str, Any] = {}
     base_rng = jax.random.key(config.seed + 1)
     started = time.perf_counter()
@@ -281,10 +281,10 @@ def train(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
         nonlocal pending, last
         if pending is None:
             return
-        done_step, device_metrics, waited = pending
+        done_step, device_metrics = pending
         pending = None
         values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-        throughput.add(1, waited)
+        throughput.stepped()
         bad = sorted(k[5:] for k, v in values.items() if k.startswith("loss/") and not math.isfinite(v))
         if not values.pop("finite") or bad:
             raise TrainingError(
@@ -318,12 +318,12 @@ def train(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
             waited = time.perf_counter()
             batch = sharding_lib.global_batch(_stack([next(iterator) for _ in range(run.accumulation)]),
                                               batch_sharding)
-            waited = time.perf_counter() - waited
+            throughput.waited(time.perf_counter() - waited)
             weights = jax.tree.map(lambda w: jnp.asarray(w, jnp.float32), scheduler.weights())
             state, device_metrics = train_step(state, batch, weights, base_rng)
             flush()  # the previous step's, while this one runs
             step += 1
-            pending = (step, device_metrics, waited)
+            pending = (step, device_metrics)
             evaluate = step % config.eval.every_steps == 0 or step == config.total_steps
             if preemption.reached(step) or evaluate or step % config.checkpoint_every_steps == 0:
                 flush()
