@@ -4,8 +4,9 @@ reference's algorithm (paper_reference.md §5.1), same model, same sentences, sa
 The reference's way: chunks of 32 sentences; each chunk expanded to all its masked copies (one per inner token) as
 ONE batch padded to the chunk's longest sentence; `FlavaForPreTraining(input_ids_masked=..., attention_mask=...)`,
 whose MLM head then runs over every position (full logits); log-softmax over the vocabulary; gather the original
-token at each masked position. Ours: the copies of all sentences sorted by length into token-budget batches, the
-last encoder layer and the MLM head at the masked positions only. Both give each sentence's log2 PLL; the script
+token at each masked position. Ours (flava_jax.torch_pll): the copies of all sentences sorted by length into
+token-budget batches, the first layer's projections shared by a sentence's copies, the last encoder layer and the
+MLM head at the masked positions only. Both give each sentence's log2 PLL; the script
 stops unless they agree to 1e-4.
 
 Real BLiMP pairs: the first --pairs of every --every-th paradigm in --blimp, by default 16 of every 4th (272),
@@ -113,8 +114,8 @@ def reference_padding(sentences: Sequence[Sequence[int]], chunk: int = CHUNK) ->
 
 def matmul_flops(config: FlavaConfig, sentences: Sequence[Sequence[int]], chunk: int = CHUNK) -> dict[str, float]:
     """Matmul FLOPs of each side on `sentences`: the reference's padded chunks through every layer and the MLM head
-    at every position; ours without padding (a lower bound), the last layer's queries, feed-forward and the head
-    at the masked position only."""
+    at every position; ours without padding (a lower bound), the first layer's query/key/value projections once per
+    sentence, the last layer's queries, feed-forward and the head at the masked position only."""
     text = config.text_config
     d, f, vocab, layers = text.hidden_size, text.intermediate_size, text.vocab_size, text.num_hidden_layers
     head = 2 * (d * d + d * vocab)  # per scored position
@@ -127,7 +128,9 @@ def matmul_flops(config: FlavaConfig, sentences: Sequence[Sequence[int]], chunk:
     for ids in sentences:
         rows, length = len(ids) - 2, len(ids)
         last = 2 * length * 2 * d * d + 2 * (2 * d * d + 2 * d * f) + 4 * length * d  # keys/values of all tokens
-        ours += metrics.encoder_flops(text, rows, length) * (layers - 1) / layers + rows * (last + head)
+        first_qkv = 2 * 3 * d * d * length  # per sentence, not per copy (and once per batch for [MASK], not counted)
+        ours += (metrics.encoder_flops(text, rows, length) * (layers - 1) / layers - rows * first_qkv + first_qkv
+                 + rows * (last + head))
     return {"reference": reference, "ours": ours}
 
 

@@ -4,15 +4,22 @@ The reference's algorithm (Salazar et al. 2020, paper_reference.md §5.1): for a
 n copies each with one t_i replaced by [MASK] go through the text encoder (the masked, text-only pass), and the
 log-probability of t_i under the MLM head is read at the masked position. Here the copies of many sentences are
 sorted by length and packed into batches of about `batch_tokens` tokens, padded only to the longest copy in the
-batch; the last encoder layer and the MLM head run at the masked positions only, the one place a score is read
-(benchmarks/eval.py measures what this buys over the reference's way; tests/test_evaluate.py checks the scores
-against HF's whole forward).
+batch. Three things make it faster than running HF's forward on each copy, none of which changes a score:
+
+* the first layer's query/key/value projections: a copy differs from its sentence only at its masked tokens, so
+  they are computed once per sentence and once for [MASK] at each position, and each copy picks its rows;
+* the last layer's queries, feed-forward and final LayerNorm, and the MLM head run only at the scored position;
+* attention runs as one fused query/key/value projection and `scaled_dot_product_attention`; the big activations
+  go to buffers reused from batch to batch, with biases and residuals accumulated in place. Fresh ones cost a
+  tenth of a layer's time on CPU, where each large allocation comes back from the OS as new pages to fault in.
+
+benchmarks/eval.py measures what this buys over the reference's way; tests/test_evaluate.py checks the scores
+against HF's whole forward.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,13 +78,25 @@ def word_ids(tokenizer: Any, text: str, ids: Sequence[int]) -> list[int | None]:
 class TorchPLL:
     """`token_logprobs(sentences)`: the natural-log probability of each inner token of each tokenised sentence,
     from an eval-mode FlavaForPreTraining. `batch_tokens`: tokens per batch, padding included; by default 2048 on
-    CPU, where batches whose activations stay in cache run about a quarter faster than 8192 (benchmarks/eval.py),
-    and 32768 on accelerators, which want big batches (not measured here)."""
+    CPU, where batches whose activations stay in cache run fastest (at half size 1024 and 4096 took 2% and 5%
+    longer, 8192 about a quarter longer), and 32768 on accelerators, which want big batches (not measured here)."""
 
     def __init__(self, model: Any, mask_id: int, pad_id: int, batch_tokens: int | None = None,
                  progress: Any = None) -> None:
+        import torch
+
         self.model, self.mask_id, self.pad_id = model, mask_id, pad_id
         self.batch_tokens, self.progress = batch_tokens, progress
+        # Each layer's query, key and value projections as one (3 x hidden, hidden) matrix and bias (zeros when the
+        # model has no query/key/value bias).
+        self._qkv = []
+        for layer in model.flava.text_model.encoder.layer:
+            projections = [getattr(layer.attention.attention, name) for name in ("query", "key", "value")]
+            weight = torch.cat([p.weight for p in projections]).detach()
+            bias = (torch.cat([p.bias for p in projections]).detach() if projections[0].bias is not None
+                    else weight.new_zeros(len(weight)))
+            self._qkv.append((weight, bias))
+        self._buffer = None  # grows to the largest batch
 
     def token_logprobs(self, sentences: Sequence[Sequence[int]],
                        words: Sequence[Sequence[int | None]] | None = None) -> list[np.ndarray]:
@@ -96,39 +115,97 @@ class TorchPLL:
                 # The most copies that fit the token budget padded to their longest (at least one).
                 stop = max(bisect.bisect_right(range(start + 1, len(copies) + 1), budget,
                                                key=lambda end: (end - start) * longest[end - 1]) + start, start + 1)
-                ids, positions, targets = (torch.from_numpy(x).to(device) for x in
-                                           copies.batch(start, stop, copies.longest(start, stop), self.mask_id))
-                states = self._final_states_at(ids, ids != self.pad_id, positions)
+                length = copies.longest(start, stop)
+                ids, positions, targets = copies.batch(start, stop, length, self.mask_id)
+                sentence, inverse = np.unique(copies.copies[start:stop, 0], return_inverse=True)
+                originals = copies.padded[sentence, :length]
+                masked = ids != originals[inverse]
+                states = self._final_states_at(
+                    *(torch.from_numpy(x).to(device) for x in (originals, inverse, masked, positions)))
                 logits = self.model.mlm_head(states)
                 values[start:stop] = torch.log_softmax(logits.float(), dim=-1).gather(
-                    1, targets[:, None])[:, 0].cpu().numpy()
+                    1, torch.from_numpy(targets).to(device)[:, None])[:, 0].cpu().numpy()
                 if self.progress is not None:
                     self.progress(stop - start)
                 start = stop
         return copies.per_sentence(values)
 
-    def _final_states_at(self, ids: Any, mask: Any, positions: Any) -> Any:
-        """The text encoder's final states (after its last LayerNorm) of each row at its position: every layer but
-        the last over all tokens as HF runs them; the last one's attention queries, feed-forward and the final
-        LayerNorm at those positions only (keys and values still from every token): what HF's whole forward gives
-        at those positions, for a sixth (half size) to a half (tiny) less encoder work."""
+    def _final_states_at(self, originals: Any, owner: Any, masked: Any, positions: Any) -> Any:
+        """The text encoder's final states (after its last LayerNorm) at `positions` of the copies of `originals`
+        (the sentences, (sentences, length) ids) whose row `owner` copies, with the tokens `masked` (copies, length)
+        replaced by [MASK]: what HF's whole forward gives there (tests/test_evaluate.py)."""
         import torch
 
         text = self.model.flava.text_model
-        hidden = text.embeddings(input_ids=ids)
-        # The additive padding mask HF's eager attention adds to the scores: exp() of it is exactly 0.
-        bias = (~mask[:, None, None, :]).to(hidden.dtype) * torch.finfo(hidden.dtype).min
-        *layers, last = text.encoder.layer
-        for layer in layers:
-            hidden = layer(hidden, bias)[0]
-        rows = torch.arange(len(ids), device=ids.device)
-        x = last.layernorm_before(hidden)
-        attention = last.attention.attention
-        heads, size = attention.num_attention_heads, attention.attention_head_size
-        query = attention.query(x[rows, positions]).view(len(ids), heads, 1, size)
-        key, value = (project(x).view(len(ids), -1, heads, size).transpose(1, 2)
-                      for project in (attention.key, attention.value))
-        scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(size) + bias
-        context = torch.matmul(scores.softmax(dim=-1), value).reshape(len(ids), heads * size)
-        hidden = last.attention.output.dense(context) + hidden[rows, positions]
-        return text.layernorm(last.output(last.intermediate(last.layernorm_after(hidden)), hidden))
+        copies, length = masked.shape
+        d = self._qkv[0][0].shape[1]
+        hidden, spare, projected, intermediate = self._buffers(
+            copies * length, (d, d, 3 * d, text.encoder.layer[0].intermediate.dense.out_features))
+        hidden, projected = hidden.view(copies, length, d), projected.view(copies, length, 3 * d)
+        # The embeddings and the first layer's projections of the sentences and of [MASK] at every position; each
+        # copy takes its sentence's rows except at its masked tokens.
+        embedded = text.embeddings(input_ids=torch.cat([originals, torch.full_like(originals[:1], self.mask_id)]))
+        shared = torch.nn.functional.linear(text.encoder.layer[0].layernorm_before(embedded), *self._qkv[0])
+        masked = masked[:, :, None]
+        torch.where(masked, embedded[-1], embedded[owner], out=hidden)
+        torch.where(masked, shared[-1], shared[owner], out=projected)
+        # Pad keys are left out of attention as HF's additive mask does (its exp() is exactly 0).
+        keep = (originals != self.pad_id)[owner][:, None, None, :]
+        rows = torch.arange(copies, device=masked.device)
+        for index, (layer, (weight, bias)) in enumerate(zip(text.encoder.layer, self._qkv, strict=True)):
+            if index < len(self._qkv) - 1:
+                if index:
+                    torch.addmm(bias, layer.layernorm_before(hidden).flatten(0, 1), weight.t(),
+                                out=projected.view(-1, 3 * d))
+                hidden = _rest_of_layer(layer, *_heads(layer, projected), hidden, keep, spare, intermediate)
+                continue
+            # The last layer: keys and values of every token, the rest at the scored position only.
+            if index:
+                x = layer.layernorm_before(hidden)
+                query = torch.nn.functional.linear(x[rows, positions, None], weight[:d], bias[:d])
+                keys_values = torch.nn.functional.linear(x, weight[d:], bias[d:])
+            else:
+                query, keys_values = projected[rows, positions, None, :d], projected[..., d:]
+            hidden = _rest_of_layer(layer, *_heads(layer, query), *_heads(layer, keys_values),
+                                    hidden[rows, positions, None], keep)
+        return text.layernorm(hidden[:, 0])
+
+    def _buffers(self, tokens: int, widths: Sequence[int]) -> list[Any]:
+        """Flat (tokens, width) buffers for a batch's activations, views into one allocation that is kept."""
+        needed = tokens * sum(widths)
+        if self._buffer is None or self._buffer.numel() < needed:
+            weight = self._qkv[0][0]
+            self._buffer = weight.new_empty(needed)
+        offsets = np.cumsum([0, *(tokens * w for w in widths)]).tolist()
+        return [self._buffer[a:b].view(tokens, w) for a, b, w in zip(offsets, offsets[1:], widths, strict=False)]
+
+
+def _heads(layer: Any, projected: Any) -> Any:
+    """(rows, length, k x hidden) projections as k (rows, heads, length, head size) tensors."""
+    attention = layer.attention.attention
+    return projected.unflatten(-1, (-1, attention.num_attention_heads, attention.attention_head_size)).permute(
+        2, 0, 3, 1, 4)
+
+
+def _rest_of_layer(layer: Any, query: Any, key: Any, value: Any, hidden: Any, keep: Any, spare: Any = None,
+                   intermediate: Any = None) -> Any:
+    """One pre-LayerNorm encoder layer of HF's from its query/key/value projections on: attention (keys where
+    `keep`), output projection, residual, feed-forward, residual. The result overwrites `hidden` (rows, queries,
+    hidden), which must be contiguous; `spare` (rows x queries, hidden) and `intermediate` are buffers for the
+    residual stream after attention and the feed-forward's inner activations (allocated when None)."""
+    import torch
+
+    rows, queries, d = hidden.shape
+    context = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=keep)
+    dense = layer.attention.output.dense
+    attended = torch.add(hidden.view(-1, d), dense.bias, out=spare)
+    attended.addmm_(context.transpose(1, 2).reshape(-1, d), dense.weight.t())
+    inner, outer = layer.intermediate.dense, layer.output.dense
+    activated = torch.addmm(inner.bias, layer.layernorm_after(attended), inner.weight.t(), out=intermediate)
+    act = layer.intermediate.intermediate_act_fn
+    if getattr(act, "act", None) is torch.nn.functional.gelu:  # HF's exact "gelu": in place, saves a buffer
+        torch.ops.aten.gelu_(activated)
+    else:
+        activated = act(activated)
+    out = torch.add(attended, outer.bias, out=hidden.view(-1, d))
+    return out.addmm_(activated, outer.weight.t()).view(rows, queries, d)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from flava_jax import FlavaConfig, FlavaForPreTraining, save_pretrained
-from flava_jax.data.tokenizer import MASK_ID, PAD_ID, Tokenizer
+from flava_jax.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, Tokenizer
 from flava_jax.evaluate import evaluate
 from flava_jax.hf import from_pretrained
 from flava_jax.pll import LN2, PLLScorer, masked_copies, pseudo_perplexity
@@ -54,20 +54,47 @@ def blimp_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _independent_pll(model: Any, tokenizer: Any, sentence: str) -> float:
-    """log2 PLL the plain way: HF's whole forward on the n masked copies of one sentence, MLM logits at the
-    masked positions (HF's own boolean selection)."""
-    ids = torch.tensor(tokenizer(sentence)["input_ids"])
-    n = len(ids) - 2
-    copies = ids.repeat(n, 1)
+def _independent_logprobs(model: Any, ids: list[int], mask_id: int) -> np.ndarray:
+    """Natural-log probability of each inner token of `ids` the plain way: HF's whole forward on the masked copies
+    of one sentence, MLM logits at the masked positions (HF's own boolean selection)."""
+    ids_t = torch.tensor(ids)
+    n = len(ids_t) - 2
+    copies = ids_t.repeat(n, 1)
     labels = torch.full_like(copies, -100)
     for row in range(n):
-        labels[row, row + 1] = ids[row + 1]
-        copies[row, row + 1] = tokenizer.mask_token_id
+        labels[row, row + 1] = ids_t[row + 1]
+        copies[row, row + 1] = mask_id
     with torch.no_grad():
-        out = model(input_ids=ids.repeat(n, 1), input_ids_masked=copies, mlm_labels=labels)
+        out = model(input_ids=ids_t.repeat(n, 1), input_ids_masked=copies, mlm_labels=labels)
     logp = torch.log_softmax(out.mlm_logits.double(), dim=-1)
-    return float(logp[torch.arange(n), ids[1:-1]].sum()) / LN2
+    return logp[torch.arange(n), ids_t[1:-1]].numpy()
+
+
+def _independent_pll(model: Any, tokenizer: Any, sentence: str) -> float:
+    """log2 PLL of `sentence` from `_independent_logprobs`."""
+    return float(_independent_logprobs(model, tokenizer(sentence)["input_ids"], tokenizer.mask_token_id).sum()) / LN2
+
+
+@pytest.mark.parametrize("text", [dict(num_hidden_layers=1, qkv_bias=False, hidden_act="gelu_new"),
+                                  dict(num_hidden_layers=3)], ids=["one_layer_no_qkv_bias_tanh_gelu", "three_layers"])
+def test_torch_scorer_matches_hfs_whole_forward_on_other_encoders(text: dict) -> None:
+    """TorchPLL's own layer code (the first layer's shared projections, the last at the scored position, buffers
+    reused across batches of different shapes) against HF's forward, on encoders unlike the tiny preset's."""
+    from flava_jax.torch_pll import TorchPLL
+
+    hf = FlavaConfig.from_preset("tiny").to_hf_dict()
+    hf["text_config"].update(text)
+    torch.manual_seed(0)
+    model = transformers.FlavaForPreTraining(transformers.FlavaConfig(**hf)).eval()
+    with torch.no_grad():  # weights spread out, so that scores differ clearly between tokens
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    rng = np.random.default_rng(0)
+    sentences = [[CLS_ID, *rng.integers(5, 512, n).tolist(), SEP_ID] for n in (1, 7, 3, 12, 7, 30)]
+    # A small token budget: many batches, each padded to its own longest copy.
+    got = TorchPLL(model, MASK_ID, PAD_ID, batch_tokens=64).token_logprobs(sentences)
+    for ids, values in zip(sentences, got, strict=True):
+        np.testing.assert_allclose(values, _independent_logprobs(model, ids, MASK_ID), atol=1e-5)
 
 
 def test_blimp_matches_transformers_and_the_jax_scorer(export: Path, blimp_subset: Path, tmp_path: Path) -> None:
