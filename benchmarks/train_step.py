@@ -12,11 +12,15 @@ For each size (tiny, half, full) and batch (image-text pairs at 77 tokens, text-
   attention mask makes the per-example losses identical (tests/test_train.py). The length mix is that of the real
   WiT text examples bundled in the package, in WordPiece tokens estimated as 1.3 per word plus [CLS] and [SEP].
 
+Each size runs in its own process, both sides in it. `--host-malloc` sets config.host_malloc's policy for both
+(flava_jax/host_memory.py); the default, system, is the trainer's default.
+
 MFU counts the same useful model FLOPs for both sides (metrics.train_flops: trainable work 3x, the codebook once,
 no unmasked pass) over this machine's measured XLA f32 matmul peak. Step times are medians over --repeats
 interleaved runs of --steps steps each, after a warm-up step (and the compile).
 
     python benchmarks/train_step.py [--sizes tiny,half,full] [--batches pairs,text] [--batch-size 4]
+                                    [--host-malloc auto|keep|system]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import gc
 import json
 import math
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +45,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import base  # noqa: E402
-from flava_jax import FlavaConfig, FlavaForPreTraining, optim  # noqa: E402
+from flava_jax import FlavaConfig, FlavaForPreTraining, host_memory, optim  # noqa: E402
 from flava_jax import metrics as metrics_lib  # noqa: E402
 from flava_jax.data import records  # noqa: E402
 from flava_jax.data.masking import BlockMasking, mask_tokens  # noqa: E402
@@ -185,15 +190,25 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2, help="steps per timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (median)")
+    parser.add_argument("--host-malloc", choices=host_memory.POLICIES, default="system",
+                        help="config.host_malloc for both sides (auto: what the trainer would pick for each size)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results") / "train_step.json"))
     args = parser.parse_args()
+    sizes = args.sizes.split(",")
+    if len(sizes) > 1:
+        return _each_size_in_its_process(sizes, args)
+    preset = FlavaConfig.from_preset(sizes[0])
+    widest = max(preset.text_config.hidden_size, preset.image_config.hidden_size,
+                 preset.multimodal_config.hidden_size)
+    if host_memory.wants_keep(args.host_malloc, widest) and not host_memory.in_effect():
+        host_memory.reexec_with_tunables()  # before JAX or torch start threads
 
     import torch
 
     peak = metrics_lib.measured_matmul_peak()
     print(f"measured XLA f32 matmul peak: {peak / 1e9:.0f} GFLOP/s; jax {jax.__version__} on "
-          f"{jax.devices()[0].device_kind}, torch {torch.__version__} with {torch.get_num_threads()} threads",
-          flush=True)
+          f"{jax.devices()[0].device_kind}, torch {torch.__version__} with {torch.get_num_threads()} threads; "
+          f"host malloc: {'freed memory kept' if host_memory.in_effect() else 'system'}", flush=True)
     lengths = wit_text_lengths()
     b = args.batch_size
     rng = np.random.default_rng(0)
@@ -222,8 +237,32 @@ def main() -> None:
                 _print(rows[-1])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"peak_flops": peak, "batch_size": b, "text_lengths": lengths, "rows": rows},
-                              indent=1) + "\n")
+    out.write_text(json.dumps({"peak_flops": peak, "batch_size": b, "host_malloc_kept": host_memory.in_effect(),
+                               "text_lengths": lengths, "rows": rows}, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+def _each_size_in_its_process(sizes: list[str], args: argparse.Namespace) -> None:
+    """Run this script once per size (so that each gets its own host malloc setting) and merge the results."""
+    rows, parts = [], []
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "part.json"
+            subprocess.run([sys.executable, __file__, f"--sizes={size}", f"--batches={args.batches}",
+                            f"--batch-size={args.batch_size}", f"--steps={args.steps}", f"--repeats={args.repeats}",
+                            f"--host-malloc={args.host_malloc}", f"--out={out}"], check=True)
+            part = json.loads(out.read_text())
+        parts.append(part)
+        rows += [{**row, "host_malloc_kept": part["host_malloc_kept"]} for row in part["rows"]]
+    print(f"\nall sizes:\n{'size':5} {'batch':13} {'flava_jax ex/s':>14} {'MFU':>6} {'torch ex/s':>11} {'MFU':>6} "
+          f"{'ratio':>6}")
+    for row in rows:
+        _print(row)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"peak_flops": {s: p["peak_flops"] for s, p in zip(sizes, parts, strict=True)},
+                               "batch_size": args.batch_size, "text_lengths": parts[0]["text_lengths"],
+                               "rows": rows}, indent=1) + "\n")
     print(f"wrote {out}")
 
 

@@ -16,6 +16,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from flava_jax import host_memory
 from flava_jax.config import ConfigError
 from flava_jax.train import train
 
@@ -37,6 +38,13 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("both --config and --workdir are required")
+    try:
+        model = _CONFIG.value.model
+        widest = max(model[name].hidden_size for name in ("text_config", "image_config", "multimodal_config"))
+        if host_memory.wants_keep(_CONFIG.value.host_malloc, widest) and not host_memory.in_effect():
+            host_memory.reexec_with_tunables()  # before any JAX backend exists; does not return
+    except ConfigError as e:
+        raise app.UsageError(str(e)) from e
     if _COORDINATOR.value:
         jax.distributed.initialize(_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                    process_id=_PROCESS_ID.value)
@@ -52,6 +60,9 @@ def main(argv: list[str]) -> None:
     # One progress log per run: the other processes report warnings and errors only.
     logging.getLogger("flava_jax").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax and Grain log every file operation at INFO
+    if host_memory.in_effect():
+        logging.getLogger(__name__).info("host malloc: freed memory kept for reuse (config.host_malloc=%s)",
+                                         _CONFIG.value.host_malloc)
     config = _CONFIG.value
     if config.compilation_cache_dir and not cpu_processes:
         # XLA compiles (random init especially) take tens of seconds on a CPU; later runs reuse them.
