@@ -12,8 +12,9 @@ For each size (tiny, half, full) and batch (image-text pairs at 77 tokens, text-
   attention mask makes the per-example losses identical (tests/test_train.py). The length mix is that of the real
   WiT text examples bundled in the package, in WordPiece tokens estimated as 1.3 per word plus [CLS] and [SEP].
 
-Each size runs in its own process, both sides in it. `--host-malloc` sets config.host_malloc's policy for both
-(flava_jax/host_memory.py); the default, system, is the trainer's default.
+Each side runs in a process of its own (torch's step in a worker the script drives over a pipe), each size in its
+own pair: torch's and XLA's thread pools and heaps sharing one process slowed both, erratically. `--host-malloc`
+sets config.host_malloc's policy for both sides (flava_jax/host_memory.py); the default, system, is the trainer's.
 
 MFU counts the same useful model FLOPs for both sides (metrics.train_flops: trainable work 3x, the codebook once,
 no unmasked pass) over this machine's measured XLA f32 matmul peak. Step times are medians over --repeats
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import json
 import math
 import statistics
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,7 @@ LENGTH = {"pairs": 77, "text": 512}
 BUCKETS = (64, 128, 256, 512)
 MLM_PROBABILITY, MASK_PATCHES = 0.4, 75
 LOSSES = ("mlm", "mim", "itm", "global_contrastive", "mmm_image", "mmm_text")
+REPLY = "@@ "  # marks the torch worker's replies on its stdout
 
 
 # ---------------------------------------------------------------------------------------------------- batches
@@ -168,6 +172,42 @@ class TorchStep:
         return (time.perf_counter() - start) / steps
 
 
+class TorchWorker:
+    """`TorchStep` in a process of its own, with this process's environment; `run(steps)` as TorchStep's."""
+
+    def __init__(self, size: str, kind: str, batch_size: int, length: int, seed: int) -> None:
+        self.process = subprocess.Popen([sys.executable, __file__, f"--torch-worker={size},{kind},{batch_size},"
+                                         f"{length},{seed}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.threads = int(self._reply())
+
+    def run(self, steps: int) -> float:
+        self.process.stdin.write(f"{steps}\n")
+        self.process.stdin.flush()
+        return float(self._reply())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+    def _reply(self) -> str:
+        while line := self.process.stdout.readline():
+            if line.startswith(REPLY):
+                return line[len(REPLY):].strip()
+        raise RuntimeError(f"the torch worker exited with status {self.process.wait()}")
+
+
+def torch_worker(spec: str) -> None:
+    """The worker side of `TorchWorker`: build the step, say how many threads torch uses, then time steps."""
+    import torch
+
+    size, kind, batch_size, length, seed = spec.split(",")
+    config = FlavaConfig.from_preset(size)
+    step = TorchStep(config, make_batch(config, kind, int(batch_size), int(length), np.random.default_rng(int(seed))))
+    print(f"{REPLY}{torch.get_num_threads()}", flush=True)
+    for line in sys.stdin:
+        print(f"{REPLY}{step.run(int(line))}", flush=True)
+
+
 # ------------------------------------------------------------------------------------------------------- main
 def flops(config: FlavaConfig, kind: str, batch: int, length: int) -> float:
     patches = min(MASK_PATCHES, config.image_config.num_patches // 2)
@@ -193,7 +233,10 @@ def main() -> None:
     parser.add_argument("--host-malloc", choices=host_memory.POLICIES, default="system",
                         help="config.host_malloc for both sides (auto: what the trainer would pick for each size)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results") / "train_step.json"))
+    parser.add_argument("--torch-worker", help=argparse.SUPPRESS)  # internal: size,kind,batch,length,seed
     args = parser.parse_args()
+    if args.torch_worker:
+        return torch_worker(args.torch_worker)
     sizes = args.sizes.split(",")
     if len(sizes) > 1:
         return _each_size_in_its_process(sizes, args)
@@ -203,15 +246,13 @@ def main() -> None:
     if host_memory.wants_keep(args.host_malloc, widest) and not host_memory.in_effect():
         host_memory.reexec_with_tunables()  # before JAX or torch start threads
 
-    import torch
-
     peak = metrics_lib.measured_matmul_peak()
     print(f"measured XLA f32 matmul peak: {peak / 1e9:.0f} GFLOP/s; jax {jax.__version__} on "
-          f"{jax.devices()[0].device_kind}, torch {torch.__version__} with {torch.get_num_threads()} threads; "
+          f"{jax.devices()[0].device_kind}, torch {importlib.metadata.version('torch')}; "
           f"host malloc: {'freed memory kept' if host_memory.in_effect() else 'system'}", flush=True)
     lengths = wit_text_lengths()
     b = args.batch_size
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(0)  # the bucketed batches
     rows = []
     header = f"{'size':5} {'batch':13} {'flava_jax ex/s':>14} {'MFU':>6} {'torch ex/s':>11} {'MFU':>6} {'ratio':>6}"
     print(header, flush=True)
@@ -219,16 +260,20 @@ def main() -> None:
         config = FlavaConfig.from_preset(size)
         for kind in args.batches.split(","):
             length = min(LENGTH[kind], config.text_config.max_position_embeddings)
-            batch = make_batch(config, kind, b, length, rng)
-            sides = {"ours": OurStep(config, kind, batch, unmasked_text_pass=kind == "text"),
-                     "torch": TorchStep(config, batch)}
+            seed = zlib.crc32(f"{size}/{kind}".encode())  # the same batch on both sides
+            sides = {"ours": OurStep(config, kind, make_batch(config, kind, b, length, np.random.default_rng(seed)),
+                                     unmasked_text_pass=kind == "text"),
+                     "torch": TorchWorker(size, kind, b, length, seed)}
             seconds = interleaved(sides, args.repeats, args.steps)
+            threads = sides["torch"].threads
+            sides["torch"].close()
             del sides
             gc.collect()
             work = flops(config, kind, b, length)
             row = {"size": size, "batch": f"{kind} L={length}", "what": "same work",
                    "ours_examples_per_s": b / seconds["ours"], "torch_examples_per_s": b / seconds["torch"],
-                   "ours_mfu": work / seconds["ours"] / peak, "torch_mfu": work / seconds["torch"] / peak}
+                   "ours_mfu": work / seconds["ours"] / peak, "torch_mfu": work / seconds["torch"] / peak,
+                   "torch_threads": threads}
             row["ratio"] = row["ours_examples_per_s"] / row["torch_examples_per_s"]
             rows.append(row)
             _print(row)
