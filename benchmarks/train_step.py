@@ -13,8 +13,9 @@ For each size (tiny, half, full) and batch (image-text pairs at 77 tokens, text-
   WiT text examples bundled in the package, in WordPiece tokens estimated as 1.3 per word plus [CLS] and [SEP].
 
 Each side runs in a process of its own (torch's step in a worker the script drives over a pipe), each size in its
-own pair: torch's and XLA's thread pools and heaps sharing one process slowed both, erratically. `--host-malloc`
-sets config.host_malloc's policy for both sides (flava_jax/host_memory.py); the default, system, is the trainer's.
+own pair: torch's and XLA's thread pools and heaps sharing one process slowed both, erratically. Both sides run
+under the host malloc setting the trainer picks for the size on a CPU (`--host-malloc`, default auto, as
+config.host_malloc; flava_jax/host_memory.py), so torch gets the same help from it.
 
 MFU counts the same useful model FLOPs for both sides (metrics.train_flops: trainable work 3x, the codebook once,
 no unmasked pass) over this machine's measured XLA f32 matmul peak. Step times are medians over --repeats
@@ -230,7 +231,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2, help="steps per timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (median)")
-    parser.add_argument("--host-malloc", choices=host_memory.POLICIES, default="system",
+    parser.add_argument("--host-malloc", choices=host_memory.POLICIES, default="auto",
                         help="config.host_malloc for both sides (auto: what the trainer would pick for each size)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results") / "train_step.json"))
     parser.add_argument("--torch-worker", help=argparse.SUPPRESS)  # internal: size,kind,batch,length,seed

@@ -132,9 +132,9 @@ def get_config() -> ConfigDict:
     config.keep_checkpoints = 2  # the latest N, plus the best by pseudo-perplexity
     config.log_every_steps = 10
     config.compilation_cache_dir = "~/.cache/flava_jax/xla"  # persistent XLA cache; "" turns it off
-    # "keep": XLA:CPU's per-step temporaries reused instead of faulted in afresh each step ("auto": keep on a CPU-only
-    # JAX for half- and full-size models; "system": malloc as it is). Opt-in for now: see flava_jax/host_memory.py.
-    config.host_malloc = "system"
+    # On CPU, XLA's per-step temporaries reused instead of faulted in afresh each step ("auto": on a CPU-only JAX for
+    # half- and full-size models; "keep": always; "system": malloc as it is). See flava_jax/host_memory.py.
+    config.host_malloc = "auto"
     config.data = data_config()
     config.train = train_config()
     config.optim = optim_config()
