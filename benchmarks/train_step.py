@@ -241,9 +241,7 @@ def main() -> None:
     sizes = args.sizes.split(",")
     if len(sizes) > 1:
         return _each_size_in_its_process(sizes, args)
-    preset = FlavaConfig.from_preset(sizes[0])
-    widest = max(preset.text_config.hidden_size, preset.image_config.hidden_size,
-                 preset.multimodal_config.hidden_size)
+    widest = host_memory.widest_encoder(FlavaConfig.from_preset(sizes[0]))
     if host_memory.wants_keep(args.host_malloc, widest) and not host_memory.in_effect():
         host_memory.reexec_with_tunables()  # before JAX or torch start threads
 

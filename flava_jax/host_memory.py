@@ -25,6 +25,7 @@ import importlib.util
 import os
 import platform
 import sys
+from typing import Any
 
 from flava_jax.config import ConfigError
 
@@ -43,6 +44,12 @@ def runs_on_cpu_only() -> bool:
     if platforms:
         return platforms.split(",")[0].strip() == "cpu"
     return not any(importlib.util.find_spec(name) is not None for name in _ACCELERATOR_PLUGINS)
+
+
+def widest_encoder(model: Any) -> int:
+    """The largest hidden size of a model config's text, image and multimodal encoders (a FlavaConfig or the
+    config's `model` ConfigDict)."""
+    return max(getattr(model, name).hidden_size for name in ("text_config", "image_config", "multimodal_config"))
 
 
 def wants_keep(policy: str, hidden_size: int) -> bool:

@@ -39,8 +39,7 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("both --config and --workdir are required")
     try:
-        model = _CONFIG.value.model
-        widest = max(model[name].hidden_size for name in ("text_config", "image_config", "multimodal_config"))
+        widest = host_memory.widest_encoder(_CONFIG.value.model)
         if host_memory.wants_keep(_CONFIG.value.host_malloc, widest) and not host_memory.in_effect():
             host_memory.reexec_with_tunables()  # before any JAX backend exists; does not return
     except ConfigError as e:
@@ -60,10 +59,10 @@ def main(argv: list[str]) -> None:
     # One progress log per run: the other processes report warnings and errors only.
     logging.getLogger("flava_jax").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax and Grain log every file operation at INFO
+    config = _CONFIG.value
     if host_memory.in_effect():
         logging.getLogger(__name__).info("host malloc: freed memory kept for reuse (config.host_malloc=%s)",
-                                         _CONFIG.value.host_malloc)
-    config = _CONFIG.value
+                                         config.host_malloc)
     if config.compilation_cache_dir and not cpu_processes:
         # XLA compiles (random init especially) take tens of seconds on a CPU; later runs reuse them.
         jax.config.update("jax_compilation_cache_dir", str(Path(config.compilation_cache_dir).expanduser()))
