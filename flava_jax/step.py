@@ -160,20 +160,24 @@ def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformatio
             return None if cache is None else {"loss": cache["loss"], "metrics": cache["metrics"], **k_slice}
 
         def micro(carry: Any, xs: Any) -> tuple[Any, None]:
-            grads_sum, metrics_sum = carry
             micro_batch, k, k_slice = xs
             (loss, metrics), grads = grad_fn(state.params, micro_batch, weights, jax.random.fold_in(rng, k),
                                              contrastive(k_slice))
-            metrics = {**metrics, "loss": loss}
-            return (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.add, metrics_sum, metrics)), None
+            out = (grads, {**metrics, "loss": loss})
+            return (out if carry is None else jax.tree.map(jnp.add, carry, out)), None
 
-        first = jax.tree.map(lambda x: x[0], (batch, per_micro))
-        metric_shapes = jax.eval_shape(
-            lambda: {**loss_fn(state.params, first[0], weights, rng, contrastive(first[1]))[1], "loss": 0.0})
-        init = (jax.tree.map(jnp.zeros_like, state.params),
-                jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metric_shapes))
-        (grads, metrics), _ = jax.lax.scan(micro, init, (batch, jnp.arange(micro_steps), per_micro))
-        grads = jax.tree.map(lambda g: g / micro_steps, grads)
+        xs = (batch, jnp.arange(micro_steps), per_micro)
+        if micro_steps == 1:
+            # No loop: XLA then fuses the optimiser into the gradient's last ops and copies no carry.
+            (grads, metrics), _ = micro(None, jax.tree.map(lambda x: x[0], xs))
+        else:
+            first = jax.tree.map(lambda x: x[0], (batch, per_micro))
+            metric_shapes = jax.eval_shape(
+                lambda: {**loss_fn(state.params, first[0], weights, rng, contrastive(first[1]))[1], "loss": 0.0})
+            init = (jax.tree.map(jnp.zeros_like, state.params),
+                    jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metric_shapes))
+            (grads, metrics), _ = jax.lax.scan(micro, init, xs)
+            grads = jax.tree.map(lambda g: g / micro_steps, grads)
         if cache is not None:
             # The logit scale's share is not in any micro-step's: add it once, weighted as the loss is.
             flava = dict(grads["flava"])
@@ -184,11 +188,14 @@ def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformatio
         metrics = jax.tree.map(lambda m: m / micro_steps, metrics)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(grad_norm) & jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = _clamp_logit_scale(optax.apply_updates(state.params, updates))
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                               opt_state=keep(opt_state, state.opt_state))
+
+        def update() -> tuple[Any, Any]:
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            return _clamp_logit_scale(optax.apply_updates(state.params, updates)), opt_state
+
+        # A branch, not a select per leaf: a select reads and writes the whole state once more every step.
+        params, opt_state = jax.lax.cond(finite, update, lambda: (state.params, state.opt_state))
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, {**metrics, "grad_norm": grad_norm, "finite": finite,
                            "param_norm": optax.tree.norm(new_state.params)}
 
