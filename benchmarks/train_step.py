@@ -64,6 +64,7 @@ BUCKETS = (64, 128, 256, 512)
 MLM_PROBABILITY, MASK_PATCHES = 0.4, 75
 LOSSES = ("mlm", "mim", "itm", "global_contrastive", "mmm_image", "mmm_text")
 REPLY = "@@ "  # marks the torch worker's replies on its stdout
+HEADER = f"{'size':5} {'batch':13} {'flava_jax ex/s':>14} {'MFU':>6} {'torch ex/s':>11} {'MFU':>6} {'ratio':>6}"
 
 
 # ---------------------------------------------------------------------------------------------------- batches
@@ -241,9 +242,7 @@ def main() -> None:
     sizes = args.sizes.split(",")
     if len(sizes) > 1:
         return _each_size_in_its_process(sizes, args)
-    widest = host_memory.widest_encoder(FlavaConfig.from_preset(sizes[0]))
-    if host_memory.wants_keep(args.host_malloc, widest) and not host_memory.in_effect():
-        host_memory.reexec_with_tunables()  # before JAX or torch start threads
+    host_memory.ensure(args.host_malloc, FlavaConfig.from_preset(sizes[0]))  # before JAX or torch start threads
 
     peak = metrics_lib.measured_matmul_peak()
     print(f"measured XLA f32 matmul peak: {peak / 1e9:.0f} GFLOP/s; jax {jax.__version__} on "
@@ -253,8 +252,7 @@ def main() -> None:
     b = args.batch_size
     rng = np.random.default_rng(0)  # the bucketed batches
     rows = []
-    header = f"{'size':5} {'batch':13} {'flava_jax ex/s':>14} {'MFU':>6} {'torch ex/s':>11} {'MFU':>6} {'ratio':>6}"
-    print(header, flush=True)
+    print(HEADER, flush=True)
     for size in args.sizes.split(","):
         config = FlavaConfig.from_preset(size)
         for kind in args.batches.split(","):
@@ -279,11 +277,8 @@ def main() -> None:
             if kind == "text":
                 rows.append(minus_waste(config, b, lengths, args, rng, row["torch_examples_per_s"], peak))
                 _print(rows[-1])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"peak_flops": peak, "batch_size": b, "host_malloc_kept": host_memory.in_effect(),
-                               "text_lengths": lengths, "rows": rows}, indent=1) + "\n")
-    print(f"wrote {out}")
+    _write(args.out, {"peak_flops": peak, "batch_size": b, "host_malloc_kept": host_memory.in_effect(),
+                      "text_lengths": lengths, "rows": rows})
 
 
 def _each_size_in_its_process(sizes: list[str], args: argparse.Namespace) -> None:
@@ -298,15 +293,17 @@ def _each_size_in_its_process(sizes: list[str], args: argparse.Namespace) -> Non
             part = json.loads(out.read_text())
         parts.append(part)
         rows += [{**row, "host_malloc_kept": part["host_malloc_kept"]} for row in part["rows"]]
-    print(f"\nall sizes:\n{'size':5} {'batch':13} {'flava_jax ex/s':>14} {'MFU':>6} {'torch ex/s':>11} {'MFU':>6} "
-          f"{'ratio':>6}")
+    print(f"\nall sizes:\n{HEADER}")
     for row in rows:
         _print(row)
-    out = Path(args.out)
+    _write(args.out, {"peak_flops": {s: p["peak_flops"] for s, p in zip(sizes, parts, strict=True)},
+                      "batch_size": args.batch_size, "text_lengths": parts[0]["text_lengths"], "rows": rows})
+
+
+def _write(path: str, results: dict[str, Any]) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"peak_flops": {s: p["peak_flops"] for s, p in zip(sizes, parts, strict=True)},
-                               "batch_size": args.batch_size, "text_lengths": parts[0]["text_lengths"],
-                               "rows": rows}, indent=1) + "\n")
+    out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
 
 

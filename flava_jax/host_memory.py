@@ -67,6 +67,13 @@ def in_effect() -> bool:
     return TUNABLES in os.environ.get("GLIBC_TUNABLES", "")
 
 
+def ensure(policy: str, model: Any) -> None:
+    """Re-execute this process with TUNABLES when `policy` asks to keep freed memory for `model` (a FlavaConfig or
+    the config's `model` ConfigDict) and they are not yet in effect. Call before JAX or torch start threads."""
+    if wants_keep(policy, widest_encoder(model)) and not in_effect():
+        reexec_with_tunables()  # does not return
+
+
 def reexec_with_tunables() -> None:
     """Replace this process by the same command with TUNABLES added to GLIBC_TUNABLES (same PID, same arguments).
     Call before any JAX backend or other thread work exists."""

@@ -39,9 +39,7 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("both --config and --workdir are required")
     try:
-        widest = host_memory.widest_encoder(_CONFIG.value.model)
-        if host_memory.wants_keep(_CONFIG.value.host_malloc, widest) and not host_memory.in_effect():
-            host_memory.reexec_with_tunables()  # before any JAX backend exists; does not return
+        host_memory.ensure(_CONFIG.value.host_malloc, _CONFIG.value.model)  # before any JAX backend exists
     except ConfigError as e:
         raise app.UsageError(str(e)) from e
     if _COORDINATOR.value:

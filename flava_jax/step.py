@@ -167,13 +167,13 @@ def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformatio
             return (out if carry is None else jax.tree.map(jnp.add, carry, out)), None
 
         xs = (batch, jnp.arange(micro_steps), per_micro)
+        first = jax.tree.map(lambda x: x[0], xs)
         if micro_steps == 1:
-            # No loop: XLA then fuses the optimiser into the gradient's last ops and copies no carry.
-            (grads, metrics), _ = micro(None, jax.tree.map(lambda x: x[0], xs))
+            # No loop: no zero-initialised carry to add into, no copies into and out of a loop body.
+            (grads, metrics), _ = micro(None, first)
         else:
-            first = jax.tree.map(lambda x: x[0], (batch, per_micro))
             metric_shapes = jax.eval_shape(
-                lambda: {**loss_fn(state.params, first[0], weights, rng, contrastive(first[1]))[1], "loss": 0.0})
+                lambda: {**loss_fn(state.params, first[0], weights, rng, contrastive(first[2]))[1], "loss": 0.0})
             init = (jax.tree.map(jnp.zeros_like, state.params),
                     jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metric_shapes))
             (grads, metrics), _ = jax.lax.scan(micro, init, xs)
