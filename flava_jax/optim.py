@@ -12,6 +12,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 from flax.traverse_util import flatten_dict, unflatten_dict
 
@@ -48,6 +50,21 @@ def decay_mask(params: Any, no_decay: Sequence[str]) -> Any:
     return unflatten_dict({keys: not _match("/".join(keys), no_decay) for keys in flatten_dict(params)})
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """torch's `clip_grad_norm_`, which the reference calls: every gradient times min(1, max_norm / (norm + 1e-6)).
+
+    A scalar factor, where optax's clip selects per element between g and g / norm * max_norm: XLA writes that
+    quotient out as one more full pass over the gradients before Adam reads them (40% of the update's time on CPU).
+    """
+
+    def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
+        del params
+        factor = jnp.minimum(1.0, max_norm / (optax.tree.norm(updates) + 1e-6))
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def build(optim: Any, params: Any) -> optax.GradientTransformation:
     """The optimiser described by a config's `optim` section, for parameters shaped like `params`."""
     labels = param_labels(params, optim.lr_groups, optim.frozen)
@@ -58,7 +75,7 @@ def build(optim: Any, params: Any) -> optax.GradientTransformation:
         for i, (_, lr) in enumerate(optim.lr_groups)
     }
     groups[FROZEN] = optax.set_to_zero()
-    return optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), optax.partition(groups, labels))
+    return optax.chain(clip_by_global_norm(optim.grad_clip_norm), optax.partition(groups, labels))
 
 
 def learning_rates(optim: Any, step: int) -> dict[str, float]:

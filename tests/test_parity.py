@@ -32,6 +32,9 @@ CONFIGS = {
         image_config=dict(_WIDE, num_hidden_layers=3, image_size=48, patch_size=16, vocab_size=32),
         multimodal_config=dict(_WIDE, num_hidden_layers=2),
         image_codebook_config=dict(hidden_size=4, vocab_size=32, num_blocks_per_group=1)),
+    # Head size 16: sqrt(head_dim) is a power of two, so attention scales the query instead of the scores.
+    "pow2": TINY.replace(hidden_size=64, text_config=dict(hidden_size=64), image_config=dict(hidden_size=64),
+                         multimodal_config=dict(hidden_size=64)),
     # Other activations and LayerNorm eps, as HF's ACT2FN defines them.
     "act": TINY.replace(text_config=dict(hidden_act="gelu_new", layer_norm_eps=1e-5),
                         image_config=dict(hidden_act="quick_gelu"),
@@ -256,7 +259,7 @@ def test_mask_capacity_gathers_the_same_positions() -> None:
     _close("capacity-1 mmm_text", small.loss_info.mmm_text, expected, 1e-5)
 
 
-@pytest.mark.parametrize("config_name", ["tiny", "act"])
+@pytest.mark.parametrize("config_name", ["tiny", "pow2", "act"])
 def test_gradients_exact_in_float64(config_name: str) -> None:
     """In float64 both implementations agree to 1e-9 on every gradient, the logit scale's included."""
     config = CONFIGS[config_name].replace(dtype="float64", param_dtype="float64")

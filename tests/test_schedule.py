@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -173,3 +174,17 @@ def test_optimizer_matches_torch_adamw() -> None:
         worst = max(worst, np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-3))
     assert worst < 1e-5, worst
     jax.tree.map(np.testing.assert_array_equal, codebook_before, jax.tree.map(np.asarray, params["image_codebook"]))
+
+
+@pytest.mark.parametrize("scale", [0.3, 1e-3])  # a norm far above 1, and one below it (no clipping)
+def test_clipping_matches_torch_clip_grad_norm(scale: float) -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    grads = {"a": rng.standard_normal((7, 5)).astype(np.float32) * scale,
+             "b": {"c": rng.standard_normal(11).astype(np.float32) * scale}}
+    tensors = [torch.nn.Parameter(torch.zeros(g.shape)) for g in (grads["a"], grads["b"]["c"])]
+    tensors[0].grad, tensors[1].grad = torch.tensor(grads["a"]), torch.tensor(grads["b"]["c"])
+    torch.nn.utils.clip_grad_norm_(tensors, 1.0)
+    clipped, _ = optim.clip_by_global_norm(1.0).update(jax.tree.map(jnp.asarray, grads), optax.EmptyState())
+    np.testing.assert_allclose(np.asarray(clipped["a"]), tensors[0].grad.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(clipped["b"]["c"]), tensors[1].grad.numpy(), rtol=1e-6)
