@@ -5,7 +5,7 @@ runs them bounds how close the two steps can come. Every shape is run in the thr
 training needs: the forward product, the input's gradient (a transposed weight) and the weight's gradient (a
 transposed input). Each library runs in a process of its own, in turns, and the figures are medians over rounds.
 
-    python benchmarks/matmul.py                      # ~3 minutes on 2 cores
+    python benchmarks/matmul.py                      # ~4 minutes on 2 cores
     XLA_FLAGS=--xla_cpu_use_onednn=true python benchmarks/matmul.py --out /tmp/onednn.json
 """
 

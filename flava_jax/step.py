@@ -145,7 +145,10 @@ def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformatio
     """train_step(state, batch, weights, rng) -> (state, metrics), pure; jit it with shardings and donation.
 
     With `contrastive_cache` (from `make_contrastive_cache`), the contrastive negatives are every pair of the step.
+    `tx.update` gets the gradient's global norm as the extra argument `grad_norm` (`optim.clip_by_global_norm`
+    uses it; transformations without extra arguments ignore it).
     """
+    tx = optax.with_extra_args_support(tx)
 
     def train_step(state: TrainState, batch: Batch, weights: Weights, rng: jax.Array) -> tuple[TrainState, dict]:
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -190,7 +193,7 @@ def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformatio
         finite = jnp.isfinite(grad_norm) & jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
 
         def update() -> tuple[Any, Any]:
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_norm=grad_norm)
             return _clamp_logit_scale(optax.apply_updates(state.params, updates)), opt_state
 
         # A branch, not a select per leaf: a select reads and writes the whole state once more every step.

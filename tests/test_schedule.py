@@ -185,6 +185,10 @@ def test_clipping_matches_torch_clip_grad_norm(scale: float) -> None:
     tensors = [torch.nn.Parameter(torch.zeros(g.shape)) for g in (grads["a"], grads["b"]["c"])]
     tensors[0].grad, tensors[1].grad = torch.tensor(grads["a"]), torch.tensor(grads["b"]["c"])
     torch.nn.utils.clip_grad_norm_(tensors, 1.0)
-    clipped, _ = optim.clip_by_global_norm(1.0).update(jax.tree.map(jnp.asarray, grads), optax.EmptyState())
-    np.testing.assert_allclose(np.asarray(clipped["a"]), tensors[0].grad.numpy(), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(clipped["b"]["c"]), tensors[1].grad.numpy(), rtol=1e-6)
+    clip, grads = optim.clip_by_global_norm(1.0), jax.tree.map(jnp.asarray, grads)
+    norm = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in jax.tree.leaves(grads)))
+    # The norm computed by the clip, and handed in as the train step does.
+    for extra in ({}, {"grad_norm": jnp.float32(norm)}):
+        clipped, _ = clip.update(grads, optax.EmptyState(), **extra)
+        np.testing.assert_allclose(np.asarray(clipped["a"]), tensors[0].grad.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(clipped["b"]["c"]), tensors[1].grad.numpy(), rtol=1e-6)
