@@ -37,10 +37,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flava_jax import FlavaConfig, metrics  # noqa: E402
-from flava_jax.data.blimp import read_blimp  # noqa: E402
+from flava_jax.common.blimp import read_blimp  # noqa: E402
+from flava_jax.common.pll import LN2  # noqa: E402
 from flava_jax.data.tokenizer import MASK_ID, PAD_ID, Tokenizer  # noqa: E402
-from flava_jax.pll import LN2  # noqa: E402
-from flava_jax.torch_pll import TorchPLL  # noqa: E402
+from flava_jax.eval.torch_pll import TorchPLL  # noqa: E402
 
 BLIMP = Path(__file__).resolve().parents[2] / "shared" / "data" / "blimp"
 CHUNK = 32  # sentences per batch in the reference (its validation micro-batch)

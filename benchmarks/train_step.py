@@ -15,7 +15,7 @@ For each size (tiny, half, full) and batch (image-text pairs at 77 tokens, text-
 Each side runs in a process of its own (torch's step in a worker the script drives over a pipe), each size in its
 own pair: torch's and XLA's thread pools and heaps sharing one process slowed both, erratically. Both sides run
 under the host malloc setting the trainer picks for the size on a CPU (`--host-malloc`, default auto, as
-config.host_malloc; flava_jax/host_memory.py), so torch gets the same help from it.
+config.host_malloc; flava_jax/host_malloc.py), so torch gets the same help from it.
 
 MFU counts the same useful model FLOPs for both sides (metrics.train_flops: trainable work 3x, the codebook once,
 no unmasked pass) over this machine's measured XLA f32 matmul peak. Step times are medians over --repeats
@@ -49,15 +49,16 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import base  # noqa: E402
-from flava_jax import FlavaConfig, FlavaForPreTraining, host_memory, optim  # noqa: E402
-from flava_jax import metrics as metrics_lib  # noqa: E402
+from flava_jax import FlavaConfig, FlavaForPreTraining  # noqa: E402
 from flava_jax.data import records  # noqa: E402
 from flava_jax.data.masking import BlockMasking, mask_tokens  # noqa: E402
 from flava_jax.data.prepare import PrepareSettings, prepare, read_stream  # noqa: E402
 from flava_jax.data.sample import SAMPLE_DIR  # noqa: E402
 from flava_jax.data.tokenizer import CLS_ID, SEP_ID  # noqa: E402
 from flava_jax.data.transforms import model_inputs  # noqa: E402
-from flava_jax.step import TrainState, make_loss_fn, make_train_step, mask_capacity  # noqa: E402
+from flava_jax.train import host_malloc, optim  # noqa: E402
+from flava_jax.train import metrics as metrics_lib  # noqa: E402
+from flava_jax.train.step import TrainState, make_loss_fn, make_train_step, mask_capacity  # noqa: E402
 
 LENGTH = {"pairs": 77, "text": 512}
 BUCKETS = (64, 128, 256, 512)
@@ -232,7 +233,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2, help="steps per timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (median)")
-    parser.add_argument("--host-malloc", choices=host_memory.POLICIES, default="auto",
+    parser.add_argument("--host-malloc", choices=host_malloc.POLICIES, default="auto",
                         help="config.host_malloc for both sides (auto: what the trainer would pick for each size)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results") / "train_step.json"))
     parser.add_argument("--torch-worker", help=argparse.SUPPRESS)  # internal: size,kind,batch,length,seed
@@ -242,12 +243,12 @@ def main() -> None:
     sizes = args.sizes.split(",")
     if len(sizes) > 1:
         return _each_size_in_its_process(sizes, args)
-    host_memory.ensure(args.host_malloc, FlavaConfig.from_preset(sizes[0]))  # before JAX or torch start threads
+    host_malloc.ensure(args.host_malloc, FlavaConfig.from_preset(sizes[0]))  # before JAX or torch start threads
 
     peak = metrics_lib.measured_matmul_peak()
     print(f"measured XLA f32 matmul peak: {peak / 1e9:.0f} GFLOP/s; jax {jax.__version__} on "
           f"{jax.devices()[0].device_kind}, torch {importlib.metadata.version('torch')}; "
-          f"host malloc: {'freed memory kept' if host_memory.in_effect() else 'system'}", flush=True)
+          f"host malloc: {'freed memory kept' if host_malloc.in_effect() else 'system'}", flush=True)
     lengths = wit_text_lengths()
     b = args.batch_size
     rng = np.random.default_rng(0)  # the bucketed batches
@@ -277,7 +278,7 @@ def main() -> None:
             if kind == "text":
                 rows.append(minus_waste(config, b, lengths, args, rng, row["torch_examples_per_s"], peak))
                 _print(rows[-1])
-    _write(args.out, {"peak_flops": peak, "batch_size": b, "host_malloc_kept": host_memory.in_effect(),
+    _write(args.out, {"peak_flops": peak, "batch_size": b, "host_malloc_kept": host_malloc.in_effect(),
                       "text_lengths": lengths, "rows": rows})
 
 

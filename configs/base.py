@@ -2,9 +2,8 @@
 
 from ml_collections import ConfigDict, config_dict
 
-from flava_jax.config import FlavaConfig
 from flava_jax.data.images import USER_AGENT
-from flava_jax.sharding import ACTIVATION_RULES
+from flava_jax.model.config import FlavaConfig
 
 
 def model_config(preset: str) -> ConfigDict:
@@ -99,8 +98,10 @@ def sharding_config() -> ConfigDict:
         (r".*/attention/output/dense/kernel", ("tensor", None)),
         (r".*/encoder/layer/(\d+/)?output/dense/kernel", ("tensor", None)),
     ]
+    # Examples split as batches are; heads and the MLP's hidden units over "tensor", as the tensor rules split weights.
+    activation_rules = [("batch", ("data", "fsdp")), ("heads", "tensor"), ("mlp", "tensor")]
     return ConfigDict(dict(mesh=dict(data=-1, fsdp=1, tensor=1), fsdp=False, fsdp_min_size=2**16,
-                           rules=tensor_rules, activation_rules=list(ACTIVATION_RULES)))
+                           rules=tensor_rules, activation_rules=activation_rules))
 
 
 def eval_config() -> ConfigDict:
@@ -133,7 +134,7 @@ def get_config() -> ConfigDict:
     config.log_every_steps = 10
     config.compilation_cache_dir = "~/.cache/flava_jax/xla"  # persistent XLA cache; "" turns it off
     # On CPU, XLA's per-step temporaries reused instead of faulted in afresh each step ("auto": on a CPU-only JAX for
-    # half- and full-size models; "keep": always; "system": malloc as it is). See flava_jax/host_memory.py.
+    # half- and full-size models; "keep": always; "system": malloc as it is). See flava_jax/train/host_malloc.py.
     config.host_malloc = "auto"
     config.data = data_config()
     config.train = train_config()

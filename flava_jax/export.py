@@ -12,30 +12,20 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from flava_jax import checkpoint as checkpoint_lib
-from flava_jax.config import FlavaConfig
 from flava_jax.data.tokenizer import Tokenizer
-from flava_jax.hf import save_pretrained
-
-RUN_FILE = "run.json"
+from flava_jax.model.config import FlavaConfig
+from flava_jax.model.hf_io import save_pretrained
+from flava_jax.train import checkpoint as checkpoint_lib
+from flava_jax.train.run_file import RUN_FILE
 
 
 class ExportError(RuntimeError):
     """The workdir cannot be exported as asked; the message says why and what to do."""
-
-
-def write_run_file(workdir: str | os.PathLike, model: FlavaConfig, tokenizer: str | os.PathLike,
-                   config: dict[str, Any]) -> None:
-    """What an export needs besides the checkpoint: the model config, the tokenizer's path, the run's config."""
-    if jax.process_index() == 0:
-        run = {"model": model.to_dict(), "tokenizer": str(Path(tokenizer).resolve()), "config": config}
-        (Path(workdir) / RUN_FILE).write_text(json.dumps(run, indent=1, default=str) + "\n")
 
 
 def export(workdir: str | os.PathLike, out: str | os.PathLike, step: str | int = "latest") -> tuple[Path, int]:

@@ -16,9 +16,9 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from flava_jax import host_memory
-from flava_jax.config import ConfigError
-from flava_jax.train import train
+from flava_jax.model.config import ConfigError
+from flava_jax.train import host_malloc
+from flava_jax.train.trainer import train
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: SIGTERM was handled, a checkpoint saved; rerun the command to resume
 
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("both --config and --workdir are required")
     try:
-        host_memory.ensure(_CONFIG.value.host_malloc, _CONFIG.value.model)  # before any JAX backend exists
+        host_malloc.ensure(_CONFIG.value.host_malloc, _CONFIG.value.model)  # before any JAX backend exists
     except ConfigError as e:
         raise app.UsageError(str(e)) from e
     if _COORDINATOR.value:
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> None:
     logging.getLogger("flava_jax").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax and Grain log every file operation at INFO
     config = _CONFIG.value
-    if host_memory.in_effect():
+    if host_malloc.in_effect():
         logging.getLogger(__name__).info("host malloc: freed memory kept for reuse (config.host_malloc=%s)",
                                          config.host_malloc)
     if config.compilation_cache_dir and not cpu_processes:

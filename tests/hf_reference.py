@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch", reason="parity tests need torch (pip instal
 transformers = pytest.importorskip("transformers", reason="parity tests need transformers (the eval extra)")
 
 from flava_jax import FlavaConfig  # noqa: E402
-from flava_jax.hf import from_hf_state_dict, hf_name_table  # noqa: E402
+from flava_jax.model.hf_io import from_hf_state_dict, hf_name_table  # noqa: E402
 
 
 def hf_model(config: FlavaConfig, seed: int = 0, multimodal_attention_mask: bool | None = None) -> Any:

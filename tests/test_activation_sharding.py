@@ -11,11 +11,13 @@ import pytest
 from flax.traverse_util import flatten_dict
 from jax.sharding import PartitionSpec
 
-from flava_jax import aot
-from flava_jax import sharding as sharding_lib
+from configs import base
 from flava_jax.data.pipeline import STREAM_KEYS
-from flava_jax.scheduler import MultimodalScheduler
-from flava_jax.train import build, model_config, plan
+from flava_jax.model.activation_sharding import activation_spec, constrain
+from flava_jax.train import aot
+from flava_jax.train import sharding as sharding_lib
+from flava_jax.train.scheduler import MultimodalScheduler
+from flava_jax.train.trainer import build, model_config, plan
 from tests.configs import debug_config
 
 RULES = {"batch": ("data", "fsdp"), "heads": ("tensor",), "mlp": ("tensor",)}
@@ -24,9 +26,10 @@ RULES = {"batch": ("data", "fsdp"), "heads": ("tensor",), "mlp": ("tensor",)}
 def test_activation_spec_follows_the_rules() -> None:
     """Examples over data and fsdp (size-1 axes dropped), heads over tensor, other names replicated; an axis that
     does not divide a dimension ends that dimension's axes, and no axis serves two dimensions."""
-    assert {name: (axes,) if isinstance(axes, str) else axes for name, axes in sharding_lib.ACTIVATION_RULES} == RULES
+    configured = base.get_config().sharding.activation_rules
+    assert {name: (axes,) if isinstance(axes, str) else tuple(axes) for name, axes in configured} == RULES
     mesh = sharding_lib.make_mesh({"data": 2, "fsdp": 4})
-    spec = sharding_lib.activation_spec
+    spec = activation_spec
     assert spec((16, 5, 32), ("batch", "length", "embed"), RULES, mesh) == PartitionSpec(("data", "fsdp"), None, None)
     assert spec((6, 5, 32), ("batch", "length", "embed"), RULES, mesh) == PartitionSpec("data", None, None)
     assert spec((8, 5, 12, 4), ("batch", "length", "heads", "head_dim"), RULES, mesh) == PartitionSpec(
@@ -45,13 +48,14 @@ def test_activation_spec_follows_the_rules() -> None:
 def test_constraints_are_no_ops_without_a_mesh() -> None:
     """Outside `shard_activations` (a plain `model.apply`), and on one device, `constrain` returns its input."""
     x = jnp.ones((8, 3))
-    assert sharding_lib.constrain(x, "batch", "embed") is x
+    assert constrain(x, "batch", "embed") is x
     one = sharding_lib.make_mesh({"data": 1}, jax.devices()[:1])
-    assert sharding_lib.shard_activations(lambda y: sharding_lib.constrain(y, "batch", "embed"), one)(x) is x
+    assert sharding_lib.shard_activations(lambda y: constrain(y, "batch", "embed"), one, RULES.items())(x) is x
     eight = sharding_lib.make_mesh({"data": 8})
-    jitted = jax.jit(sharding_lib.shard_activations(lambda y: sharding_lib.constrain(y, "batch", "embed") * 2, eight))
+    jitted = jax.jit(sharding_lib.shard_activations(lambda y: constrain(y, "batch", "embed") * 2, eight,
+                                                     RULES.items()))
     assert "sharding" in jitted.lower(x).as_text()
-    assert sharding_lib.constrain(x, "batch", "embed") is x  # the rules do not outlive the trace
+    assert constrain(x, "batch", "embed") is x  # the rules do not outlive the trace
 
 
 def test_fsdp_step_gathers_only_weights_in_transformer_layers() -> None:

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from flava_jax import aot
-from flava_jax import sharding as sharding_lib
-from flava_jax.config import ConfigError, FlavaConfig
 from flava_jax.data import pipeline
 from flava_jax.data.tokenizer import Tokenizer
-from flava_jax.model import FlavaForPreTraining
-from flava_jax.train import plan
+from flava_jax.model.config import ConfigError, FlavaConfig
+from flava_jax.model.flava import FlavaForPreTraining
+from flava_jax.train import aot
+from flava_jax.train import sharding as sharding_lib
+from flava_jax.train.trainer import plan
 from tests.configs import REPO, debug_config, load_config
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flava_jax import FlavaConfig, FlavaForPreTraining
-from flava_jax.codebook import FlavaImageCodebook
+from flava_jax.model.codebook import FlavaImageCodebook
 from tests.batches import image_batch, pair_batch
 from tests.hf_reference import flax_params, hf_model, torch
 

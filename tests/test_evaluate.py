@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from flava_jax import FlavaConfig, FlavaForPreTraining, save_pretrained
+from flava_jax.common.pll import LN2, masked_copies, pseudo_perplexity
 from flava_jax.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, Tokenizer
-from flava_jax.evaluate import evaluate
-from flava_jax.hf import from_pretrained
-from flava_jax.pll import LN2, PLLScorer, masked_copies, pseudo_perplexity
+from flava_jax.eval.cli import evaluate
+from flava_jax.model.hf_io import from_pretrained
+from flava_jax.train.pll_scorer import PLLScorer
 from tests.configs import REPO
 
 torch = pytest.importorskip("torch")
@@ -80,7 +81,7 @@ def _independent_pll(model: Any, tokenizer: Any, sentence: str) -> float:
 def test_torch_scorer_matches_hfs_whole_forward_on_other_encoders(text: dict) -> None:
     """TorchPLL's own layer code (the first layer's shared projections, the last at the scored position, buffers
     reused across batches of different shapes) against HF's forward, on encoders unlike the tiny preset's."""
-    from flava_jax.torch_pll import TorchPLL
+    from flava_jax.eval.torch_pll import TorchPLL
 
     hf = FlavaConfig.from_preset("tiny").to_hf_dict()
     hf["text_config"].update(text)
@@ -195,8 +196,8 @@ def test_masked_copies_mask_the_rest_of_the_word_for_within_word_l2r() -> None:
     # [CLS] a b | c | d e f [SEP]: words 0, 1 and 2, two, one and three pieces.
     sentence = [2, 10, 11, 12, 13, 14, 15, 3]
     words = [None, 0, 0, 1, 2, 2, 2, None]
-    assert masked_copies([sentence]).copies.tolist() == [[0, i, i + 1] for i in range(1, 7)]
-    copies = masked_copies([sentence], [words])
+    assert masked_copies([sentence], PAD_ID).copies.tolist() == [[0, i, i + 1] for i in range(1, 7)]
+    copies = masked_copies([sentence], PAD_ID, [words])
     assert copies.copies.tolist() == [[0, 1, 3], [0, 2, 3], [0, 3, 4], [0, 4, 7], [0, 5, 7], [0, 6, 7]]
     ids, positions, targets = copies.batch(0, len(copies), 10, MASK_ID)
     assert ids[3].tolist() == [2, 10, 11, 12, MASK_ID, MASK_ID, MASK_ID, 3, PAD_ID, PAD_ID]
@@ -204,7 +205,7 @@ def test_masked_copies_mask_the_rest_of_the_word_for_within_word_l2r() -> None:
     assert positions.tolist() == list(range(1, 7)) and targets.tolist() == sentence[1:-1]
     assert [v.tolist() for v in copies.per_sentence(np.arange(6.0))] == [[0, 1, 2, 3, 4, 5]]
     with pytest.raises(ValueError, match="one word index per token"):
-        masked_copies([sentence], [words[:-1]])
+        masked_copies([sentence], PAD_ID, [words[:-1]])
 
 
 def _independent_l2r_pll(model: Any, tokenizer: Any, sentence: str) -> tuple[float, int]:
@@ -256,7 +257,7 @@ def test_within_word_l2r_matches_transformers_and_the_jax_scorer(export: Path, b
     assert multi_piece > 10
 
     # The JAX scorer, given the same word indices, agrees.
-    from flava_jax.torch_pll import word_ids
+    from flava_jax.eval.torch_pll import word_ids
 
     config, params = from_pretrained(export)
     texts = [rows[(p["paradigm"], p["index"])]["sentence_good"] for p in predictions]

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from flava_jax import checkpoint as checkpoint_lib
 from flava_jax.data.tokenizer import Tokenizer
-from flava_jax.hf import from_pretrained
-from flava_jax.model import FlavaForPreTraining
-from flava_jax.train import train
+from flava_jax.model.flava import FlavaForPreTraining
+from flava_jax.model.hf_io import from_pretrained
+from flava_jax.train import checkpoint as checkpoint_lib
+from flava_jax.train.trainer import train
 from tests.configs import REPO, debug_config
 
 

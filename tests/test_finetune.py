@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from flava_jax import FlavaConfig, save_pretrained
-from flava_jax.data.glue import (
+from flava_jax.data.tokenizer import Tokenizer
+from flava_jax.eval.glue import (
     TASKS,
     Example,
     accuracy,
@@ -28,13 +29,12 @@ from flava_jax.data.glue import (
     read_examples,
     read_source,
 )
-from flava_jax.data.tokenizer import Tokenizer
 from tests.configs import REPO
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from flava_jax.finetune import (  # noqa: E402  (needs torch)
+from flava_jax.eval.finetune import (  # noqa: E402  (needs torch)
     AdaptivePooler,
     SequenceClassifier,
     Settings,
@@ -255,7 +255,7 @@ def export(debug_data: Path, tmp_path_factory: pytest.TempPathFactory, tiny_para
 
 @pytest.fixture(scope="module")
 def loaded(export: Path) -> tuple[Any, Any]:
-    from flava_jax.torch_pll import load_export
+    from flava_jax.eval.torch_pll import load_export
 
     return load_export(export)
 

@@ -13,8 +13,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from flava_jax import CheckpointError, FlavaConfig, from_pretrained, save_pretrained
-from flava_jax.hf import _hf_name, hf_name_table, to_hf_state_dict
-from flava_jax.layers import stack_layers
+from flava_jax.model.hf_io import _hf_name, hf_name_table, to_hf_state_dict
+from flava_jax.model.layers import stack_layers
 from tests.hf_reference import hf_model, torch, transformers
 
 TINY = FlavaConfig.from_preset("tiny")

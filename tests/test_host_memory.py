@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from flava_jax import host_memory
-from flava_jax.config import ConfigError
+from flava_jax.model.config import ConfigError
+from flava_jax.train import host_malloc
 from tests.configs import REPO
 
-glibc_only = pytest.mark.skipif(not host_memory.wants_keep("keep", 0), reason="glibc's malloc tunables only")
+glibc_only = pytest.mark.skipif(not host_malloc.wants_keep("keep", 0), reason="glibc's malloc tunables only")
 
 # Bytes faulted in by calls 3 to 8 of a jitted function of two 4096 x 4096 products (64 MiB each; XLA's
 # temporaries or its matmul library's packing buffers).
@@ -46,14 +46,14 @@ def test_keep_reuses_xlas_temporaries_without_page_faults() -> None:
 
     # Without it every call's big blocks come back as fresh pages; with it they are reused (a block may still land
     # somewhere new now and then, when other allocations split the free space: seen under CI's load).
-    system, keep = faulted(), faulted(GLIBC_TUNABLES=host_memory.TUNABLES)
+    system, keep = faulted(), faulted(GLIBC_TUNABLES=host_malloc.TUNABLES)
     assert system >= 6 * 64 * 2**20
     assert keep <= system / 3
 
 
 @glibc_only
 def test_reexec_adds_the_tunables_once_keeping_the_command() -> None:
-    code = ("import sys; from flava_jax import host_memory as h; print(h.in_effect(), sys.argv[1:], flush=True); "
+    code = ("import sys; from flava_jax.train import host_malloc as h; print(h.in_effect(), sys.argv[1:], flush=True); "
             "h.in_effect() or h.reexec_with_tunables()")
     out = subprocess.run([sys.executable, "-c", code, "a", "--b=1"], cwd=REPO, env=_env(), capture_output=True,
                          text=True, timeout=300, check=True)
@@ -79,7 +79,7 @@ def test_main_imports_start_no_jax_backend() -> None:
 
 def test_a_bad_value_is_refused_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"config\.host_malloc: 'always' is not one of"):
-        host_memory.wants_keep("always", 768)
+        host_malloc.wants_keep("always", 768)
     out = subprocess.run([sys.executable, "-m", "flava_jax.main", "--config=configs/debug.py",
                           f"--workdir={tmp_path}", "--config.host_malloc=always"], cwd=REPO, capture_output=True,
                          text=True, timeout=300)
@@ -89,9 +89,9 @@ def test_a_bad_value_is_refused_naming_the_key(tmp_path: Path) -> None:
 @glibc_only
 def test_auto_keeps_for_wide_models_on_a_cpu_only_jax(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert host_memory.runs_on_cpu_only()
-    assert host_memory.wants_keep("auto", 516) and not host_memory.wants_keep("auto", 32)  # half size, tiny
-    assert not host_memory.wants_keep("system", 768)
+    assert host_malloc.runs_on_cpu_only()
+    assert host_malloc.wants_keep("auto", 516) and not host_malloc.wants_keep("auto", 32)  # half size, tiny
+    assert not host_malloc.wants_keep("system", 768)
     monkeypatch.setenv("JAX_PLATFORMS", "tpu,cpu")
-    assert not host_memory.runs_on_cpu_only()
-    assert not host_memory.wants_keep("auto", 768) and host_memory.wants_keep("keep", 32)
+    assert not host_malloc.runs_on_cpu_only()
+    assert not host_malloc.wants_keep("auto", 768) and host_malloc.wants_keep("keep", 32)

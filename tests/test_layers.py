@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flava_jax.layers import softmax
+from flava_jax.model.layers import softmax
 from tests.hf_reference import torch
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from flava_jax.losses import IGNORE_INDEX, cross_entropy
+from flava_jax.model.losses import IGNORE_INDEX, cross_entropy
 
 
 def test_cross_entropy_matches_torch_and_argmax_accuracy() -> None:

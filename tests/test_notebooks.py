@@ -74,7 +74,7 @@ def test_quickstart_trains_exports_and_scores_blimp(tmp_path: Path) -> None:
 
 def test_results_notebook_demo_grid_is_the_papers(tmp_path: Path) -> None:
     """Without RESULTS: the paper's full-size table as a demo grid, so both heatmaps show the paper's deltas."""
-    from flava_jax.paper_results import FULL
+    from flava_jax.eval.paper_results import FULL
 
     nb = _execute("results.ipynb", {"OUT": str(tmp_path / "out")}, tmp_path)
     summary = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -87,7 +87,7 @@ def test_results_notebook_demo_grid_is_the_papers(tmp_path: Path) -> None:
 
 def test_results_notebook_on_given_runs(tmp_path: Path) -> None:
     """RESULTS and LABELS as a user gives them: a text-only run and one with images, 5 points better everywhere."""
-    from flava_jax.data.blimp import PHENOMENA
+    from flava_jax.common.blimp import PHENOMENA
 
     runs = {"10M/0": 0.60, "10M/40K": 0.65}
     labels = {}

@@ -15,8 +15,8 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from flava_jax import FlavaConfig, FlavaForPreTraining
-from flava_jax.hf import _hf_name, hf_name_table
-from flava_jax.layers import unstack_layers
+from flava_jax.model.hf_io import _hf_name, hf_name_table
+from flava_jax.model.layers import unstack_layers
 from tests.batches import image_batch, pair_batch, text_batch
 from tests.hf_reference import flax_params, hf_grads, hf_model, to_torch, torch
 

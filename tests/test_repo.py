@@ -117,7 +117,7 @@ def test_bad_config_value_names_the_key(tmp_path: Path) -> None:
 
 def test_readme_results_table_is_the_papers() -> None:
     """README's results table against flava_jax.paper_results (itself checked against paper_reference.md)."""
-    from flava_jax.paper_results import PAPER
+    from flava_jax.eval.paper_results import PAPER
 
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Results"):]

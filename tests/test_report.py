@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flava_jax.data.blimp import PHENOMENA
-from flava_jax.paper_results import COLUMNS, IMAGE_BUDGETS, PAPER, TEXT_BUDGETS
-from flava_jax.report import load_runs, write_report
+from flava_jax.common.blimp import PHENOMENA
+from flava_jax.eval.paper_results import COLUMNS, IMAGE_BUDGETS, PAPER, TEXT_BUDGETS
+from flava_jax.eval.report import load_runs, write_report
 from tests.configs import REPO
 
 REFERENCE = REPO.parent / "shared" / "reference" / "paper_reference.md"

@@ -12,11 +12,11 @@ import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from flava_jax import FlavaConfig, optim
-from flava_jax.hf import _hf_name, hf_name_table
-from flava_jax.layers import unstack_layers
-from flava_jax.scheduler import MultimodalScheduler, micro_batch_sizes, stream_weights
-from flava_jax.sharding import make_mesh
-from flava_jax.train import model_config, plan
+from flava_jax.model.hf_io import _hf_name, hf_name_table
+from flava_jax.model.layers import unstack_layers
+from flava_jax.train.scheduler import MultimodalScheduler, micro_batch_sizes, stream_weights
+from flava_jax.train.sharding import make_mesh
+from flava_jax.train.trainer import model_config, plan
 from tests.configs import debug_config, load_config
 
 
@@ -131,7 +131,7 @@ def test_optimizer_matches_torch_adamw() -> None:
     three steps fed the same gradients as torch's AdamW give the same parameters."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from flava_jax.hf import from_hf_state_dict
+    from flava_jax.model.hf_io import from_hf_state_dict
 
     config = FlavaConfig.from_preset("tiny")
     torch.manual_seed(0)

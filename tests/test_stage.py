@@ -127,7 +127,7 @@ def test_missing_or_unfinished_data_fail_with_what_to_do(bucket, tmp_path: Path)
 
 
 def test_the_trainer_stages_a_gs_data_dir(bucket, tmp_path: Path) -> None:
-    from flava_jax.train import prepared_data
+    from flava_jax.train.trainer import prepared_data
 
     root, _ = bucket
     config = debug_config()

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flava_jax.step import TrainState, make_train_step
+from flava_jax.train.step import TrainState, make_train_step
 
 LR = 0.01
 

@@ -20,14 +20,14 @@ import optax
 import pytest
 from flax.traverse_util import flatten_dict
 
-from flava_jax import checkpoint as checkpoint_lib
-from flava_jax import sharding as sharding_lib
 from flava_jax.data import pipeline
 from flava_jax.data.tokenizer import Tokenizer
 from flava_jax.data.transforms import model_inputs
-from flava_jax.model import FlavaForPreTraining
-from flava_jax.step import TrainState, make_contrastive_cache, make_loss_fn, make_train_step
-from flava_jax.train import TrainingError, build, model_config, plan, train
+from flava_jax.model.flava import FlavaForPreTraining
+from flava_jax.train import checkpoint as checkpoint_lib
+from flava_jax.train import sharding as sharding_lib
+from flava_jax.train.step import TrainState, make_contrastive_cache, make_loss_fn, make_train_step
+from flava_jax.train.trainer import TrainingError, build, model_config, plan, train
 from tests.configs import REPO, debug_config
 
 CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]

@@ -1,1 +1,4 @@
-"""Data: WiT sources, the prepare step, tokenizer, transforms, masking and the Grain pipelines."""
+"""Training data: WiT sources (`wit`), image fetching and storage (`images`), the prepare step (`prepare`) into
+ArrayRecord streams (`records`), staging gs:// data to local disk (`stage`), the tokenizer (`tokenizer`), masking
+(`masking`), the Grain pipelines (`pipeline`), the device-side transforms the step applies (`transforms`), and the
+bundled sample (`sample`)."""

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from flava_jax.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from flava_jax.losses import IGNORE_INDEX
+from flava_jax.model.losses import IGNORE_INDEX
 
 
 def mask_tokens(ids: np.ndarray, rng: np.random.Generator, probability: float, vocab_size: int,

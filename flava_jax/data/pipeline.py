@@ -33,7 +33,7 @@ from PIL import Image
 from flava_jax.data import masking, records
 from flava_jax.data.prepare import MANIFEST, TOKENIZER
 from flava_jax.data.tokenizer import PAD_ID, Tokenizer
-from flava_jax.losses import IGNORE_INDEX
+from flava_jax.model.losses import IGNORE_INDEX
 
 STREAM_KEYS = {"text": "text", "image": "image", "pairs": "pair"}  # batch key -> prepared stream
 

@@ -32,11 +32,11 @@ from absl import app, flags
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from ml_collections import config_flags
 
+from flava_jax.common.progress import ProgressLog
 from flava_jax.data import records as records_lib
 from flava_jax.data.images import FetchSettings, ImageFetcher, to_jpeg
 from flava_jax.data.tokenizer import Tokenizer
 from flava_jax.data.wit import Skip, WitRow, read_sources
-from flava_jax.progress import ProgressLog
 
 log = logging.getLogger("flava_jax.prepare")
 FORMAT = "flava_jax.prepare/1"

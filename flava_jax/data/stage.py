@@ -23,8 +23,8 @@ from typing import Any
 from absl import app, flags
 from etils import epath
 
+from flava_jax.common.progress import ProgressLog
 from flava_jax.data.prepare import MANIFEST, file_sha256
-from flava_jax.progress import ProgressLog
 
 log = logging.getLogger("flava_jax")
 _CHUNK = 8 << 20

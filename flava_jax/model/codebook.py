@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flava_jax.config import CodebookConfig
+from flava_jax.model.config import CodebookConfig
 
 Dtype = Any
 

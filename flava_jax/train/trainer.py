@@ -24,19 +24,19 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from flava_jax import checkpoint as checkpoint_lib
-from flava_jax import metrics as metrics_lib
-from flava_jax import optim
-from flava_jax import sharding as sharding_lib
-from flava_jax.config import ConfigError, FlavaConfig
+from flava_jax.common.progress import duration
 from flava_jax.data import pipeline, prepare, stage
 from flava_jax.data.tokenizer import Tokenizer
-from flava_jax.evaluation import TrainingEvaluator
-from flava_jax.export import write_run_file
-from flava_jax.model import FlavaForPreTraining
-from flava_jax.progress import _duration
-from flava_jax.scheduler import MultimodalScheduler, micro_batch_sizes, stream_weights
-from flava_jax.step import TrainState, make_contrastive_cache, make_loss_fn, make_train_step, mask_capacity
+from flava_jax.model.config import ConfigError, FlavaConfig
+from flava_jax.model.flava import FlavaForPreTraining
+from flava_jax.train import checkpoint as checkpoint_lib
+from flava_jax.train import metrics as metrics_lib
+from flava_jax.train import optim
+from flava_jax.train import sharding as sharding_lib
+from flava_jax.train.evaluators import TrainingEvaluator
+from flava_jax.train.run_file import write_run_file
+from flava_jax.train.scheduler import MultimodalScheduler, micro_batch_sizes, stream_weights
+from flava_jax.train.step import TrainState, make_contrastive_cache, make_loss_fn, make_train_step, mask_capacity
 
 log = logging.getLogger("flava_jax")
 STAGE_TIMEOUT_S = 24 * 3600  # copying a 4M-image grid cell to a slow host disk can take hours
@@ -299,7 +299,7 @@ def train(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
                    **{f"weight/{n}": w for n, w in weights["losses"].items()}}
             timings = throughput.report()
             writer.write(done_step, row, timings)
-            eta = _duration((config.total_steps - done_step) / max(timings["perf/steps_per_s"], 1e-9))
+            eta = duration((config.total_steps - done_step) / max(timings["perf/steps_per_s"], 1e-9))
             losses = " ".join(f"{k[5:]}={v:.3f}" for k, v in sorted(values.items()) if k.startswith("loss/"))
             log.info("step %d/%d | loss %.4f | %s | %.2f steps/s, %.1f ex/s, data wait %.0f%%, MFU %.1f%% | ETA %s",
                      done_step, config.total_steps, values["loss"], losses, timings["perf/steps_per_s"],
@@ -347,6 +347,6 @@ def train(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
         preemption.restore()
         checkpoints.close()
         writer.close()
-    log.info("stopped at step %d after %s (%s)", step, _duration(time.perf_counter() - started),
+    log.info("stopped at step %d after %s (%s)", step, duration(time.perf_counter() - started),
              "preempted" if preemption.requested else "scheduler stop" if scheduler.stopped else "done")
     return {"step": step, "preempted": preemption.requested, **last}

@@ -9,7 +9,8 @@ from collections.abc import Callable
 _LOG = logging.getLogger("flava_jax").info
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """`seconds` as 1h02m or 3m05s."""
     seconds = int(seconds)
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
@@ -33,9 +34,9 @@ class ProgressLog:
         text += f" {self.unit}".rstrip()
         if self.total:
             text += f" ({100 * self.done / self.total:.1f}%)"
-        text += f", {rate:,.1f}/s, {_duration(elapsed)} elapsed"
+        text += f", {rate:,.1f}/s, {duration(elapsed)} elapsed"
         if self.total and rate > 0 and self.done < self.total:
-            text += f", ETA {_duration((self.total - self.done) / rate)}"
+            text += f", ETA {duration((self.total - self.done) / rate)}"
         return f"{text}; {extra}" if extra else text
 
     def update(self, done: float, extra: str = "") -> None:

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from flava_jax.data.glue import Example, Source, Task, choose_sources, compute_metrics, label_list, read_source
-from flava_jax.progress import ProgressLog
+from flava_jax.common.progress import ProgressLog
+from flava_jax.eval.glue import Example, Source, Task, choose_sources, compute_metrics, label_list, read_source
 
 log = logging.getLogger("flava_jax")
 SUITES = {"glue": "GLUE / SuperGLUE", "msgs": "MSGS"}

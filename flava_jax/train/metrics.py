@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flava_jax.config import EncoderConfig, FlavaConfig
+from flava_jax.model.config import EncoderConfig, FlavaConfig
 
 log = logging.getLogger("flava_jax")
 

@@ -6,14 +6,14 @@
   sharded over the fsdp axis along their largest divisible dimension when they are large enough.
 * Optimizer state follows its parameters; batches are split over (data, fsdp) on their example axis.
 * Activations: the model names each dimension of its main activations logically ("batch", "length", "heads", ...)
-  and `constrain` places them by `sharding.activation_rules` (logical name -> mesh axes), while a step wrapped in
-  `shard_activations` is traced. Without those constraints XLA may follow an FSDP-sharded weight onto an activation
-  (attention heads split over fsdp) and then undo it by replicating the whole batch.
+  and `model.activation_sharding.constrain` places them by `sharding.activation_rules` (logical name -> mesh
+  axes), while a step wrapped in `shard_activations` is traced. Without those constraints XLA may follow an
+  FSDP-sharded weight onto an activation (attention heads split over fsdp) and then undo it by replicating the
+  whole batch.
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -24,20 +24,14 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from flava_jax.config import ConfigError
+from flava_jax.model import activation_sharding
+from flava_jax.model.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the axes that split examples
 Rules = Sequence[tuple[str, Sequence[str | None]]]
-# Logical activation axis -> mesh axes (a name or a tuple); names without a rule are replicated. Examples split as
-# batches are; heads and the MLP's hidden units over "tensor", as the tensor rules for parameters split them.
-ACTIVATION_RULES = (("batch", BATCH_AXES), ("heads", "tensor"), ("mlp", "tensor"))
 ActivationRules = Sequence[tuple[str, str | Sequence[str]]]
 
-# The rules `constrain` reads: set only while `shard_activations` traces a step, so that everywhere else (a plain
-# `model.apply`, one device) the model's constraints are no-ops.
-_ACTIVATION_RULES: contextvars.ContextVar[dict[str, tuple[str, ...]] | None] = contextvars.ContextVar(
-    "flava_jax_activation_rules", default=None)
 
 
 class ShardingError(ConfigError):
@@ -121,8 +115,7 @@ def _activation_rules(rules: ActivationRules, mesh: Mesh) -> dict[str, tuple[str
     return out
 
 
-def shard_activations(fn: Callable[..., Any], mesh: Mesh, rules: ActivationRules = ACTIVATION_RULES
-                      ) -> Callable[..., Any]:
+def shard_activations(fn: Callable[..., Any], mesh: Mesh, rules: ActivationRules) -> Callable[..., Any]:
     """`fn`, for `jax.jit`, traced with `mesh` as the abstract mesh and `rules` as the activation rules, so the
     model's `constrain` calls place its activations. (`jax.set_mesh` cannot be entered inside a trace;
     `use_abstract_mesh` can, and a partition spec needs no more than the abstract mesh.)"""
@@ -130,48 +123,14 @@ def shard_activations(fn: Callable[..., Any], mesh: Mesh, rules: ActivationRules
 
     @functools.wraps(fn)
     def traced(*args: Any, **kwargs: Any) -> Any:
-        token = _ACTIVATION_RULES.set(resolved)
-        try:
-            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-                return fn(*args, **kwargs)
-        finally:
-            _ACTIVATION_RULES.reset(token)
+        with activation_sharding.rules(resolved), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
 
     return traced
 
 
-def activation_spec(shape: Sequence[int], names: Sequence[str | None], rules: Mapping[str, Sequence[str]],
-                    mesh: Mesh | jax.sharding.AbstractMesh) -> PartitionSpec:
-    """The partition spec `rules` give an activation of `shape` whose dimensions have the logical `names` (None or a
-    name without a rule: replicated). Per dimension, mesh axes of size 1 or already used by an earlier dimension are
-    skipped, and the axes stop at the first that would not divide it: a constraint is a layout hint, not a
-    requirement that every shape divide."""
-    if len(names) != len(shape):
-        raise ValueError(f"{len(names)} axis names {tuple(names)} for an activation of shape {tuple(shape)}")
-    used: set[str] = set()
-    spec = []
-    for name, dim in zip(names, shape, strict=True):
-        axes, shards = [], 1
-        for axis in rules.get(name, ()) if name is not None else ():
-            size = mesh.shape[axis]
-            if axis in used or size == 1:
-                continue
-            if dim % (shards * size):
-                break
-            axes.append(axis)
-            shards *= size
-        used.update(axes)
-        spec.append(tuple(axes) if len(axes) > 1 else axes[0] if axes else None)
-    return PartitionSpec(*spec)
 
 
-def constrain(x: jax.Array, *names: str | None) -> jax.Array:
-    """`x` constrained to `activation_spec` for its dimensions' logical `names`, one per dimension. A no-op (`x`
-    itself) outside `shard_activations` or on a one-device mesh, so the model runs unchanged without a mesh."""
-    rules, mesh = _ACTIVATION_RULES.get(), jax.sharding.get_abstract_mesh()
-    if not rules or mesh.empty or mesh.size == 1:
-        return x
-    return jax.lax.with_sharding_constraint(x, activation_spec(x.shape, names, rules, mesh))
 
 
 def named(specs: Any, mesh: Mesh) -> Any:

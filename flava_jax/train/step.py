@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flava_jax import losses
 from flava_jax.data.transforms import device_encoder_pixels, model_inputs
-from flava_jax.model import LOGIT_SCALE_CLAMP_MAX, LOGIT_SCALE_CLAMP_MIN, FlavaForPreTraining
-from flava_jax.scheduler import STREAM_OF
+from flava_jax.model import losses
+from flava_jax.model.flava import LOGIT_SCALE_CLAMP_MAX, LOGIT_SCALE_CLAMP_MIN, FlavaForPreTraining
+from flava_jax.train.scheduler import STREAM_OF
 
 Batch = dict[str, dict[str, jax.Array]]
 Weights = dict[str, dict[str, jax.Array]]

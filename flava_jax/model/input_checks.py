@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from flava_jax.config import FlavaConfig
+from flava_jax.model.config import FlavaConfig
 
 
 class InputError(ValueError):

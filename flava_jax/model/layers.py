@@ -5,8 +5,8 @@ HF mapping in `hf.py` is a rename plus transposes. Numerics mirror HF too: exact
 variance, scores scaled by 1/sqrt(head_dim) (on the query where that is exact, see `SelfAttention`), an additive
 mask of finfo(f32).min, and torch's softmax gradient.
 
-Activations are named by logical axes for `sharding.constrain` ("batch", "length", "embed", "heads", "head_dim",
-"mlp"), no-ops unless a train step is traced under `sharding.shard_activations`.
+Activations are named by logical axes for `activation_sharding.constrain` ("batch", "length", "embed", "heads",
+"head_dim", "mlp"), no-ops unless a train step is traced under `train.sharding.shard_activations`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flava_jax.config import EncoderConfig
-from flava_jax.sharding import constrain
+from flava_jax.model.activation_sharding import constrain
+from flava_jax.model.config import EncoderConfig
 
 Dtype = Any
 

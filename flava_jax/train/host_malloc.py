@@ -27,7 +27,7 @@ import platform
 import sys
 from typing import Any
 
-from flava_jax.config import ConfigError
+from flava_jax.model.config import ConfigError
 
 POLICIES = ("auto", "keep", "system")
 MIN_HIDDEN_SIZE = 256  # "auto" keeps for models at least this wide (half size: 516)

@@ -29,9 +29,9 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from flava_jax.config import FlavaConfig
-from flava_jax.layers import stack_layers, unstack_layers
-from flava_jax.model import FlavaForPreTraining
+from flava_jax.model.config import FlavaConfig
+from flava_jax.model.flava import FlavaForPreTraining
+from flava_jax.model.layers import stack_layers, unstack_layers
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from flava_jax.pll import masked_copies
+from flava_jax.common.pll import masked_copies
 
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 
@@ -101,12 +101,13 @@ class TorchPLL:
     def token_logprobs(self, sentences: Sequence[Sequence[int]],
                        words: Sequence[Sequence[int | None]] | None = None) -> list[np.ndarray]:
         """Per sentence, each inner token's log-probability when masked (with the rest of its word to the right
-        when `words`, per sentence each token's word index, is given: within-word-l2r, see `pll.masked_copies`)."""
+        when `words`, per sentence each token's word index, is given: within-word-l2r, see
+        `common.pll.masked_copies`)."""
         import torch
 
         device = next(self.model.parameters()).device
         budget = self.batch_tokens or (2048 if device.type == "cpu" else 32768)
-        copies = masked_copies(sentences, words)
+        copies = masked_copies(sentences, self.pad_id, words)
         longest = copies.lengths[copies.copies[:, 0]]  # per copy; non-decreasing
         values = np.zeros(len(copies), np.float64)
         start = 0

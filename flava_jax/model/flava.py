@@ -22,12 +22,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from flava_jax import inputs as inputs_lib
-from flava_jax import losses
-from flava_jax.codebook import FlavaImageCodebook
-from flava_jax.config import EncoderConfig, FlavaConfig, ImageConfig, MultimodalConfig, TextConfig
-from flava_jax.layers import DenseBlock, FlavaEncoder, activation, attention_bias, dense, layer_norm
-from flava_jax.sharding import constrain
+from flava_jax.model import input_checks as inputs_lib
+from flava_jax.model import losses
+from flava_jax.model.activation_sharding import constrain
+from flava_jax.model.codebook import FlavaImageCodebook
+from flava_jax.model.config import EncoderConfig, FlavaConfig, ImageConfig, MultimodalConfig, TextConfig
+from flava_jax.model.layers import DenseBlock, FlavaEncoder, activation, attention_bias, dense, layer_norm
 
 Dtype = Any
 LOGIT_SCALE_CLAMP_MIN = 0.0

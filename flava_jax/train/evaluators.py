@@ -13,14 +13,15 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from flava_jax import sharding as sharding_lib
+from flava_jax.common.blimp import blimp_accuracy, read_blimp
+from flava_jax.common.pll import LN2, pseudo_perplexity
 from flava_jax.data import pipeline, records
-from flava_jax.data.blimp import blimp_accuracy, read_blimp
 from flava_jax.data.prepare import read_stream
 from flava_jax.data.tokenizer import Tokenizer
-from flava_jax.model import FlavaForPreTraining
-from flava_jax.pll import LN2, PLLScorer, pseudo_perplexity
-from flava_jax.step import make_eval_step
+from flava_jax.model.flava import FlavaForPreTraining
+from flava_jax.train import sharding as sharding_lib
+from flava_jax.train.pll_scorer import PLLScorer
+from flava_jax.train.step import make_eval_step
 
 log = logging.getLogger("flava_jax")
 

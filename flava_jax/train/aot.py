@@ -1,0 +1,265 @@
+"""Ahead-of-time compile of the train step: memory per device, to size a pod before renting it.
+
+    python -m flava_jax.aot --config=configs/10M_4M.py [--config.key=value ...]
+        [--devices=8 | --topology=v5e:4x4] [--meshes=data,fsdp,2x4] [--out=memory.json]
+
+For each mesh it builds the trainer's own jitted step (`train.build`: same shardings, same donation) and lowers it
+on abstract values only: `jax.eval_shape` gives the state's shapes, `jax.ShapeDtypeStruct`s with shardings stand in
+for the batch, so no parameter is ever allocated. The compiled program's `memory_analysis()` then says what one
+device holds. The target is this machine's devices, N faked CPU devices (`--devices`), or a TPU topology
+(`--topology`, compiled by libtpu without the chips being there, as MaxText's train_compile.py does).
+
+Meshes: `data` (every device data parallel), `fsdp` (every device one FSDP group), `config` (as the config's
+`sharding` section says), or sizes `DxF` / `DxFxT` (data x fsdp x tensor, FSDP on when F > 1).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import json
+import logging
+import math
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import ConfigDict, config_flags
+
+from flava_jax.data.pipeline import STREAM_KEYS
+from flava_jax.model.config import ConfigError
+from flava_jax.train import sharding as sharding_lib
+from flava_jax.train.scheduler import MultimodalScheduler
+from flava_jax.train.trainer import Plan, build, model_config, plan
+
+log = logging.getLogger("flava_jax")
+
+# Memory per device in GiB as JAX counts devices (a TPU v4/v5p megacore chip is one device, a v2/v3 core is one).
+# A real device's allocator limit (`memory_stats()`) takes precedence; this table serves compile-only targets.
+HBM_GIB = {"TPU v2": 8, "TPU v3": 16, "TPU v4": 32, "TPU v5 lite": 16, "TPU v5e": 16, "TPU v5p": 95, "TPU v5": 95,
+           "TPU v6 lite": 32, "TPU v6e": 32, "A100-SXM4-80GB": 80, "A100 80GB": 80, "A100": 40, "H100": 80,
+           "H200": 141}
+TEXT_KEYS = ("input_ids", "input_ids_masked", "mlm_labels", "attention_mask")
+_SIZES = re.compile(r"(\d+)x(\d+)(?:x(\d+))?")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshMemory:
+    """Bytes one device holds for a train step on one mesh. Parameters and optimizer state are analytic (each
+    leaf's shard under its sharding); the rest is the compiled program's `memory_analysis()`."""
+
+    mesh: str
+    mesh_shape: dict[str, int]
+    examples_per_step: int
+    parameters: int
+    optimizer_state: int
+    arguments: int  # state + batch + weights, as the program receives them
+    outputs: int
+    aliased: int  # outputs written into donated arguments (counted in both above)
+    temporaries: int
+    generated_code: int
+    compile_seconds: float
+
+    @property
+    def total(self) -> int:
+        """Live bytes at most: arguments, outputs not aliased to them, temporaries and code."""
+        return self.arguments + self.outputs - self.aliased + self.temporaries + self.generated_code
+
+
+def mesh_config(config: ConfigDict, mesh: str, device_count: int) -> ConfigDict:
+    """A copy of `config` whose `sharding` section is the named mesh (see the module docstring)."""
+    config = copy.deepcopy(config)
+    if mesh == "config":
+        return config
+    if mesh == "data":
+        sizes, fsdp = (device_count, 1, 1), False
+    elif mesh == "fsdp":
+        sizes, fsdp = (1, device_count, 1), True
+    elif match := _SIZES.fullmatch(mesh):
+        sizes = tuple(int(s) for s in match.groups(default="1"))
+        fsdp = sizes[1] > 1
+    else:
+        raise ConfigError(f"--meshes: {mesh!r} is not data, fsdp, config, DxF or DxFxT (data x fsdp x tensor)")
+    for axis, size in zip(sharding_lib.MESH_AXES, sizes, strict=True):
+        config.sharding.mesh[axis] = size
+    config.sharding.fsdp = fsdp
+    return config
+
+
+def batch_spec(config: ConfigDict, run: Plan, sharding: jax.sharding.Sharding) -> dict[str, dict[str, Any]]:
+    """ShapeDtypeStructs of one step's stacked batch, (micro_steps, examples, ...) per stream, as the pipeline
+    makes it: text padded to its longest length (length buckets compile smaller programs too), images as stored
+    uint8 pixels, patch masks over the model's grid."""
+    data, image = config.data, config.model.image_config
+    patches = (image.image_size // image.patch_size) ** 2
+
+    def spec(examples: int, *shape: int, dtype: Any = jnp.int32) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct((run.accumulation, examples, *shape), dtype, sharding=sharding)
+
+    def text(n: int, length: int) -> dict[str, jax.ShapeDtypeStruct]:
+        return {key: spec(n, length) for key in TEXT_KEYS}
+
+    def images(n: int) -> dict[str, jax.ShapeDtypeStruct]:
+        return {"pixels": spec(n, data.image_size, data.image_size, 3, dtype=jnp.uint8),
+                "bool_masked_pos": spec(n, patches, dtype=jnp.bool_)}
+
+    makers = {"text": lambda n: text(n, data.text_max_length), "image": images,
+              "pairs": lambda n: {**text(n, data.pair_max_length), **images(n), "itm_labels": spec(n)}}
+    return {stream: makers[stream](n) for stream, n in run.micro_batch.items()}
+
+
+def shard_bytes(tree: Any) -> int:
+    """Bytes of one device's shard of every leaf (ShapeDtypeStructs with shardings) of `tree`."""
+    return sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+               for leaf in jax.tree.leaves(tree))
+
+
+def compile_memory(config: ConfigDict, mesh: str, devices: Sequence[Any]) -> MeshMemory:
+    """Lower and compile the trainer's step for `mesh` over `devices` (real, faked or compile-only) and measure
+    it. Every data stream is assumed present, the most a run of this config can hold."""
+    config = mesh_config(config, mesh, len(devices))
+    device_mesh = sharding_lib.make_mesh(config.sharding.mesh, devices)
+    run = plan(config, list(STREAM_KEYS), device_mesh)
+    parts = build(config, model_config(config), device_mesh)
+    replicated = sharding_lib.replicated(device_mesh)
+    weights = jax.tree.map(lambda w: jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated),
+                           MultimodalScheduler(run.weights, dict(config.scheduler.patience)).weights())
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
+    batch = batch_spec(config, run, parts.batch_sharding)
+    log.info("[%s] mesh %s, %d examples per step (%s x %d micro-steps): lowering", mesh, dict(device_mesh.shape),
+             run.examples_per_step, run.micro_batch, run.accumulation)
+    started = time.perf_counter()
+    lowered = parts.train_step.lower(parts.abstract_state, batch, weights, rng)
+    log.info("[%s] compiling (minutes on a CPU for the full size)", mesh)
+    stats = lowered.compile().memory_analysis()
+    seconds = time.perf_counter() - started
+    log.info("[%s] lowered and compiled in %.0f s", mesh, seconds)
+    return MeshMemory(mesh=mesh, mesh_shape=dict(device_mesh.shape), examples_per_step=run.examples_per_step,
+                      parameters=shard_bytes(parts.abstract_state.params),
+                      optimizer_state=shard_bytes(parts.abstract_state.opt_state),
+                      arguments=stats.argument_size_in_bytes, outputs=stats.output_size_in_bytes,
+                      aliased=stats.alias_size_in_bytes, temporaries=stats.temp_size_in_bytes,
+                      generated_code=stats.generated_code_size_in_bytes, compile_seconds=seconds)
+
+
+def device_memory(device: Any) -> tuple[int | None, str]:
+    """(bytes of memory per device, where the figure comes from); None when neither the device nor the table
+    knows (a CPU)."""
+    try:
+        stats = device.memory_stats()
+    except jax.errors.JaxRuntimeError:  # compile-only (topology) devices have no allocator to ask
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), "the device's allocator limit"
+    for name, gib in sorted(HBM_GIB.items(), key=lambda kv: -len(kv[0])):
+        if name.lower() in device.device_kind.lower():
+            return gib * 2**30, f"{name} HBM"
+    return None, f"no memory size known for {device.device_kind!r}"
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if abs(n) >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def format_table(reports: Sequence[MeshMemory], capacity: int | None, capacity_source: str) -> str:
+    """A text table, one column per mesh, of what one device holds."""
+    rows = [("mesh (data x fsdp x tensor)", [f"{r.mesh} {'x'.join(str(v) for v in r.mesh_shape.values())}"
+                                             for r in reports]),
+            ("examples per step", [str(r.examples_per_step) for r in reports]),
+            ("parameters (analytic)", [_size(r.parameters) for r in reports]),
+            ("optimizer state (analytic)", [_size(r.optimizer_state) for r in reports]),
+            ("compiled: arguments", [_size(r.arguments) for r in reports]),
+            ("compiled: outputs", [_size(r.outputs) for r in reports]),
+            ("compiled: aliased (donated)", [_size(r.aliased) for r in reports]),
+            ("compiled: temporaries", [_size(r.temporaries) for r in reports]),
+            ("compiled: generated code", [_size(r.generated_code) for r in reports]),
+            ("total per device", [_size(r.total) for r in reports])]
+    if capacity:
+        rows.append((f"of {_size(capacity)} ({capacity_source})", [f"{100 * r.total / capacity:.0f}%"
+                                                                 for r in reports]))
+    width = max(len(label) for label, _ in rows)
+    columns = [max(len(v) for v in values) for values in zip(*(values for _, values in rows), strict=True)]
+    return "\n".join(f"{label:<{width}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(values, columns, strict=True))
+                     for label, values in rows)
+
+
+def topology_devices(name: str) -> list[Any]:
+    """Compile-only devices of a TPU slice such as v5e:4x4 or v4:2x2x2 (libtpu compiles for them here)."""
+    if importlib.util.find_spec("libtpu") is None:
+        raise ConfigError(f"--topology={name} needs libtpu to compile for TPUs, and it is not installed "
+                          "(pip install 'jax[tpu]'); use --devices=N to fake N CPU devices instead")
+    from jax.experimental import topologies
+
+    # One device per chip on megacore generations (v4, v5p); hosts of 2x2 chips, as MaxText describes slices.
+    megacore = name.split(":", 1)[0] in ("v4", "v5", "v5p")
+    return topologies.get_topology_desc(topology_name=name, platform="tpu",
+                                        chip_config_name="megacore" if megacore else "default",
+                                        chips_per_host_bounds=(2, 2, 1), num_slices=1).devices
+
+
+# ------------------------------------------------------------------------------------------------ command line
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. configs/10M_4M.py.",
+                                          lock_config=True)
+_DEVICES = flags.DEFINE_integer("devices", None, "Compile for this many faked CPU devices.")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "Compile for a TPU slice, e.g. v5e:4x4 or v4:2x2x2 (needs "
+                                "libtpu).")
+_MESHES = flags.DEFINE_list("meshes", ["data", "fsdp"], "Meshes to compare: data, fsdp, config, DxF or DxFxT.")
+_OUT = flags.DEFINE_string("out", None, "Also write the measurements to this JSON file.")
+
+
+def main(argv: list[str]) -> None:
+    """Compile for every mesh of --meshes, print the table, write --out; exit 1 if a mesh cannot shard."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required")
+    if _DEVICES.value is not None and _TOPOLOGY.value:
+        raise app.UsageError("give --devices or --topology, not both")
+    if _DEVICES.value is not None:
+        # Faked CPU devices must be asked for before JAX creates its CPU client, which happens at the first
+        # device query, not at import. Nothing imported above queries one, so this option (the current form of
+        # XLA_FLAGS=--xla_force_host_platform_device_count, and it takes precedence over that flag) still
+        # applies here without setting the environment before `import jax` or re-executing; were a backend up
+        # already, its validator would raise rather than be ignored. CPU only: a GPU machine would otherwise
+        # also start its GPU client and reserve most of its memory.
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", _DEVICES.value)
+    logging.getLogger("flava_jax").setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+        devices = topology_devices(_TOPOLOGY.value) if _TOPOLOGY.value else jax.devices()
+        capacity, source = device_memory(devices[0])
+        log.info("target: %d x %s", len(devices), devices[0].device_kind)
+        reports, failed = [], {}
+        for mesh in _MESHES.value:
+            try:
+                reports.append(compile_memory(_CONFIG.value, mesh, devices))
+            except sharding_lib.ShardingError as e:  # e.g. a width FSDP cannot split; the other meshes still run
+                log.error("[%s] %s", mesh, e)
+                failed[mesh] = str(e)
+    except ConfigError as e:
+        raise app.UsageError(str(e)) from e
+    if reports:
+        print(f"Per-device memory of one train step on {len(devices)} x {devices[0].device_kind}:")
+        print(format_table(reports, capacity, source))
+    if _OUT.value:
+        Path(_OUT.value).write_text(json.dumps({
+            "devices": len(devices), "device_kind": devices[0].device_kind, "device_memory": capacity,
+            "device_memory_source": source,
+            "meshes": [{**dataclasses.asdict(r), "total": r.total} for r in reports], "failed": failed,
+        }, indent=2) + "\n")
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
