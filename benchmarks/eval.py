@@ -1,10 +1,10 @@
-"""BLiMP pairs/s of the evaluator's PLL (flava_jax.torch_pll.TorchPLL) beside a plain implementation of the
-reference's algorithm (paper_reference.md §5.1), same model, same sentences, same scores, as a ratio.
+"""BLiMP pairs/s of the evaluator's PLL (flava_jax.eval.torch_pll.TorchPLL) beside a plain implementation of the
+reference's algorithm (docs/reference.md#blimp), same model, same sentences, same scores, as a ratio.
 
 The reference's way: chunks of 32 sentences; each chunk expanded to all its masked copies (one per inner token) as
 ONE batch padded to the chunk's longest sentence; `FlavaForPreTraining(input_ids_masked=..., attention_mask=...)`,
 whose MLM head then runs over every position (full logits); log-softmax over the vocabulary; gather the original
-token at each masked position. Ours (flava_jax.torch_pll): the copies of all sentences sorted by length into
+token at each masked position. Ours (flava_jax.eval.torch_pll): the copies of all sentences sorted by length into
 token-budget batches, the first layer's projections shared by a sentence's copies, the last encoder layer and the
 MLM head at the masked positions only. Both give each sentence's log2 PLL; the script
 stops unless they agree to 1e-4.
@@ -36,11 +36,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flava_jax import FlavaConfig, metrics  # noqa: E402
+from flava_jax import FlavaConfig  # noqa: E402
 from flava_jax.common.blimp import read_blimp  # noqa: E402
 from flava_jax.common.pll import LN2  # noqa: E402
 from flava_jax.data.tokenizer import MASK_ID, PAD_ID, Tokenizer  # noqa: E402
 from flava_jax.eval.torch_pll import TorchPLL  # noqa: E402
+from flava_jax.train import metrics  # noqa: E402
 
 BLIMP = Path(__file__).resolve().parents[2] / "shared" / "data" / "blimp"
 CHUNK = 32  # sentences per batch in the reference (its validation micro-batch)

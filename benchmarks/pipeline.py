@@ -13,6 +13,7 @@ datasets). Medians of --repeats runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import random
@@ -27,6 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from configs import base  # noqa: E402
 from flava_jax.data import pipeline, records  # noqa: E402
 from flava_jax.data.prepare import PrepareSettings, prepare, read_stream  # noqa: E402
 from flava_jax.data.sample import SAMPLE_DIR  # noqa: E402
@@ -37,7 +39,8 @@ BATCH = {"text": 32, "image": 32, "pairs": 32}
 
 def ours(data: Path, stream: str, examples: int) -> float:
     """flava_jax: the per-example transforms and batching of one stream, read straight from its MapDataset."""
-    settings = pipeline.PipelineSettings(data_dir=str(data), seed=0)
+    settings = dataclasses.replace(pipeline.PipelineSettings.from_config(base.get_config(), str(data)), seed=0,
+                                   workers=0)
     tokenizer = Tokenizer.load(data / "tokenizer.model")
     dataset = pipeline.stream_dataset(settings, stream, BATCH[stream], tokenizer, process=(0, 1))
     batches = examples // BATCH[stream]
@@ -48,10 +51,10 @@ def ours(data: Path, stream: str, examples: int) -> float:
 
 
 class Reference:
-    """The reference's transforms (paper_reference.md §2.3, §4.4): FlavaImageProcessor (PIL, as in transformers
-    4.29) with the BEiT mask generator and codebook pixels; text tokenised by a fast tokenizer, padded to the
-    stream's length, masked by DataCollatorForLanguageModeling(mlm_probability=0.4); ITM negatives drawn as its
-    ITMTransform does."""
+    """The reference's transforms (docs/reference.md#masking, docs/reference.md#image-transforms): FlavaImageProcessor
+    (PIL, as in transformers 4.29) with the BEiT mask generator and codebook pixels; text tokenised by a fast tokenizer,
+    padded to the stream's length, masked by DataCollatorForLanguageModeling(mlm_probability=0.4); ITM negatives drawn
+    as its ITMTransform does."""
 
     def __init__(self, data: Path, hf_dir: Path) -> None:
         import transformers
@@ -108,8 +111,9 @@ def build_data(tmp: Path, count: int) -> Path:
     from array_record.python.array_record_module import ArrayRecordWriter
 
     sample = tmp / "sample"
-    manifest = prepare(PrepareSettings(text_words=-1, images=-1, vocab_size=30522, heldout_fraction=0.0,
-                                       image_size=224, image_dirs=(str(SAMPLE_DIR / "images"),), download=False),
+    settings = dataclasses.replace(PrepareSettings.from_config(base.get_config()), seed=0, text_words=-1, images=-1,
+                                   heldout_fraction=0.0, image_dirs=(str(SAMPLE_DIR / "images"),), download=False)
+    manifest = prepare(settings,
                        [str(SAMPLE_DIR / "wit")], sample)
     data = tmp / "data"
     shards = {}

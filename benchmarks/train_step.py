@@ -15,7 +15,7 @@ For each size (tiny, half, full) and batch (image-text pairs at 77 tokens, text-
 Each side runs in a process of its own (torch's step in a worker the script drives over a pipe), each size in its
 own pair: torch's and XLA's thread pools and heaps sharing one process slowed both, erratically. Both sides run
 under the host malloc setting the trainer picks for the size on a CPU (`--host-malloc`, default auto, as
-config.host_malloc; flava_jax/host_malloc.py), so torch gets the same help from it.
+config.host_malloc; flava_jax/train/host_malloc.py), so torch gets the same help from it.
 
 MFU counts the same useful model FLOPs for both sides (metrics.train_flops: trainable work 3x, the codebook once,
 no unmasked pass) over this machine's measured XLA f32 matmul peak. Step times are medians over --repeats
@@ -28,6 +28,7 @@ interleaved runs of --steps steps each, after a warm-up step (and the compile).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.metadata
 import json
@@ -93,8 +94,10 @@ def make_batch(config: FlavaConfig, kind: str, batch: int, length: int, rng: np.
 def wit_text_lengths() -> list[int]:
     """Token lengths of the real WiT text examples bundled in the package (1.3 WordPiece tokens per word)."""
     with tempfile.TemporaryDirectory() as tmp:
-        prepare(PrepareSettings(text_words=-1, images=0, vocab_size=256, heldout_fraction=0.0, download=False,
-                                image_dirs=(str(SAMPLE_DIR / "images"),)), [str(SAMPLE_DIR / "wit")], Path(tmp))
+        settings = dataclasses.replace(PrepareSettings.from_config(base.get_config()), seed=0, text_words=-1, images=0,
+                                       vocab_size=256, heldout_fraction=0.0, download=False,
+                                       image_dirs=(str(SAMPLE_DIR / "images"),))
+        prepare(settings, [str(SAMPLE_DIR / "wit")], Path(tmp))
         texts = [records.decode_text(r) for r in read_stream(Path(tmp), "text")]
     return [min(512, math.ceil(1.3 * len(t.split())) + 2) for t in texts]
 

@@ -1,4 +1,4 @@
-"""Defaults shared by every configuration: the reference's recipe (paper_reference.md). Other configs start here."""
+"""Defaults shared by every configuration: the reference's recipe (docs/reference.md). Other configs start here."""
 
 from ml_collections import ConfigDict, config_dict
 
@@ -14,7 +14,7 @@ def model_config(preset: str) -> ConfigDict:
 
 
 def data_config() -> ConfigDict:
-    """WiT carving (prepare) and batch making (pipeline), paper_reference.md §2.3, §4."""
+    """WiT carving (prepare) and batch making (pipeline), docs/reference.md#masking, docs/reference.md#data."""
     return ConfigDict(dict(
         # --- where: prepare's --out, read by the trainer; None: prepare into WORKDIR/data from `sources`
         dir=config_dict.placeholder(str),
@@ -56,11 +56,13 @@ def data_config() -> ConfigDict:
         bucket_window=16,
         workers=2,  # pipeline worker processes per stream
         worker_buffer=2,
+        read_threads=16,  # threads per process reading and transforming examples ahead
+        read_buffer=500,  # examples read ahead per process
     ))
 
 
 def train_config() -> ConfigDict:
-    """Batches, sampling and the step (paper_reference.md §3.1-3.2)."""
+    """Batches, sampling and the step (docs/reference.md#sampling, docs/reference.md#optimiser)."""
     return ConfigDict(dict(
         batch_size=4096,  # examples per optimizer step, all streams together
         micro_batch_size=64,  # examples per micro-step (the reference: 32 per GPU x 2 GPUs); accumulation fills up
@@ -105,12 +107,19 @@ def sharding_config() -> ConfigDict:
 
 
 def eval_config() -> ConfigDict:
+    """In-training evaluators as data: name -> type (flava_jax/train/evaluators.py), interval, options. An entry's
+    every_steps None runs it every `eval.every_steps`; delete an entry to skip it."""
     return ConfigDict(dict(
         every_steps=125,  # the reference validated every 8000 micro-batches = 125 optimizer steps
-        val_batch_size=64, val_batches=8,
-        pppl_texts=2000, pppl_max_length=300,  # the reference: 2000 phrases per rank, truncated at 300 tokens
-        blimp_dir=config_dict.placeholder(str), blimp_limit=50, blimp_paradigms=[],  # [] = all paradigms
-        pll_batch_size=256,
+        evaluators=dict(
+            validation=dict(type="validation_loss", every_steps=config_dict.placeholder(int), batch_size=64,
+                            batches=8),
+            # the reference: 2000 phrases per rank, truncated at 300 tokens
+            pppl=dict(type="pppl", every_steps=config_dict.placeholder(int), texts=2000, max_length=300,
+                      batch_size=256),
+            blimp=dict(type="blimp", every_steps=config_dict.placeholder(int), dir=config_dict.placeholder(str),
+                       limit=50, paradigms=[], batch_size=256),  # paradigms [] = all
+        ),
     ))
 
 
@@ -120,7 +129,7 @@ def scheduler_config() -> ConfigDict:
                                                        mmm_text=5),
                            factor=0.5, min_delta=0.0, mmm_text_floor=0.06,
                            # the intended semantics; False: the reference's code, whose loader kept sampling with
-                           # the initial stream weights (paper_reference.md §7.2a)
+                           # the initial stream weights (docs/reference.md#scheduler-bugs)
                            stream_weights_act=True))
 
 

@@ -15,9 +15,9 @@ def get_config():
     config.optim.warmup_steps = 5
     config.optim.decay_steps = 60
     config.eval.every_steps = 20
-    config.eval.val_batch_size = 4
-    config.eval.val_batches = 1
-    config.eval.blimp_limit = 2  # pairs per paradigm, when eval.blimp_dir is set
+    config.eval.evaluators.validation.batch_size = 4
+    config.eval.evaluators.validation.batches = 1
+    config.eval.evaluators.blimp.limit = 2  # pairs per paradigm, when eval.evaluators.blimp.dir is set
     data = config.data
     data.sources = [str(SAMPLE_DIR / "wit")]
     data.image_dirs = [str(SAMPLE_DIR / "images")]

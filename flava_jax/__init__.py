@@ -11,7 +11,7 @@ from typing import Any
 
 _API = {
     "CheckpointError": "flava_jax.model.hf_io",
-    "ConfigError": "flava_jax.model.config",
+    "ConfigError": "flava_jax.common.settings",
     "FlavaConfig": "flava_jax.model.config",
     "FlavaForPreTraining": "flava_jax.model.flava",
     "FlavaForPreTrainingOutput": "flava_jax.model.flava",

@@ -16,8 +16,9 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from flava_jax.model.config import ConfigError
+from flava_jax.common.settings import ConfigError
 from flava_jax.train import host_malloc
+from flava_jax.train.config_check import check_keys
 from flava_jax.train.trainer import train
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: SIGTERM was handled, a checkpoint saved; rerun the command to resume
@@ -39,6 +40,7 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("both --config and --workdir are required")
     try:
+        check_keys(_CONFIG.value)
         host_malloc.ensure(_CONFIG.value.host_malloc, _CONFIG.value.model)  # before any JAX backend exists
     except ConfigError as e:
         raise app.UsageError(str(e)) from e

@@ -1,12 +1,17 @@
-"""Configs for tests: configs/debug.py with overrides given as dotted keys."""
+"""Configs for tests: configs/debug.py with overrides given as dotted keys, and settings from configs/base.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 from typing import Any
 
 from ml_collections import ConfigDict
+
+from flava_jax.data.images import FetchSettings
+from flava_jax.data.pipeline import PipelineSettings
+from flava_jax.data.prepare import PrepareSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,3 +34,20 @@ def load_config(name: str, arg: str | None = None, **overrides: Any) -> ConfigDi
 
 def debug_config(**overrides: Any) -> ConfigDict:
     return load_config("debug", **overrides)
+
+
+def prepare_settings(**changes: Any) -> PrepareSettings:
+    """configs/base.py's prepare settings with `changes` (seed 0 unless given)."""
+    return dataclasses.replace(PrepareSettings.from_config(load_config("base")), **{"seed": 0, **changes})
+
+
+def pipeline_settings(data_dir: str, **changes: Any) -> PipelineSettings:
+    """configs/base.py's pipeline settings for `data_dir` with `changes` (seed 0 and no worker processes unless
+    given)."""
+    settings = PipelineSettings.from_config(load_config("base"), data_dir)
+    return dataclasses.replace(settings, **{"seed": 0, "workers": 0, **changes})
+
+
+def fetch_settings(**changes: Any) -> FetchSettings:
+    """configs/base.py's image fetch settings with `changes`."""
+    return dataclasses.replace(prepare_settings().fetch, **changes)

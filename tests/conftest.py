@@ -33,8 +33,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_params():
-    """Random parameters of the tiny preset, made once per session: XLA on CPU takes ~20 s to compile the
-    random init (one threefry kernel per parameter). Tests that change the tree must copy it first."""
+    """Random parameters of the tiny preset, made once per session: XLA:CPU is slow to compile the random init
+    (one threefry kernel per parameter). Tests that change the tree must copy it first."""
     import jax
 
     from flava_jax import FlavaConfig, FlavaForPreTraining

@@ -65,7 +65,7 @@ def test_fsdp_step_gathers_only_weights_in_transformer_layers() -> None:
     config = aot.mesh_config(debug_config(sharding__fsdp_min_size=256), "fsdp", jax.device_count())
     mesh = sharding_lib.make_mesh(config.sharding.mesh)
     run, parts = plan(config, list(STREAM_KEYS), mesh), build(config, model_config(config), mesh)
-    weights = jax.tree.map(jnp.float32, MultimodalScheduler(run.weights, dict(config.scheduler.patience)).weights())
+    weights = jax.tree.map(jnp.float32, MultimodalScheduler.from_config(run.weights, config.scheduler).weights())
     hlo = parts.train_step.lower(parts.abstract_state, aot.batch_spec(config, run, parts.batch_sharding), weights,
                                  jax.random.key(0)).compile().as_text()
 

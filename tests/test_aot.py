@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
+from flava_jax.common.settings import ConfigError
 from flava_jax.data import pipeline
 from flava_jax.data.tokenizer import Tokenizer
-from flava_jax.model.config import ConfigError, FlavaConfig
+from flava_jax.model.config import FlavaConfig
 from flava_jax.model.flava import FlavaForPreTraining
 from flava_jax.train import aot
 from flava_jax.train import sharding as sharding_lib

@@ -17,7 +17,7 @@ def test_full_preset_is_the_hf_default() -> None:
 
 
 def test_half_preset_is_the_papers_construction() -> None:
-    """paper_reference.md §1.1: the thesis runs' FlavaConfig, as the reference code builds it."""
+    """docs/reference.md#model-sizes: the thesis runs' FlavaConfig, as the reference code builds it."""
     paper = transformers.FlavaConfig(hidden_size=516, projection_dim=516,
                                      text_config={"hidden_size": 516, "num_hidden_layers": 6},
                                      image_config={"hidden_size": 516, "num_hidden_layers": 6},

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flava_jax.data.images import FetchSettings, ImageFetcher
+from flava_jax.data.images import ImageFetcher
 from flava_jax.data.prepare import PrepareSettings, prepare
 from flava_jax.data.sample import SAMPLE_DIR
 from flava_jax.data.wit import WIT_COLUMNS
+from tests.configs import fetch_settings, prepare_settings
 
 PHOTOS = SAMPLE_DIR / "images"
 
@@ -120,9 +121,9 @@ def _tsv(path: Path, base: str) -> Path:
 
 
 def _settings(tmp_path: Path) -> PrepareSettings:
-    return PrepareSettings(text_words=-1, images=-1, vocab_size=64, heldout_fraction=0.0, image_size=32,
-                           cache_dir=str(tmp_path / "cache"),
-                           fetch=FetchSettings(timeout=0.5, retries=2, backoff=0.05, workers=8))
+    return prepare_settings(text_words=-1, images=-1, vocab_size=64, heldout_fraction=0.0, image_size=32,
+                            cache_dir=str(tmp_path / "cache"),
+                            fetch=fetch_settings(timeout=0.5, retries=2, backoff=0.05, workers=8))
 
 
 def test_download_failures_are_counted_and_the_run_completes(tmp_path: Path, server: _Server) -> None:
@@ -135,7 +136,7 @@ def test_download_failures_are_counted_and_the_run_completes(tmp_path: Path, ser
     # Retried where it should be: 500 and 429 once each; the timeout on every attempt; a 404 never.
     assert server.hits["/flaky/clock_motion.png"] == 2 and server.hits["/busy/rocket.jpg"] == 2
     assert server.hits["/slow.jpg"] == 3 and server.hits["/missing.jpg"] == 1
-    assert server.agents == {FetchSettings().user_agent}
+    assert server.agents == {fetch_settings().user_agent}
 
     # A re-run (another output, same cache) fetches nothing, and comes to the same verdicts.
     before = dict(server.hits)
@@ -146,7 +147,7 @@ def test_download_failures_are_counted_and_the_run_completes(tmp_path: Path, ser
 
 
 def test_local_folder_and_inline_bytes_need_no_network(tmp_path: Path) -> None:
-    fetcher = ImageFetcher(None, [PHOTOS], download=False)
+    fetcher = ImageFetcher(None, [PHOTOS], fetch_settings(), download=False)
     with fetcher:
         local, inline, missing, remote = fetcher.fetch_many(
             ["https://upload.wikimedia.org/x/rocket.jpg", "ignored", "nowhere.jpg", "https://example.org/a.jpg"],

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from flava_jax import FlavaConfig, FlavaForPreTraining, save_pretrained
-from flava_jax.common.pll import LN2, masked_copies, pseudo_perplexity
+from flava_jax.common.pll import LN2, pseudo_perplexity
 from flava_jax.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, Tokenizer
 from flava_jax.eval.cli import evaluate
 from flava_jax.model.hf_io import from_pretrained
@@ -190,22 +190,6 @@ def test_full_blimp_on_the_tiny_model(export: Path, shared_data: Path, tmp_path:
     assert len(results["paradigms"]) == 67 and len(results["phenomena"]) == 12
     assert results["pairs"] == sum(1 for f in (shared_data / "blimp").glob("*.jsonl") for _ in f.open())
     assert results["accuracy"] == pytest.approx(np.mean(list(results["phenomena"].values())))
-
-
-def test_masked_copies_mask_the_rest_of_the_word_for_within_word_l2r() -> None:
-    # [CLS] a b | c | d e f [SEP]: words 0, 1 and 2, two, one and three pieces.
-    sentence = [2, 10, 11, 12, 13, 14, 15, 3]
-    words = [None, 0, 0, 1, 2, 2, 2, None]
-    assert masked_copies([sentence], PAD_ID).copies.tolist() == [[0, i, i + 1] for i in range(1, 7)]
-    copies = masked_copies([sentence], PAD_ID, [words])
-    assert copies.copies.tolist() == [[0, 1, 3], [0, 2, 3], [0, 3, 4], [0, 4, 7], [0, 5, 7], [0, 6, 7]]
-    ids, positions, targets = copies.batch(0, len(copies), 10, MASK_ID)
-    assert ids[3].tolist() == [2, 10, 11, 12, MASK_ID, MASK_ID, MASK_ID, 3, PAD_ID, PAD_ID]
-    assert ids[1].tolist() == [2, 10, MASK_ID, 12, 13, 14, 15, 3, PAD_ID, PAD_ID]
-    assert positions.tolist() == list(range(1, 7)) and targets.tolist() == sentence[1:-1]
-    assert [v.tolist() for v in copies.per_sentence(np.arange(6.0))] == [[0, 1, 2, 3, 4, 5]]
-    with pytest.raises(ValueError, match="one word index per token"):
-        masked_copies([sentence], PAD_ID, [words[:-1]])
 
 
 def _independent_l2r_pll(model: Any, tokenizer: Any, sentence: str) -> tuple[float, int]:

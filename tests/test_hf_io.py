@@ -195,6 +195,6 @@ def test_every_hf_weight_maps_once_at_paper_sizes(preset: str) -> None:
         assert to_hf(np.broadcast_to(np.int8(0), shape)).shape == expected[name], name
     trainable = sum(int(np.prod(s)) for n, (_, s) in table.items() if not n.startswith("image_codebook"))
     codebook = sum(int(np.prod(s)) for n, (_, s) in table.items() if n.startswith("image_codebook"))
-    # paper_reference.md §1.2: about 304M / 136M trainable and 53.8M frozen codebook parameters.
+    # docs/reference.md#model-sizes: about 304M / 136M trainable and 53.8M frozen codebook parameters.
     assert abs(trainable / 1e6 - {"full": 304, "half": 136}[preset]) < 3
     assert abs(codebook / 1e6 - 53.8) < 0.1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flava_jax.model.config import ConfigError
+from flava_jax.common.settings import ConfigError
 from flava_jax.train import host_malloc
 from tests.configs import REPO
 

@@ -12,8 +12,9 @@ from PIL import Image
 
 from flava_jax.data import records
 from flava_jax.data.masking import BlockMasking, mask_tokens
-from flava_jax.data.pipeline import ImageTransform, PairTransform, PipelineSettings, TextTransform
+from flava_jax.data.pipeline import ImageTransform, PairTransform, TextTransform
 from flava_jax.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, Tokenizer
+from tests.configs import pipeline_settings
 
 
 def test_token_masking_rates_and_80_10_10() -> None:
@@ -91,7 +92,7 @@ def test_itm_negatives_never_equal_the_positive(exclude_same_row: bool) -> None:
     source = [records.encode(row=r, text=text, image=_jpeg(r))
               for r in range(6) for text in (f"caption {r}", "the shared page description")]
     tokenizer = Tokenizer.train([records.decode(x).text for x in source] * 5, 40)
-    settings = PipelineSettings(data_dir="", seed=0, grid_size=2, mask_patches=1, mask_min_block=1)
+    settings = pipeline_settings("", grid_size=2, mask_patches=1, mask_min_block=1)
     pairs = PairTransform(TextTransform(tokenizer, 16, 0.4), ImageTransform(settings), source, 1.0,
                           exclude_same_row)
     rng = np.random.default_rng(0)

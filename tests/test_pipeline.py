@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,11 @@ from PIL import Image
 
 from flava_jax.data import records
 from flava_jax.data.pipeline import MultitaskIterator, PipelineSettings, source, stream_iterator
-from flava_jax.data.prepare import PrepareSettings, prepare, read_stream
+from flava_jax.data.prepare import prepare, read_stream
 from flava_jax.data.sample import SAMPLE_DIR
 from flava_jax.data.tokenizer import PAD_ID, Tokenizer
 from flava_jax.data.transforms import model_inputs
+from tests.configs import pipeline_settings, prepare_settings
 
 BATCHES = {"text": 3, "image": 2, "pairs": 4}
 
@@ -24,15 +24,14 @@ BATCHES = {"text": 3, "image": 2, "pairs": 4}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sample")
-    prepare(PrepareSettings(text_words=-1, images=-1, vocab_size=256, heldout_fraction=0.0, image_size=224,
-                            image_dirs=(str(SAMPLE_DIR / "images"),), download=False), [str(SAMPLE_DIR / "wit")], out)
+    prepare(prepare_settings(text_words=-1, images=-1, vocab_size=256, heldout_fraction=0.0, image_size=224,
+                             image_dirs=(str(SAMPLE_DIR / "images"),), download=False), [str(SAMPLE_DIR / "wit")], out)
     return out
 
 
 def _settings(data: Path, **changes: Any) -> PipelineSettings:
-    base = PipelineSettings(data_dir=str(data), seed=3, text_max_length=48, pair_max_length=24,
-                            itm_negative_probability=0.3, read_buffer=16)
-    return dataclasses.replace(base, **changes)
+    return pipeline_settings(str(data), **{"seed": 3, "text_max_length": 48, "pair_max_length": 24,
+                                           "itm_negative_probability": 0.3, "read_buffer": 16, **changes})
 
 
 def _equal(a: dict[str, dict[str, np.ndarray]], b: dict[str, dict[str, np.ndarray]]) -> bool:

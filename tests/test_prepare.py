@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from flava_jax.data import records
-from flava_jax.data.prepare import PrepareSettings, prepare, read_stream
+from flava_jax.data.prepare import prepare, read_stream
 from flava_jax.data.tokenizer import Tokenizer
 from flava_jax.data.wit import WIT_COLUMNS
+from tests.configs import prepare_settings
 
 ROWS = 240
 
@@ -62,7 +63,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _prepare(corpus: tuple[Path, Path], out: Path, **changes: Any) -> dict[str, Any]:
     settings = dict(text_words=-1, images=-1, vocab_size=128, heldout_fraction=0.0, image_size=16,
                     image_dirs=(str(corpus[1]),), download=False, chunk_records=37, fetch_batch=16)
-    return prepare(PrepareSettings(**{**settings, **changes}), [str(corpus[0])], out)
+    return prepare(prepare_settings(**{**settings, **changes}), [str(corpus[0])], out)
 
 
 def _stream(out: Path, name: str) -> list[records.Example]:

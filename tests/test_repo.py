@@ -116,7 +116,8 @@ def test_bad_config_value_names_the_key(tmp_path: Path) -> None:
 
 
 def test_readme_results_table_is_the_papers() -> None:
-    """README's results table against flava_jax.paper_results (itself checked against paper_reference.md)."""
+    """README's results table against flava_jax.eval.paper_results (whose transcription tests/test_report.py
+    checks)."""
     from flava_jax.eval.paper_results import PAPER
 
     readme = (REPO / "README.md").read_text()

@@ -1,5 +1,9 @@
 """The report across runs: the paper's numbers as transcribed, grid cells found three ways, deltas against the
-text-only cell checked by hand, and the command line's files."""
+text-only cell checked by hand, and the command line's files.
+
+The transcription check reads ../shared/reference/paper_reference.md, the shared reference notes that CI has beside
+the checkout (an independent source for flava_jax/eval/paper_results.py), and skips where that file is absent, as
+in a user's clone; the repo's own notes on those tables are docs/reference.md#results."""
 
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ REFERENCE = REPO.parent / "shared" / "reference" / "paper_reference.md"
 
 
 def _markdown_tables(section: str) -> list[list[list[str]]]:
-    """The tables under `section` ("### 6.2 ...") of the reference notes, as rows of cells (separator row
-    dropped)."""
+    """The tables under `section` ("### 6.2 ...") of the shared reference notes (REFERENCE, not docs/reference.md),
+    as rows of cells (separator row dropped)."""
     body = REFERENCE.read_text().split(f"\n{section}")[1].split("\n### ")[0]
     tables: list[list[list[str]]] = [[]]
     for line in body.splitlines():
@@ -112,7 +116,8 @@ def test_deltas_against_text_only_by_hand(runs: Path, tmp_path: Path) -> None:
     assert ours["10M/4M"]["average"] == pytest.approx(55 - baseline)
     assert report["cells"]["10M/4M"]["ours"]["pppl"] == pytest.approx(20.55)
 
-    paper = report["deltas"]["paper"]  # half size, §6.3
+    assert report["paper_section"] == "docs/reference.md#half-size-results"
+    paper = report["deltas"]["paper"]  # half size
     assert set(paper) == {"10M/40K", "10M/400K", "10M/4M", "100M/40K", "100M/400K", "100M/4M"}
     assert paper["10M/40K"]["anaphor_agreement"] == pytest.approx(82.77 - 72.90)
     assert paper["100M/4M"]["average"] == pytest.approx(67.09 - 70.51)
@@ -127,6 +132,10 @@ def test_the_command_line_writes_the_files(runs: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["paper_size"] == "full" and len(report["runs"]) == 5
+    page, anchor = report["paper_section"].split("#")
+    headings = [line.lstrip("#").strip().lower().replace(" ", "-") for line in (REPO / page).read_text().splitlines()
+                if line.startswith("#")]
+    assert anchor in headings, f"report.json cites {report['paper_section']}, not a heading of {page}"
     markdown = (out / "report.md").read_text()
     assert "| 10M/40K | 1 | 65.42 | 63.98 | +1.44 |" in markdown
     assert "| 10M/0 | 80.0 (76.3) |" in markdown and "![BLiMP deltas" in markdown

@@ -11,9 +11,10 @@ import optax
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from flava_jax import FlavaConfig, optim
+from flava_jax import FlavaConfig
 from flava_jax.model.hf_io import _hf_name, hf_name_table
 from flava_jax.model.layers import unstack_layers
+from flava_jax.train import optim
 from flava_jax.train.scheduler import MultimodalScheduler, micro_batch_sizes, stream_weights
 from flava_jax.train.sharding import make_mesh
 from flava_jax.train.trainer import model_config, plan
@@ -30,7 +31,7 @@ from tests.configs import debug_config, load_config
     (1, 0, {"text": 1.0}),
 ])
 def test_stream_weights_follow_the_papers_table(t: float, v: float, expected: dict[str, float]) -> None:
-    """paper_reference.md §3.1's table of [VL, image, text] weights."""
+    """The table in docs/reference.md#sampling of [VL, image, text] weights."""
     weights = stream_weights(t, v)
     assert weights.keys() == expected.keys()
     for name, value in expected.items():
@@ -57,8 +58,8 @@ THIRDS = {"pairs": 1 / 3, "image": 1 / 3, "text": 1 / 3}
 ])
 def test_grid_configs_carry_the_papers_budgets_and_weights(name: str, words: int, images: int,
                                                            expected: dict[str, float]) -> None:
-    """Each grid config: its budgets, the stream weights of §3.1's table, 4096 examples per step, full size by
-    default and half size with `:model=half`."""
+    """Each grid config: its budgets, the stream weights of the table in docs/reference.md#sampling, 4096 examples per
+    step, full size by default and half size with `:model=half`."""
     config = load_config(name)
     assert (config.data.text_words, config.data.images) == (words, images)
     mesh = make_mesh({"data": 1}, jax.devices()[:1])
@@ -75,8 +76,14 @@ def test_grid_configs_carry_the_papers_budgets_and_weights(name: str, words: int
 PATIENCE = dict(mlm=3, mim=3, itm=5, global_contrastive=5, mmm_image=5, mmm_text=5)
 
 
+def _scheduler(streams: dict[str, float], stream_weights_act: bool = True) -> MultimodalScheduler:
+    """The reference's monitor (halving, no minimum improvement, MMM-text floor 0.06) with PATIENCE."""
+    return MultimodalScheduler(streams, PATIENCE, factor=0.5, min_delta=0.0, mmm_text_floor=0.06,
+                               stream_weights_act=stream_weights_act)
+
+
 def test_scheduler_halves_then_stops_and_never_revives() -> None:
-    scheduler = MultimodalScheduler({"pairs": 1 / 3, "image": 1 / 3, "text": 1 / 3}, PATIENCE)
+    scheduler = _scheduler({"pairs": 1 / 3, "image": 1 / 3, "text": 1 / 3})
     flat = {"mlm": 5.0, "mim": 4.0, "itm": 0.6, "global_contrastive": 2.0, "mmm_image": 4.0, "mmm_text": 5.0}
     scheduler.update(1, flat)  # first measurements: all improve on infinity
     assert scheduler.weights()["losses"] == dict.fromkeys(PATIENCE, 1.0)
@@ -94,7 +101,7 @@ def test_scheduler_halves_then_stops_and_never_revives() -> None:
     assert scheduler.weights()["streams"]["pairs"] == 0  # every multimodal objective stopped: the stream too
     assert not scheduler.stopped
     state = json.loads(json.dumps(scheduler.state_dict()))
-    restored = MultimodalScheduler({"pairs": 1 / 3, "image": 1 / 3, "text": 1 / 3}, PATIENCE)
+    restored = _scheduler({"pairs": 1 / 3, "image": 1 / 3, "text": 1 / 3})
     restored.load_state_dict(state)
     assert restored.weights() == scheduler.weights()
     for step in range(7, 10):  # MLM stops; MMM-text is 0 < 0.06: training stops
@@ -103,12 +110,12 @@ def test_scheduler_halves_then_stops_and_never_revives() -> None:
 
 
 def test_the_references_loader_kept_its_initial_stream_weights() -> None:
-    """stream_weights_act=False: the same decisions, but sampling stays at the initial weights (§7.2a), while the
-    multimodal loss weights still act."""
+    """stream_weights_act=False: the same decisions, but sampling stays at the initial weights
+    (docs/reference.md#scheduler-bugs), while the multimodal loss weights still act."""
     initial = {"pairs": 1 / 3, "image": 1 / 3, "text": 1 / 3}
     flat = {"mlm": 5.0, "mim": 4.0, "itm": 0.6, "global_contrastive": 2.0, "mmm_image": 4.0, "mmm_text": 5.0}
     for acts in (True, False):
-        scheduler = MultimodalScheduler(initial, PATIENCE, stream_weights_act=acts)
+        scheduler = _scheduler(initial, stream_weights_act=acts)
         scheduler.update(1, flat)
         scheduler.update(2, {**flat, "mlm": 4.0})
         assert scheduler.state["streams"]["image"] == pytest.approx(1 / 6)  # the decision is taken either way
@@ -118,7 +125,7 @@ def test_the_references_loader_kept_its_initial_stream_weights() -> None:
 
 
 def test_text_only_run_stops_with_mlm() -> None:
-    scheduler = MultimodalScheduler({"text": 1.0}, PATIENCE)
+    scheduler = _scheduler({"text": 1.0})
     assert set(scheduler.state["monitors"]) == {"mlm"}
     for step, loss in enumerate([3.0, 3.0, 3.1, 3.0], start=1):
         scheduler.update(step, {"mlm": loss})

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from flava_jax.data import records
-from flava_jax.data.prepare import PrepareSettings, prepare, read_stream
+from flava_jax.data.prepare import prepare, read_stream
 from flava_jax.data.sample import SAMPLE_DIR
 from flava_jax.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, Tokenizer
+from tests.configs import prepare_settings
 
 transformers = pytest.importorskip("transformers", reason="the HF export needs transformers (the eval extra)")
 
@@ -19,8 +20,8 @@ transformers = pytest.importorskip("transformers", reason="the HF export needs t
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Tokenizer, object]:
     """The bundled sample prepared (its tokenizer trained on its budgeted text), then exported for transformers."""
     root = tmp_path_factory.mktemp("tok")
-    prepare(PrepareSettings(text_words=-1, images=-1, vocab_size=30522, heldout_fraction=0.25, image_size=32,
-                            image_dirs=(str(SAMPLE_DIR / "images"),), download=False), [str(SAMPLE_DIR / "wit")],
+    prepare(prepare_settings(text_words=-1, images=-1, vocab_size=30522, heldout_fraction=0.25, image_size=32,
+                             image_dirs=(str(SAMPLE_DIR / "images"),), download=False), [str(SAMPLE_DIR / "wit")],
             root / "data")
     tokenizer = Tokenizer.load(root / "data" / "tokenizer.model")
     tokenizer.save_pretrained(root / "export")

@@ -260,7 +260,7 @@ def _free_port() -> int:
 def test_two_processes_give_the_losses_of_one(debug_data: Path, tmp_path: Path) -> None:
     """jax.distributed on 127.0.0.1, 2 processes x 4 CPU devices, against 1 process x 8 devices."""
     overrides = ("--config.total_steps=4", "--config.eval.every_steps=100", "--config.checkpoint_every_steps=100",
-                 "--config.eval.pppl_texts=0")
+                 "--config.eval.evaluators.pppl.texts=0")
     _run(_command(tmp_path / "one", debug_data, *overrides), env=_env(8))
     port = _free_port()
     # Each log goes to a file: with pipes, one process could block on a full one while the test waits on the other.

@@ -87,8 +87,8 @@ def _span_end(words: Sequence[int | None], i: int) -> int:
 
 
 def pseudo_perplexity(logprobs: Sequence[np.ndarray]) -> dict[str, float]:
-    """The reference's PPPL (exp of the mean over texts of each text's mean NLL, paper §5.2) and the token-weighted
-    one (exp of total NLL over total tokens); texts without inner tokens are left out."""
+    """The reference's PPPL (exp of the mean over texts of each text's mean NLL, docs/reference.md#pseudo-perplexity)
+    and the token-weighted one (exp of total NLL over total tokens); texts without inner tokens are left out."""
     scored = [lp for lp in logprobs if len(lp)]
     if not scored:
         return {"pppl": float("nan"), "pppl_token_weighted": float("nan")}

@@ -51,20 +51,22 @@ class Fetched:
 
 @dataclasses.dataclass(frozen=True)
 class FetchSettings:
-    timeout: float = 10.0
-    retries: int = 3  # attempts after the first, for 429/5xx and network errors
-    backoff: float = 1.0  # seconds before the first retry, doubling after each
-    max_backoff: float = 60.0
-    workers: int = 16
-    max_bytes: int = 50 * 2**20
-    user_agent: str = USER_AGENT
+    """How images are fetched over the network (config.data.fetch)."""
+
+    timeout: float
+    retries: int  # attempts after the first, for 429/5xx and network errors
+    backoff: float  # seconds before the first retry, doubling after each
+    max_backoff: float
+    workers: int
+    max_bytes: int
+    user_agent: str
 
 
 class ImageFetcher:
     """Image bytes for WiT rows, from inline data, local folders, the download cache or the web."""
 
-    def __init__(self, cache_dir: str | os.PathLike | None, local_dirs: Sequence[str | os.PathLike] = (),
-                 settings: FetchSettings = FetchSettings(), download: bool = True) -> None:
+    def __init__(self, cache_dir: str | os.PathLike | None, local_dirs: Sequence[str | os.PathLike],
+                 settings: FetchSettings, download: bool = True) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.local_dirs = [Path(d) for d in local_dirs]
         self.settings = settings

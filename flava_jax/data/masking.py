@@ -1,4 +1,4 @@
-"""The reference's masking, on numpy with an explicit Generator (paper_reference.md §2.3).
+"""The reference's masking, on numpy with an explicit Generator (docs/reference.md#masking).
 
 * `mask_tokens`: BERT MLM masking (HF DataCollatorForLanguageModeling): each non-special token is picked with
   probability p; of those, 80% become [MASK], 10% a uniformly random id, 10% stay.
@@ -84,7 +84,7 @@ class BlockMasking:
         rows = [0] * self.grid
         blocks: list[Block] = []
         count = 0
-        # Scalar draws from Python's generator (seeded from `rng`) are ~20x cheaper than numpy's one by one.
+        # Python's generator (seeded from `rng`): its scalar draws are far cheaper than numpy's one by one.
         scalar_rng = random.Random(int(rng.integers(2**63)))
         for _ in range(self.max_rounds):
             if count >= self.num_masked:

@@ -30,6 +30,7 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
+from flava_jax.common.settings import missing_keys, read_section
 from flava_jax.data import masking, records
 from flava_jax.data.prepare import MANIFEST, TOKENIZER
 from flava_jax.data.tokenizer import PAD_ID, Tokenizer
@@ -40,35 +41,35 @@ STREAM_KEYS = {"text": "text", "image": "image", "pairs": "pair"}  # batch key -
 
 @dataclasses.dataclass(frozen=True)
 class PipelineSettings:
-    """How batches are made; `from_config` reads them from a config (its `data` section and model sizes)."""
+    """How batches are made; `from_config` reads them from a config (its `data` section and model sizes;
+    configs/base.py has the defaults)."""
 
     data_dir: str
     seed: int
-    grid_size: int = 14  # patches per side of the model's image: the block masks' grid
-    text_max_length: int = 512
-    pair_max_length: int = 77
-    mlm_probability: float = 0.4
-    mask_patches: int = 75
-    mask_min_block: int = 16
-    mask_min_aspect: float = 0.3
-    mask_exact_count: bool = True  # False: stop early as the reference does (a third of its masks fall short)
-    itm_negative_probability: float = 0.1
-    itm_exclude_same_row: bool = False  # a fix: never pick another text of the same image as a negative
-    length_buckets: tuple[int, ...] = ()  # empty: pad text-only batches to text_max_length, as the reference
-    bucket_window: int = 16  # batches sorted by length together
-    workers: int = 0  # worker processes per stream; 0 runs the transforms in the calling process
-    worker_buffer: int = 2
-    read_threads: int = 16  # threads per process reading and transforming examples ahead
-    read_buffer: int = 500  # examples read ahead per process
+    grid_size: int  # patches per side of the model's image: the block masks' grid
+    text_max_length: int
+    pair_max_length: int
+    mlm_probability: float
+    mask_patches: int
+    mask_min_block: int
+    mask_min_aspect: float
+    mask_exact_count: bool  # False: stop early as the reference does (a third of its masks fall short)
+    itm_negative_probability: float
+    itm_exclude_same_row: bool  # a fix: never pick another text of the same image as a negative
+    length_buckets: tuple[int, ...]  # empty: pad text-only batches to text_max_length, as the reference
+    bucket_window: int  # batches sorted by length together
+    workers: int  # worker processes per stream; 0 runs the transforms in the calling process
+    worker_buffer: int
+    read_threads: int  # threads per process reading and transforming examples ahead
+    read_buffer: int  # examples read ahead per process
 
     @classmethod
     def from_config(cls, config: Any, data_dir: str | None = None) -> PipelineSettings:
         data, image = config.data, config.model.image_config
-        names = {f.name for f in dataclasses.fields(cls)} - {"data_dir", "seed", "grid_size"}
-        values = {n: data[n] for n in names if n in data}
-        values["length_buckets"] = tuple(values.get("length_buckets", ()))
-        return cls(data_dir=data_dir or data.dir, seed=config.seed,
-                   grid_size=image["image_size"] // image["patch_size"], **values)
+        missing_keys(data, "config.data", ("dir", "length_buckets"))
+        return read_section(cls, data, "config.data", data_dir=data_dir or data.dir, seed=config.seed,
+                            grid_size=image["image_size"] // image["patch_size"],
+                            length_buckets=tuple(data.length_buckets))
 
 
 # ---------------------------------------------------------------------------------------------- examples

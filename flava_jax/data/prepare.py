@@ -1,6 +1,6 @@
 """`python -m flava_jax.data.prepare --config=configs/<name>.py --source=PATH... --out=DIR`
 
-Carves the study's data out of WiT the paper's way (paper_reference.md §4), into ArrayRecord streams:
+Carves the study's data out of WiT the paper's way (docs/reference.md#data), into ArrayRecord streams:
 
 1. Read the sources in order. Keep rows in the configured language that have a reference caption; set a seeded
    share aside (by a hash of image URL + page URL) as held-out text for pseudo-perplexity.
@@ -33,6 +33,7 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 from ml_collections import config_flags
 
 from flava_jax.common.progress import ProgressLog
+from flava_jax.common.settings import missing_keys, read_section
 from flava_jax.data import records as records_lib
 from flava_jax.data.images import FetchSettings, ImageFetcher, to_jpeg
 from flava_jax.data.tokenizer import Tokenizer
@@ -51,38 +52,38 @@ _TEXT_FIELDS = ("caption_reference_description", "context_page_description", "co
 
 @dataclasses.dataclass(frozen=True)
 class PrepareSettings:
-    """What `prepare` does; `from_config` reads these from a config's `data` section."""
+    """What `prepare` does; `from_config` reads it from a config's `data` section (configs/base.py has the
+    defaults)."""
 
     text_words: int  # -1: all the text the sources hold
     images: int  # -1: all the images
-    seed: int = 0
-    vocab_size: int = 30522
-    language: str = "en"
-    require_caption: bool = True
-    require_image: bool = True
-    heldout_fraction: float = 0.1
-    heldout_max_texts: int = 4000
-    heldout_max_images: int = 1000  # held-out rows whose image (and pairs) are kept, when the run has images
-    image_size: int = 224
-    image_resize: str = "squash"
-    jpeg_quality: int = 95
-    max_image_pixels: int = 89_478_485
-    chunk_records: int = 20_000
-    fetch_batch: int = 512
-    tokenizer_max_texts: int = 2_000_000
-    image_dirs: tuple[str, ...] = ()
-    cache_dir: str | None = None
-    download: bool = True
-    fetch: FetchSettings = FetchSettings()
+    seed: int
+    vocab_size: int
+    language: str
+    require_caption: bool
+    require_image: bool
+    heldout_fraction: float
+    heldout_max_texts: int
+    heldout_max_images: int  # held-out rows whose image (and pairs) are kept, when the run has images
+    image_size: int
+    image_resize: str
+    jpeg_quality: int
+    max_image_pixels: int
+    chunk_records: int
+    fetch_batch: int
+    tokenizer_max_texts: int
+    image_dirs: tuple[str, ...]
+    cache_dir: str | None
+    download: bool
+    fetch: FetchSettings
 
     @classmethod
     def from_config(cls, config: Any) -> PrepareSettings:
         data = config.data
-        fetch = FetchSettings(**data.fetch.to_dict())
-        names = {f.name for f in dataclasses.fields(cls)} - {"seed", "vocab_size", "fetch", "image_dirs"}
-        values = {name: data[name] for name in names if name in data}
-        return cls(seed=config.seed, vocab_size=config.model.text_config.vocab_size, fetch=fetch,
-                   image_dirs=tuple(data.image_dirs), **values)
+        missing_keys(data, "config.data", ("fetch", "image_dirs"))
+        return read_section(cls, data, "config.data", seed=config.seed, vocab_size=config.model.text_config.vocab_size,
+                            fetch=read_section(FetchSettings, data.fetch, "config.data.fetch"),
+                            image_dirs=tuple(data.image_dirs))
 
     def fingerprint(self, sources: Sequence[str]) -> str:
         """What a resumed prepare must share with the interrupted one (fetch settings may change)."""

@@ -1,4 +1,5 @@
-"""Image transforms of the reference (FlavaImageProcessor as facebook/flava-full configures it, paper §4.4).
+"""Image transforms of the reference (FlavaImageProcessor as facebook/flava-full configures it,
+docs/reference.md#image-transforms).
 
 Pure functions on PIL images and numpy arrays, channels-first float32 out, as HF's processor returns them (the
 `device_*` twins do the same on the device from the pipeline's uint8 images, resizing included, bit for bit):

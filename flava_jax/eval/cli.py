@@ -9,7 +9,7 @@
   predictions; OUT/blimp_within_word_l2r_phenomena.png); the default, original, is the paper's metric alone.
 * pppl: pseudo-perplexity of the texts in `--pppl_file` (one per line, or prepared data's held-out split; default
   DIR/pppl.txt), each truncated to 300 tokens: the reference's sentence-averaged value and the token-weighted one.
-* glue, msgs: fine-tune a fresh copy of the text encoder per task (flava_jax/finetune.py, the reference's head and
+* glue, msgs: fine-tune a fresh copy of the text encoder per task (flava_jax/eval/finetune.py, the reference's head and
   hyperparameters) on the GLUE/SuperGLUE tasks found in `--glue_data` or the MSGS tasks in `--msgs_data` (both
   default to DIR; `--glue_tasks` / `--msgs_tasks` pick some) and report the best evaluation's metrics;
   OUT/glue.png and OUT/msgs.png plot them. `--limit` caps each task's evaluation set, `--finetune_train_limit`

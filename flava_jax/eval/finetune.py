@@ -1,15 +1,15 @@
 """Fine-tune an export's text encoder on GLUE/SuperGLUE/MSGS classification tasks with PyTorch, as the reference
-does (paper_reference.md §5.4).
+does (docs/reference.md#fine-tuning).
 
 The model is `flava.text_model` of the export (text hidden and attention dropout set to 0.1) under the reference's
-head: an AdaptivePooler (a learned score per token, softmax, times the attention mask, renormalised, then the
-weighted mean of the token states), dropout 0.1 and a linear layer; `pooling="cls"` takes the first token's state
-instead. Training is HF Trainer's defaults as the reference used them: cross-entropy, AdamW (weight decay 0, betas
-0.9/0.999, eps 1e-8), gradients clipped to norm 1, a linear warmup over 6% of the steps then linear decay to 0.
-The step budget is the task's `max_steps` (§5.4's table) but at most 10 epochs. Every `eval_every` steps, and
+head: an AdaptivePooler (a learned score per token, softmax, times the attention mask, renormalised, then the weighted
+mean of the token states), dropout 0.1 and a linear layer; `pooling="cls"` takes the first token's state instead.
+Training is HF Trainer's defaults as the reference used them: cross-entropy, AdamW (weight decay 0, betas 0.9/0.999, eps
+1e-8), gradients clipped to norm 1, a linear warmup over 6% of the steps then linear decay to 0. The step budget is the
+task's `max_steps` (the table in docs/reference.md#fine-tuning) but at most 10 epochs. Every `eval_every` steps, and
 after the last one, the evaluation set is scored; the best evaluation by the task's selection metric (F1 for binary
-tasks, accuracy otherwise) is reported, and training stops once `patience` evaluations in a row have not improved
-on the best by more than `threshold`.
+tasks, accuracy otherwise) is reported, and training stops once `patience` evaluations in a row have not improved on the
+best by more than `threshold`.
 
 Batches are padded to their longest example, not to `max_length` as the reference pads: the attention mask and
 the pooler's mask give padded positions no weight, so the logits are the same up to float rounding, for much less

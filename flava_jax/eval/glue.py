@@ -1,4 +1,4 @@
-"""GLUE, SuperGLUE and MSGS classification data for fine-tuning (paper_reference.md §5.4): a task registry, the
+"""GLUE, SuperGLUE and MSGS classification data for fine-tuning (docs/reference.md#fine-tuning): a task registry, the
 readers for every layout the tasks come in, and the metrics.
 
 The registry is data: each task names its input templates, its reference hyperparameters, its metrics and the

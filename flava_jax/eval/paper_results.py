@@ -1,5 +1,5 @@
-"""The paper's own numbers (paper_reference.md §6.2, full size, the BabyLM paper; §6.3, half size, the thesis),
-as data for `flava_jax.report`.
+"""The paper's own numbers (full size, the BabyLM paper: docs/reference.md#full-size-results; half size, the thesis:
+docs/reference.md#half-size-results), as data for `flava_jax.report`.
 
 Each grid cell ("10M/40K": text words / images) holds the best checkpoint's W&B step (minimum PPPL, capped at
 10.5K / 17.5K steps at full size), PPPL (the reference's sentence-averaged variant on WiT), the BLiMP average and

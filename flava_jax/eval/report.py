@@ -9,8 +9,8 @@ subfolders hold them. Each run's grid cell (text words / images, e.g. "10M/40K")
    workdir, when the export was written inside it); a budget of -1 ("all of it", as configs/debug.py) reads "all";
 3. a grid config's name (`10M_40K`, as configs/10M_40K.py) in the results path or the model path.
 The model size (which paper table to compare with) comes from the text encoder's width in run.json or in the
-export's config.json (768: full, §6.2; 516: half, §6.3); `--paper` overrides it. Runs in the same cell are
-averaged.
+export's config.json (768: full, docs/reference.md#full-size-results; 516: half,
+docs/reference.md#half-size-results); `--paper` overrides it. Runs in the same cell are averaged.
 
 OUT gets report.md and report.json (BLiMP average, per-phenomenon accuracy and PPPL beside the paper's, in
 percent) and blimp_deltas.png: per phenomenon, each cell with images minus the text-only cell of its text budget,
@@ -34,7 +34,8 @@ from flava_jax.common.blimp import PHENOMENA
 from flava_jax.eval.paper_results import COLUMNS, PAPER, PaperCell
 
 SIZES_BY_WIDTH = {768: "full", 516: "half"}  # text encoder hidden size -> the paper table of that size
-SECTIONS = {"full": "§6.2", "half": "§6.3"}
+# where each size's paper table is described, cited as report.json's "paper_section"
+SECTIONS = {"full": "docs/reference.md#full-size-results", "half": "docs/reference.md#half-size-results"}
 AVERAGE = "average"
 SHORT = {name: short for short, name in COLUMNS.items()} | {AVERAGE: "average"}
 _BUDGET = r"(?:\d+(?:\.\d+)?[KM]?|all)"
@@ -222,7 +223,7 @@ def write_report(runs: Sequence[Run], out: str | Path, paper: str = "auto") -> d
     ours_deltas = deltas({cell: c["scores"] for cell, c in ours.items()})
     paper_deltas = deltas(theirs)
     report = {
-        "paper_size": size, "paper_section": f"paper_reference.md {SECTIONS[size]}", "unit": "percent",
+        "paper_size": size, "paper_section": SECTIONS[size], "unit": "percent",
         "runs": [{"results": str(r.source), "cell": r.cell, "size": r.size, "cell_from": r.found_by} for r in runs],
         "cells": {cell: {"ours": c, "paper": _paper_entry(PAPER[size].get(cell))} for cell, c in ours.items()},
         "deltas": {"ours": ours_deltas, "paper": paper_deltas}}
@@ -244,7 +245,6 @@ def _fmt(value: float | None, digits: int = 2, sign: bool = False) -> str:
 
 
 def _markdown(report: Mapping[str, Any], ours: Mapping[str, Any], size: str) -> str:
-    section = SECTIONS[size]
     lines = [f"# Runs against the paper ({size} size, {report['paper_section']})", "",
              "Accuracies in percent; the paper's numbers are its best checkpoints (minimum PPPL). PPPL: the "
              "reference's sentence-averaged variant (ours on the texts `evaluate --tasks=pppl` was given).", "",
@@ -268,7 +268,7 @@ def _markdown(report: Mapping[str, Any], ours: Mapping[str, Any], size: str) -> 
         lines.append(f"| {cell} | " + " | ".join(
             f"{_fmt(c['scores'].get(n), 1)} ({_fmt(paper['scores'][n], 1) if paper else '–'})" for n in names) + " |")
     lines += ["", "## Deltas against text-only (accuracy points, same text budget, 0 images)", "",
-              f"![BLiMP deltas, ours and the paper's {section}](blimp_deltas.png)", ""]
+              f"![BLiMP deltas, ours and the paper's ({size} size)](blimp_deltas.png)", ""]
     if not report["deltas"]["ours"]:
         lines += ["No deltas of ours: no run has both a cell with images and the text-only cell of its text budget.",
                   ""]
@@ -294,7 +294,7 @@ def plot_deltas(ours: Mapping[str, Mapping[str, float]], paper: Mapping[str, Map
     finite = np.concatenate([g[np.isfinite(g)] for g in grids])
     limit = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-6)
     fig, axes = plt.subplots(1, 2, figsize=(16, 1.5 + 0.55 * max(len(rows), 1)), constrained_layout=True)
-    for ax, grid, title in zip(axes, grids, ("ours", f"paper ({size} size, {SECTIONS[size]})"), strict=True):
+    for ax, grid, title in zip(axes, grids, ("ours", f"paper ({size} size)"), strict=True):
         image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         ax.set_xticks(range(len(columns)), [SHORT[c] for c in columns], rotation=45, ha="right")
         ax.set_yticks(range(len(rows)), rows)

@@ -1,6 +1,6 @@
 """Pseudo-log-likelihoods with transformers' FlavaForPreTraining (PyTorch), on an export.
 
-The reference's algorithm (Salazar et al. 2020, paper_reference.md §5.1): for a sentence [CLS] t_1 ... t_n [SEP],
+The reference's algorithm (Salazar et al. 2020, docs/reference.md#blimp): for a sentence [CLS] t_1 ... t_n [SEP],
 n copies each with one t_i replaced by [MASK] go through the text encoder (the masked, text-only pass), and the
 log-probability of t_i under the MLM head is read at the masked position. Here the copies of many sentences are
 sorted by length and packed into batches of about `batch_tokens` tokens, padded only to the longest copy in the
@@ -10,8 +10,8 @@ batch. Three things make it faster than running HF's forward on each copy, none 
   they are computed once per sentence and once for [MASK] at each position, and each copy picks its rows;
 * the last layer's queries, feed-forward and final LayerNorm, and the MLM head run only at the scored position;
 * attention runs as one fused query/key/value projection and `scaled_dot_product_attention`; the big activations
-  go to buffers reused from batch to batch, with biases and residuals accumulated in place. Fresh ones cost a
-  tenth of a layer's time on CPU, where each large allocation comes back from the OS as new pages to fault in.
+  go to buffers reused from batch to batch, with biases and residuals accumulated in place: fresh ones are
+  slow on CPU, where each large allocation comes back from the OS as new pages to fault in.
 
 benchmarks/eval.py measures what this buys over the reference's way; tests/test_evaluate.py checks the scores
 against HF's whole forward.
@@ -78,8 +78,8 @@ def word_ids(tokenizer: Any, text: str, ids: Sequence[int]) -> list[int | None]:
 class TorchPLL:
     """`token_logprobs(sentences)`: the natural-log probability of each inner token of each tokenised sentence,
     from an eval-mode FlavaForPreTraining. `batch_tokens`: tokens per batch, padding included; by default 2048 on
-    CPU, where batches whose activations stay in cache run fastest (at half size 1024 and 4096 took 2% and 5%
-    longer, 8192 about a quarter longer), and 32768 on accelerators, which want big batches (not measured here)."""
+    CPU, where batches whose activations stay in cache run fastest, and 32768 on accelerators, which want big
+    batches."""
 
     def __init__(self, model: Any, mask_id: int, pad_id: int, batch_tokens: int | None = None,
                  progress: Any = None) -> None:

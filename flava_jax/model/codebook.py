@@ -1,8 +1,8 @@
 """The DALL-E-style image codebook that turns an image into MIM target tokens (HF `FlavaImageCodebook`).
 
-The paper trained against this network randomly initialised and frozen (paper_reference.md §1.3): the MIM labels
-are the argmax over `vocab_size` channels of a random conv net, a random-projection quantiser. Pretrained
-weights (DALL-E's encoder, as FLAVA proper uses) load through `flava_jax.from_pretrained` like any other weight.
+The paper trained against this network randomly initialised and frozen (docs/reference.md#image-codebook): the MIM
+labels are the argmax over `vocab_size` channels of a random conv net, a random-projection quantiser. Pretrained weights
+(DALL-E's encoder, as FLAVA proper uses) load through `flava_jax.from_pretrained` like any other weight.
 
 Layout is channels-last (NHWC) inside; `get_codebook_indices` takes HF's NCHW pixel values.
 """

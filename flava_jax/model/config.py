@@ -15,6 +15,8 @@ from typing import Any
 
 import jax
 
+from flava_jax.common.settings import ConfigError
+
 log = logging.getLogger(__name__)
 
 # Activations accepted for `hidden_act`, named as in transformers' ACT2FN.
@@ -40,10 +42,6 @@ _HF_BOOKKEEPING = frozenset(
     multimodal_config_dict image_codebook_config_dict attn_implementation _attn_implementation_autoset
     """.split()
 )
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the offending key."""
 
 
 def _check(condition: bool, key: str, message: str) -> None:
@@ -355,7 +353,7 @@ def _subconfig_from_dict(cls: type, values: Mapping[str, Any], key: str, ignored
     return cls(**kwargs)
 
 
-_HALF = 516  # the thesis runs' width: 12 heads of 43; FFN stays 3072 (paper_reference.md §1.1)
+_HALF = 516  # the thesis runs' width: 12 heads of 43; FFN stays 3072 (docs/reference.md#model-sizes)
 _TINY = dict(hidden_size=32, num_attention_heads=4, intermediate_size=37)
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -414,10 +414,54 @@ def _gather_labelled(hidden: jax.Array, labels: jax.Array, capacity: int | None,
 
 
 # ---------------------------------------------------------------------------------------------- pretraining
+class _Objective(NamedTuple):
+    """One objective's share of the output: the fields it sets, and its weighted loss and metrics when scored."""
+
+    fields: dict[str, jax.Array]
+    loss: jax.Array | None = None
+    metrics: dict[str, Any] | None = None
+
+
+def _positive_pairs(labels: jax.Array | None, pos_mask: jax.Array | None, ignore_index: int) -> jax.Array | None:
+    """`labels` with the rows of ITM negatives ignored: MMM scores positive pairs only."""
+    if labels is None or pos_mask is None:
+        return labels
+    return jnp.where(pos_mask[:, None], labels, ignore_index)
+
+
+def _pretraining_output(unmasked: FlavaModelOutput, masked: FlavaModelOutput, pos_mask: jax.Array | None,
+                        codebook_labels: jax.Array | None,
+                        **objectives: _Objective | None) -> FlavaForPreTrainingOutput:
+    """HF's output from both passes and the objectives that ran; the total adds their losses in argument order."""
+    ran = {name: o for name, o in objectives.items() if o is not None}
+    scored = {name: o for name, o in ran.items() if o.loss is not None}
+    return FlavaForPreTrainingOutput(
+        loss=sum(o.loss for o in scored.values()) if scored else None,
+        loss_info=FlavaLosses(**{name: o.loss for name, o in scored.items()}),
+        image_embeddings=unmasked.image_embeddings,
+        image_output=unmasked.image_output,
+        text_embeddings=unmasked.text_embeddings,
+        text_output=unmasked.text_output,
+        multimodal_embeddings=unmasked.multimodal_embeddings,
+        multimodal_output=unmasked.multimodal_output,
+        image_masked_embeddings=masked.image_embeddings,
+        image_masked_output=masked.image_output,
+        text_masked_embeddings=masked.text_embeddings,
+        text_masked_output=masked.text_output,
+        multimodal_masked_embeddings=masked.multimodal_embeddings,
+        multimodal_masked_output=masked.multimodal_output,
+        pos_mask=pos_mask,
+        mim_labels=codebook_labels,
+        metrics={name: o.metrics for name, o in scored.items()},
+        **{field: value for o in ran.values() for field, value in o.fields.items()},
+    )
+
+
 class FlavaForPreTraining(nn.Module):
     """FLAVA with its five pretraining objectives (six losses), mirroring HF `FlavaForPreTraining`.
 
-    The dtype policy, remat and scan switches come from `config` (see `FlavaConfig`).
+    The dtype policy, remat and scan switches come from `config` (see `FlavaConfig`). Each objective's head and loss
+    weight are named after its loss: `<name>_head`, `config.<name>_weight`.
     """
 
     config: FlavaConfig = FlavaConfig()
@@ -482,120 +526,139 @@ class FlavaForPreTraining(nn.Module):
                               skip_multimodal_encoder=skip_unmasked_multimodal_encoder, **common)
         masked = self.flava(input_ids=input_ids_masked, pixel_values=pixel_values, bool_masked_pos=bool_masked_pos,
                             **common)
-        image_masked = masked.image_embeddings
-        text_masked = masked.text_embeddings
-        mm_masked = masked.multimodal_embeddings
-        ignore = c.ce_ignore_index
-        batch_losses: dict[str, jax.Array] = {}
-        metrics: dict[str, Any] = {}
-        out: dict[str, Any] = {}
+        active = self._active_objectives(unmasked, masked)
+        mim_labels, codebook_labels = self._image_labels(active, mim_labels, bool_masked_pos, codebook_pixel_values,
+                                                         return_loss)
+        mlm_labels = None if mlm_labels is None else mlm_labels.reshape(mlm_labels.shape[0], -1)
+        capacities = (image_mask_capacity, text_mask_capacity)
+        mim, mlm = self._unimodal_heads(active, masked, mim_labels, mlm_labels, capacities, return_loss)
+        itm, pos_mask = self._itm(active, masked.multimodal_embeddings, itm_labels, return_loss)
+        mmm_image, mmm_text = self._mmm(active, masked, mim_labels, mlm_labels, pos_mask, capacities, return_loss)
+        contrastive = self._global_contrastive(active, unmasked, pos_mask, deterministic, return_loss)
+        return _pretraining_output(unmasked, masked, pos_mask, codebook_labels, mim=mim, mlm=mlm, itm=itm,
+                                   mmm_image=mmm_image, mmm_text=mmm_text, global_contrastive=contrastive)
 
-        mim_active = c.mim_weight > 0 and image_masked is not None and mm_masked is None
-        mmm_image_active = c.mmm_image_weight > 0 and mm_masked is not None
-        if (mim_active or mmm_image_active) and mim_labels is None and return_loss:
-            # Unlike HF, the codebook runs only when an image-label loss will use its tokens.
-            if not c.init_codebook:
-                raise ValueError("return_loss needs MIM labels: pass mim_labels, or use a config with init_codebook")
-            if codebook_pixel_values is None:
-                raise ValueError("codebook_pixel_values are required to compute mim_labels with the codebook "
-                                 "(or pass mim_labels)")
-            mim_labels = self.image_codebook.get_codebook_indices(codebook_pixel_values)
-            out["mim_labels"] = mim_labels.reshape(mim_labels.shape[0], -1)
-        if mim_labels is not None and (mim_active or mmm_image_active):
-            if bool_masked_pos is None:
-                raise ValueError("the MIM/MMM-image loss needs bool_masked_pos: only masked patches are scored "
-                                 "(or set mim_weight / mmm_image_weight to 0)")
-            mim_labels = mim_labels.reshape(mim_labels.shape[0], -1)
-            bool_masked_pos = bool_masked_pos.reshape(bool_masked_pos.shape[0], -1).astype(bool)
-            # HF: labels of unmasked patches are ignored.
-            mim_labels = jnp.where(bool_masked_pos, mim_labels, ignore)
-        if mlm_labels is not None:
-            mlm_labels = mlm_labels.reshape(mlm_labels.shape[0], -1)
-
-        def masked_head(name: str, head: nn.Module, states: jax.Array, labels: jax.Array | None,
-                        capacity: int | None, weight: float) -> None:
-            """Logits (and, with labels, the weighted loss) of one masked-prediction head."""
-            if labels is None:
-                out[f"{name}_logits"] = head(states)
-                return
-            states = states[:, -labels.shape[1]:]
-            states, labels, dropped = _gather_labelled(states, labels, capacity, ignore)
-            logits = head(states)
-            out[f"{name}_logits"] = logits
-            out[f"{name}_logits_mask"] = labels != ignore
-            if return_loss:
-                loss, m = losses.cross_entropy(logits, labels, ignore_index=ignore)
-                batch_losses[name] = loss * weight
-                metrics[name] = {**m, "dropped": dropped}
-
-        # Unimodal MIM and MLM (HF skips them when the multimodal encoder ran).
-        if mim_active:
-            masked_head("mim", self.mim_head, image_masked, mim_labels, image_mask_capacity, c.mim_weight)
-        if c.mlm_weight > 0 and text_masked is not None and mm_masked is None:
-            masked_head("mlm", self.mlm_head, text_masked, mlm_labels, text_mask_capacity, c.mlm_weight)
-
-        pos_mask = None
-        if c.itm_weight > 0 and mm_masked is not None:
-            out["itm_logits"] = itm_logits = self.itm_head(mm_masked)
-            if itm_labels is not None:
-                itm_labels = itm_labels.reshape(-1)
-                positive = itm_labels != 0
-                # HF: with no positive pair in the batch, every pair counts as positive.
-                pos_mask = positive | jnp.logical_not(positive.any())
-                if return_loss:
-                    loss, m = losses.cross_entropy(itm_logits, itm_labels, ignore_index=ignore)
-                    batch_losses["itm"] = loss * c.itm_weight
-                    metrics["itm"] = m
-
-        # MMM on positive pairs only: drop the rows of ITM negatives by ignoring their labels.
-        def positives(labels: jax.Array | None) -> jax.Array | None:
-            if labels is None or pos_mask is None:
-                return labels
-            return jnp.where(pos_mask[:, None], labels, ignore)
-
-        if mmm_image_active:
-            num_image_tokens = image_masked.shape[1] - 1
-            # HF reads patches at [2, 2 + num_patches): after the multimodal CLS and the image CLS.
-            image_part = mm_masked[:, 2:2 + num_image_tokens]
-            masked_head("mmm_image", self.mmm_image_head, image_part, positives(mim_labels), image_mask_capacity,
-                        c.mmm_image_weight)
-        if mm_masked is not None and c.mmm_text_weight > 0:
-            text_part = mm_masked[:, -text_masked.shape[1]:]
-            masked_head("mmm_text", self.mmm_text_head, text_part, positives(mlm_labels), text_mask_capacity,
-                        c.mmm_text_weight)
-
-        image_embeddings, text_embeddings = unmasked.image_embeddings, unmasked.text_embeddings
-        if image_embeddings is not None and text_embeddings is not None and c.global_contrastive_weight > 0:
-            image_embedding, text_embedding, logit_scale = self._contrastive(unmasked, deterministic)
-            out["image_contrastive_embedding"], out["text_contrastive_embedding"] = image_embedding, text_embedding
-            per_image, per_text = losses.contrastive_logits(image_embedding, text_embedding, logit_scale)
-            out["contrastive_logits_per_image"], out["contrastive_logits_per_text"] = per_image, per_text
-            if return_loss:
-                loss, m = losses.global_contrastive_loss(per_image, per_text, row_mask=pos_mask)
-                batch_losses["global_contrastive"] = loss * c.global_contrastive_weight
-                metrics["global_contrastive"] = m
-
-        total = sum(batch_losses.values()) if (return_loss and batch_losses) else None
-        return FlavaForPreTrainingOutput(
-            loss=total,
-            loss_info=FlavaLosses(**batch_losses),
-            image_embeddings=image_embeddings,
-            image_output=unmasked.image_output,
-            text_embeddings=text_embeddings,
-            text_output=unmasked.text_output,
-            multimodal_embeddings=unmasked.multimodal_embeddings,
-            multimodal_output=unmasked.multimodal_output,
-            image_masked_embeddings=image_masked,
-            image_masked_output=masked.image_output,
-            text_masked_embeddings=text_masked,
-            text_masked_output=masked.text_output,
-            multimodal_masked_embeddings=mm_masked,
-            multimodal_masked_output=masked.multimodal_output,
-            pos_mask=pos_mask,
-            metrics=metrics,
-            **out,
+    def _active_objectives(self, unmasked: FlavaModelOutput, masked: FlavaModelOutput) -> frozenset[str]:
+        """Losses with a positive weight whose encoders ran (as HF, unimodal MIM/MLM only without the multimodal)."""
+        multimodal = masked.multimodal_embeddings is not None
+        inputs_present = dict(
+            mim=masked.image_embeddings is not None and not multimodal,
+            mlm=masked.text_embeddings is not None and not multimodal,
+            itm=multimodal,
+            mmm_image=multimodal,
+            mmm_text=multimodal,
+            global_contrastive=unmasked.image_embeddings is not None and unmasked.text_embeddings is not None,
         )
+        return frozenset(name for name, present in inputs_present.items()
+                         if present and getattr(self.config, f"{name}_weight") > 0)
 
+    def _image_labels(self, active: frozenset[str], mim_labels: jax.Array | None, bool_masked_pos: jax.Array | None,
+                      codebook_pixel_values: jax.Array | None,
+                      return_loss: bool) -> tuple[jax.Array | None, jax.Array | None]:
+        """MIM/MMM-image targets (B, N) with unmasked patches ignored, and the codebook's targets when it made them."""
+        if not active & {"mim", "mmm_image"}:
+            return None, None
+        codebook_labels = None
+        if mim_labels is None and return_loss:
+            mim_labels = codebook_labels = self._codebook_labels(codebook_pixel_values)
+        if mim_labels is None:
+            return None, None
+        if bool_masked_pos is None:
+            raise ValueError("the MIM/MMM-image loss needs bool_masked_pos: only masked patches are scored "
+                             "(or set mim_weight / mmm_image_weight to 0)")
+        mim_labels = mim_labels.reshape(mim_labels.shape[0], -1)
+        bool_masked_pos = bool_masked_pos.reshape(bool_masked_pos.shape[0], -1).astype(bool)
+        # HF: labels of unmasked patches are ignored.
+        return jnp.where(bool_masked_pos, mim_labels, self.config.ce_ignore_index), codebook_labels
+
+    def _codebook_labels(self, codebook_pixel_values: jax.Array | None) -> jax.Array:
+        """(B, N) codebook token ids; unlike HF, called only when an image-label loss will use them."""
+        if not self.config.init_codebook:
+            raise ValueError("return_loss needs MIM labels: pass mim_labels, or use a config with init_codebook")
+        if codebook_pixel_values is None:
+            raise ValueError("codebook_pixel_values are required to compute mim_labels with the codebook "
+                             "(or pass mim_labels)")
+        labels = self.image_codebook.get_codebook_indices(codebook_pixel_values)
+        return labels.reshape(labels.shape[0], -1)
+
+    def _masked_prediction(self, name: str, states: jax.Array, labels: jax.Array | None, capacity: int | None,
+                           return_loss: bool) -> _Objective:
+        """Logits of one masked-prediction head and, with labels, its weighted cross-entropy."""
+        ignore = self.config.ce_ignore_index
+        head = getattr(self, f"{name}_head")
+        if labels is None:
+            return _Objective({f"{name}_logits": head(states)})
+        states = states[:, -labels.shape[1]:]
+        states, labels, dropped = _gather_labelled(states, labels, capacity, ignore)
+        logits = head(states)
+        fields = {f"{name}_logits": logits, f"{name}_logits_mask": labels != ignore}
+        if not return_loss:
+            return _Objective(fields)
+        loss, metrics = losses.cross_entropy(logits, labels, ignore_index=ignore)
+        return _Objective(fields, loss * getattr(self.config, f"{name}_weight"), {**metrics, "dropped": dropped})
+
+    def _unimodal_heads(self, active: frozenset[str], masked: FlavaModelOutput, mim_labels: jax.Array | None,
+                        mlm_labels: jax.Array | None, capacities: tuple[int | None, int | None],
+                        return_loss: bool) -> tuple[_Objective | None, _Objective | None]:
+        """MIM on the masked image states and MLM on the masked text states (None where not active)."""
+        image_capacity, text_capacity = capacities
+        mim = mlm = None
+        if "mim" in active:
+            mim = self._masked_prediction("mim", masked.image_embeddings, mim_labels, image_capacity, return_loss)
+        if "mlm" in active:
+            mlm = self._masked_prediction("mlm", masked.text_embeddings, mlm_labels, text_capacity, return_loss)
+        return mim, mlm
+
+    def _itm(self, active: frozenset[str], multimodal_states: jax.Array | None, itm_labels: jax.Array | None,
+             return_loss: bool) -> tuple[_Objective | None, jax.Array | None]:
+        """ITM logits and loss, and the positive-pair mask that MMM and the contrastive loss score."""
+        if "itm" not in active:
+            return None, None
+        logits = self.itm_head(multimodal_states)
+        if itm_labels is None:
+            return _Objective({"itm_logits": logits}), None
+        itm_labels = itm_labels.reshape(-1)
+        positive = itm_labels != 0
+        # HF: with no positive pair in the batch, every pair counts as positive.
+        pos_mask = positive | jnp.logical_not(positive.any())
+        if not return_loss:
+            return _Objective({"itm_logits": logits}), pos_mask
+        loss, metrics = losses.cross_entropy(logits, itm_labels, ignore_index=self.config.ce_ignore_index)
+        return _Objective({"itm_logits": logits}, loss * self.config.itm_weight, metrics), pos_mask
+
+    def _mmm(self, active: frozenset[str], masked: FlavaModelOutput, mim_labels: jax.Array | None,
+             mlm_labels: jax.Array | None, pos_mask: jax.Array | None, capacities: tuple[int | None, int | None],
+             return_loss: bool) -> tuple[_Objective | None, _Objective | None]:
+        """MMM-image and MMM-text on the masked multimodal states of positive pairs (None where not active)."""
+        ignore = self.config.ce_ignore_index
+        image_capacity, text_capacity = capacities
+        states = masked.multimodal_embeddings
+        mmm_image = mmm_text = None
+        if "mmm_image" in active:
+            num_patches = masked.image_embeddings.shape[1] - 1
+            # HF reads patches at [2, 2 + num_patches): after the multimodal CLS and the image CLS.
+            mmm_image = self._masked_prediction("mmm_image", states[:, 2:2 + num_patches],
+                                                _positive_pairs(mim_labels, pos_mask, ignore), image_capacity,
+                                                return_loss)
+        if "mmm_text" in active:
+            mmm_text = self._masked_prediction("mmm_text", states[:, -masked.text_embeddings.shape[1]:],
+                                               _positive_pairs(mlm_labels, pos_mask, ignore), text_capacity,
+                                               return_loss)
+        return mmm_image, mmm_text
+
+    def _global_contrastive(self, active: frozenset[str], unmasked: FlavaModelOutput, pos_mask: jax.Array | None,
+                            deterministic: bool, return_loss: bool) -> _Objective | None:
+        """Contrastive logits of the unmasked image/text CLS projections, and their loss over `pos_mask`'s pairs."""
+        if "global_contrastive" not in active:
+            return None
+        image, text, logit_scale = self._contrastive(unmasked, deterministic)
+        per_image, per_text = losses.contrastive_logits(image, text, logit_scale)
+        fields = dict(image_contrastive_embedding=image, text_contrastive_embedding=text,
+                      contrastive_logits_per_image=per_image, contrastive_logits_per_text=per_text)
+        if not return_loss:
+            return _Objective(fields)
+        loss, metrics = losses.global_contrastive_loss(per_image, per_text, row_mask=pos_mask)
+        return _Objective(fields, loss * self.config.global_contrastive_weight, metrics)
     def _contrastive(self, unmasked: FlavaModelOutput,
                      deterministic: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(image, text) L2-normalised projections of the unmasked CLS states, and the logit scale to use."""

@@ -1,7 +1,7 @@
 """Transformer building blocks shared by FLAVA's three encoders: HF's pre-LN, ViT-style `FlavaLayer` stack.
 
 Module and parameter names mirror transformers' (`attention.attention.query`, `intermediate.dense`, ...), so the
-HF mapping in `hf.py` is a rename plus transposes. Numerics mirror HF too: exact-erf GELU, two-pass LayerNorm
+HF mapping in `hf_io.py` is a rename plus transposes. Numerics mirror HF too: exact-erf GELU, two-pass LayerNorm
 variance, scores scaled by 1/sqrt(head_dim) (on the query where that is exact, see `SelfAttention`), an additive
 mask of finfo(f32).min, and torch's softmax gradient.
 
@@ -75,8 +75,7 @@ def softmax(x: jax.Array) -> jax.Array:
     """Softmax over the last axis, with the derivative torch's softmax backward computes: y * (t - sum(y * t)).
 
     jax.nn.softmax differentiates through its division (unless the global `jax_softmax_custom_jvp` flag is set), so
-    its backward reads the unnormalised exponentials and a full-size broadcast of 1/sum as well as the output: at
-    (4, 12, 512, 512) scores per layer that made attention's backward about a quarter slower on CPU.
+    its backward also reads the unnormalised exponentials and a full-size broadcast of 1/sum.
     """
     return jax.nn.softmax(x, axis=-1)
 

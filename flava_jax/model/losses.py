@@ -1,6 +1,6 @@
 """FLAVA's pretraining losses as pure functions, each returning `(loss, metrics)`.
 
-Semantics follow transformers' FlavaForPreTraining (paper_reference.md §2.3): mean cross-entropy over the selected
+Semantics follow transformers' FlavaForPreTraining (docs/reference.md#losses): mean cross-entropy over the selected
 positions, ignore index -100. One deliberate difference: where HF takes the mean of an empty selection (NaN), these
 return 0 with a zero gradient, so one batch without a masked token cannot poison a run; `metrics["count"]` says
 how many positions were scored.
@@ -31,9 +31,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, where: jax.Array | None 
     count = valid.sum()
     denom = jnp.maximum(count, 1).astype(logits.dtype)
     loss = jnp.where(valid, nll, 0.0).sum() / denom
-    # "The label's logit is the largest" rather than argmax == label: the same but for exact ties (counted
-    # correct here), and a plain max, which XLA shares with logsumexp's, where argmax is a slow two-value reduce
-    # over the vocabulary (70 ms of a half-size text step on a CPU).
+    # "The label's logit is the largest", not argmax == label: ties count correct, and XLA shares the max with
+    # logsumexp's, where argmax is a slow two-value reduce over the vocabulary.
     correct = jnp.where(valid, picked >= jnp.max(logits, axis=-1), False).sum()
     return loss, {"count": count, "accuracy": correct / denom}
 

@@ -34,8 +34,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
+from flava_jax.common.settings import ConfigError
 from flava_jax.data.pipeline import STREAM_KEYS
-from flava_jax.model.config import ConfigError
 from flava_jax.train import sharding as sharding_lib
 from flava_jax.train.scheduler import MultimodalScheduler
 from flava_jax.train.trainer import Plan, build, model_config, plan
@@ -131,7 +131,7 @@ def compile_memory(config: ConfigDict, mesh: str, devices: Sequence[Any]) -> Mes
     parts = build(config, model_config(config), device_mesh)
     replicated = sharding_lib.replicated(device_mesh)
     weights = jax.tree.map(lambda w: jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated),
-                           MultimodalScheduler(run.weights, dict(config.scheduler.patience)).weights())
+                           MultimodalScheduler.from_config(run.weights, config.scheduler).weights())
     key = jax.eval_shape(lambda: jax.random.key(0))
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
     batch = batch_spec(config, run, parts.batch_sharding)

@@ -1,13 +1,23 @@
-"""Evaluation during training: per-objective validation losses on held-out data, pseudo-perplexity on held-out
-text (the reference's sentence-averaged variant and the token-weighted one), and BLiMP accuracy on a subset.
+"""Evaluation during training, as a registry configured as data (the manner of big_vision).
+
+`config.eval.evaluators` maps a name to `dict(type=..., every_steps=..., <the type's options>)`; `build` makes one
+evaluator per entry, and the trainer runs each on the parameters at the steps it is due (and at the last step).
+`every_steps=None` runs at the shared `config.eval.every_steps`. The types:
+
+* `validation_loss`: each objective's loss on held-out batches, as `val/<objective>` (the scheduler's monitor).
+* `pppl`: pseudo-perplexity on held-out text, the reference's per-text mean (`pppl`, which picks the best
+  checkpoint) and the token-weighted one.
+* `blimp`: BLiMP PLL accuracy on the first `limit` pairs of each paradigm (needs `dir`; skipped without it).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import numpy as np
@@ -15,6 +25,7 @@ from ml_collections import ConfigDict
 
 from flava_jax.common.blimp import blimp_accuracy, read_blimp
 from flava_jax.common.pll import LN2, pseudo_perplexity
+from flava_jax.common.settings import ConfigError
 from flava_jax.data import pipeline, records
 from flava_jax.data.prepare import read_stream
 from flava_jax.data.tokenizer import Tokenizer
@@ -26,61 +37,152 @@ from flava_jax.train.step import make_eval_step
 log = logging.getLogger("flava_jax")
 
 
-class TrainingEvaluator:
-    """Callable on parameters; returns {"val/<objective>": loss, "pppl": ..., "blimp/accuracy": ...}."""
+@dataclasses.dataclass
+class Context:
+    """What evaluators share: the run's config, model, tokenizer, prepared data, mesh and streams, and one PLL
+    scorer (so pseudo-perplexity and BLiMP compile the same program once)."""
 
-    def __init__(self, config: ConfigDict, model: FlavaForPreTraining, tokenizer: Tokenizer, data_dir: Path,
-                 mesh: jax.sharding.Mesh, streams: list[str]) -> None:
-        e, data = config.eval, config.data
-        self.mesh = mesh
-        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    config: ConfigDict
+    model: FlavaForPreTraining
+    tokenizer: Tokenizer
+    data_dir: Path
+    mesh: jax.sharding.Mesh
+    streams: list[str]
+    _scorers: dict[int, PLLScorer] = dataclasses.field(default_factory=dict)
+
+    @property
+    def shards(self) -> int:
+        return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+
+    def scorer(self, batch_size: int) -> PLLScorer:
+        """The PLL scorer for batches of `batch_size` copies (rounded to whole shards), made once per size."""
+        batch = max(batch_size // self.shards, 1) * self.shards
+        if batch not in self._scorers:
+            self._scorers[batch] = PLLScorer(self.model, batch_size=batch,
+                                             sharding=sharding_lib.batch_sharding(self.mesh))
+        return self._scorers[batch]
+
+
+class Evaluator:
+    """One entry of `config.eval.evaluators`; subclasses name their options in `OPTIONS` and compute `run`."""
+
+    OPTIONS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, name: str, every_steps: int, options: Mapping[str, Any], context: Context) -> None:
+        self.name, self.every_steps = name, every_steps
+
+    def due(self, step: int, total_steps: int) -> bool:
+        return step % self.every_steps == 0 or step == total_steps
+
+    def run(self, params: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class ValidationLoss(Evaluator):
+    """`val/<objective>`: the mean loss of each objective over `batches` held-out batches of `batch_size`."""
+
+    OPTIONS = ("batch_size", "batches")
+
+    def __init__(self, name: str, every_steps: int, options: Mapping[str, Any], context: Context) -> None:
+        super().__init__(name, every_steps, options, context)
+        config, data_dir = context.config, context.data_dir
+        eval_step = make_eval_step(context.model, config.data.mlm_probability, config.data.mask_patches)
+        self.eval_step = jax.jit(sharding_lib.shard_activations(eval_step, context.mesh,
+                                                                config.sharding.activation_rules),
+                                 out_shardings=sharding_lib.replicated(context.mesh))
+        self.sharding = sharding_lib.batch_sharding(context.mesh)
         settings = pipeline.PipelineSettings.from_config(config, str(data_dir))
-        image_capacity = data.mask_patches
-        eval_step = make_eval_step(model, data.mlm_probability, image_capacity)
-        self.eval_step = jax.jit(sharding_lib.shard_activations(eval_step, mesh, config.sharding.activation_rules),
-                                 out_shardings=sharding_lib.replicated(mesh))
         self.batches: dict[str, list[dict[str, np.ndarray]]] = {}
-        for stream in streams:
-            available = len(pipeline.source(data_dir, pipeline.VALIDATION_KEYS[stream])) \
-                if pipeline.manifest(data_dir)["shards"].get(pipeline.VALIDATION_KEYS[stream]) else 0
-            size = min(e.val_batch_size, available) // shards * shards
+        for stream in context.streams:
+            key = pipeline.VALIDATION_KEYS[stream]
+            available = len(pipeline.source(data_dir, key)) if pipeline.manifest(data_dir)["shards"].get(key) else 0
+            size = min(options["batch_size"], available) // context.shards * context.shards
             if size == 0:
                 log.warning("too few held-out %s examples (%d) for a validation batch over %d shards: no validation "
-                            "loss for it", stream, available, shards)
+                            "loss for it", stream, available, context.shards)
                 continue
-            dataset = pipeline.stream_dataset(settings, stream, size // jax.process_count(), tokenizer, train=False)
-            self.batches[stream] = [dataset[i] for i in range(min(e.val_batches, len(dataset)))]
-        texts = [records.decode_text(r) for r in read_stream(data_dir, "heldout")][: e.pppl_texts]
-        self.pppl_texts = [tokenizer.encode(t, e.pppl_max_length) for t in texts]
-        self.blimp_pairs: list[Any] = []
-        if e.blimp_dir and Path(e.blimp_dir).is_dir():
-            pairs, problems = read_blimp(e.blimp_dir, limit=e.blimp_limit, paradigms=list(e.blimp_paradigms) or None)
-            for problem in problems:
-                log.warning("BLiMP: %s", problem)
-            self.blimp_pairs = pairs
-            self.blimp_tokens = [(tokenizer.encode(p.good, 512), tokenizer.encode(p.bad, 512)) for p in pairs]
-        elif e.blimp_dir:
-            log.warning("eval.blimp_dir %s does not exist: no BLiMP during training", e.blimp_dir)
-        batch = max(e.pll_batch_size // shards, 1) * shards
-        self.scorer = PLLScorer(model, batch_size=batch, sharding=sharding_lib.batch_sharding(mesh))
+            dataset = pipeline.stream_dataset(settings, stream, size // jax.process_count(), context.tokenizer,
+                                              train=False)
+            self.batches[stream] = [dataset[i] for i in range(min(options["batches"], len(dataset)))]
 
-    def __call__(self, params: Any) -> dict[str, float]:
-        metrics: dict[str, float] = {}
+    def run(self, params: Any) -> dict[str, float]:
         sums: dict[str, list[float]] = collections.defaultdict(list)
-        batch_sharding = sharding_lib.batch_sharding(self.mesh)
         for stream, batches in self.batches.items():
             for batch in batches:
-                out = self.eval_step(params, {stream: sharding_lib.global_batch(batch, batch_sharding)})
+                out = self.eval_step(params, {stream: sharding_lib.global_batch(batch, self.sharding)})
                 for key, value in out.items():
                     if key.startswith("loss/"):
                         sums[f"val/{key[5:]}"].append(float(value))
-        metrics.update({k: float(np.mean(v)) for k, v in sums.items()})
-        if self.pppl_texts:
-            metrics.update(pseudo_perplexity(self.scorer.token_logprobs(params, self.pppl_texts)))
-        if self.blimp_pairs:
-            flat = [ids for pair in self.blimp_tokens for ids in pair]
-            scores = self.scorer.token_logprobs(params, flat)
-            good = [s / LN2 for s in scores[0::2]]
-            bad = [s / LN2 for s in scores[1::2]]
-            metrics.update(blimp_accuracy(self.blimp_pairs, good, bad))
-        return metrics
+        return {k: float(np.mean(v)) for k, v in sums.items()}
+
+
+class PseudoPerplexity(Evaluator):
+    """`pppl` and `pppl_token_weighted` over the first `texts` held-out texts, truncated at `max_length` tokens."""
+
+    OPTIONS = ("texts", "max_length", "batch_size")
+
+    def __init__(self, name: str, every_steps: int, options: Mapping[str, Any], context: Context) -> None:
+        super().__init__(name, every_steps, options, context)
+        texts = [records.decode_text(r) for r in read_stream(context.data_dir, "heldout")][: options["texts"]]
+        self.texts = [context.tokenizer.encode(t, options["max_length"]) for t in texts]
+        self.scorer = context.scorer(options["batch_size"])
+
+    def run(self, params: Any) -> dict[str, float]:
+        return pseudo_perplexity(self.scorer.token_logprobs(params, self.texts)) if self.texts else {}
+
+
+class Blimp(Evaluator):
+    """`blimp/...` accuracies: a pair is right when the good sentence's PLL (in bits) beats the bad one's."""
+
+    OPTIONS = ("dir", "limit", "paradigms", "batch_size")
+
+    def __init__(self, name: str, every_steps: int, options: Mapping[str, Any], context: Context) -> None:
+        super().__init__(name, every_steps, options, context)
+        self.pairs: list[Any] = []
+        directory = options["dir"]
+        if directory and not Path(directory).is_dir():
+            log.warning("config.eval.evaluators.%s.dir %s does not exist: no BLiMP during training", name, directory)
+        elif directory:
+            self.pairs, problems = read_blimp(directory, limit=options["limit"],
+                                              paradigms=list(options["paradigms"]) or None)
+            for problem in problems:
+                log.warning("BLiMP: %s", problem)
+        encode = context.tokenizer.encode
+        self.sentences = [ids for p in self.pairs for ids in (encode(p.good, 512), encode(p.bad, 512))]
+        self.scorer = context.scorer(options["batch_size"])
+
+    def run(self, params: Any) -> dict[str, float]:
+        if not self.pairs:
+            return {}
+        bits = [s / LN2 for s in self.scorer.token_logprobs(params, self.sentences)]
+        return blimp_accuracy(self.pairs, bits[0::2], bits[1::2])
+
+
+TYPES: dict[str, type[Evaluator]] = {"validation_loss": ValidationLoss, "pppl": PseudoPerplexity, "blimp": Blimp}
+
+
+def specs(config: ConfigDict) -> list[tuple[type[Evaluator], str, int, dict[str, Any]]]:
+    """(type, name, interval, options) of each entry of `config.eval.evaluators`, in order; a bad entry raises
+    ConfigError naming it (checked at start-up, before any data is read)."""
+    out = []
+    for name, spec in config.eval.evaluators.items():
+        key = f"config.eval.evaluators.{name}"
+        kind = spec.get("type")
+        if kind not in TYPES:
+            raise ConfigError(f"{key}.type: {kind!r} is not one of {sorted(TYPES)}")
+        cls = TYPES[kind]
+        known = {"type", "every_steps", *cls.OPTIONS}
+        missing, unknown = sorted(set(cls.OPTIONS) - set(spec)), sorted(set(spec) - known)
+        if missing or unknown:
+            raise ConfigError(f"{key}: a {kind} evaluator takes {sorted(known)}; "
+                              f"missing {missing}, unknown {unknown}")
+        every = config.eval.every_steps if spec.get("every_steps") is None else spec["every_steps"]
+        if every <= 0:
+            raise ConfigError(f"{key}.every_steps: {every} is not a positive number of steps")
+        out.append((cls, name, every, {k: spec[k] for k in cls.OPTIONS}))
+    return out
+
+
+def build(config: ConfigDict, context: Context) -> list[Evaluator]:
+    """One evaluator per entry of `config.eval.evaluators`, in its order."""
+    return [cls(name, every, options, context) for cls, name, every, options in specs(config)]

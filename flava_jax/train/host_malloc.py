@@ -1,22 +1,18 @@
 """How the host's malloc treats the big buffers of XLA:CPU steps (`config.host_malloc`).
 
-XLA:CPU allocates each execution's temporaries as one block (2.7 GB for a half-size text step at batch 4) and frees
-it at the end. glibc serves such a block from a fresh mmap whenever the allocating thread is not the main one (its
-arena's heaps are capped at 64 MB), so every step faults all of it in again from the kernel. Measured on this
-project's 2-core CPU: 2.7 GB of page faults, 1.2-1.5 s of system time and 4.1-4.9 s per step; "keep", which puts
-every thread on the main heap and never gives freed memory back, reuses the block warm: no faults, 3.6-3.8 s.
-The price is a process that keeps its peak memory until it exits, which a training run reaches on its first step
-anyway. The other price is one heap shared by every thread: small models, bound by per-op overhead, lose more to
-its lock than they gain (tiny preset, pairs at batch 4: 263 -> 97 examples/s). So "auto" keeps only on a CPU-only
-JAX and for models whose widest encoder has at least MIN_HIDDEN_SIZE features (half and full size); accelerator
-hosts and small models are left as they are.
+XLA:CPU allocates each execution's temporaries as one block (gigabytes for a half-size text step) and frees it at the
+end. glibc serves such a block from a fresh mmap whenever the allocating thread is not the main one (its arena's heaps
+are capped at 64 MB), so every step faults all of it in again from the kernel; "keep", which puts every thread on the
+main heap and never gives freed memory back, reuses the block warm, without faults. The price is a process that keeps
+its peak memory until it exits, which a training run reaches on its first step anyway. The other price is one heap
+shared by every thread: small models, bound by per-op overhead, lose more to its lock than they gain. So "auto" keeps
+only on a CPU-only JAX and for models whose widest encoder has at least MIN_HIDDEN_SIZE features (half and full size);
+accelerator hosts and small models are left as they are.
 
 The setting must be in place before the process starts threads (each thread picks its malloc arena on its first
 allocation, and importing JAX already starts one), so it is glibc's GLIBC_TUNABLES environment variable, and
 `python -m flava_jax.main` re-executes itself with it when the config asks for "keep" and it is not yet set.
-
-benchmarks/train_step.py (each side in its own process, both under the same setting) at half size, batch 4:
-flava_jax's text step 0.66 -> 1.01 examples/s with "keep" (torch's 1.08 -> 1.30).
+The measurements behind these choices are in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ import platform
 import sys
 from typing import Any
 
-from flava_jax.model.config import ConfigError
+from flava_jax.common.settings import ConfigError
 
 POLICIES = ("auto", "keep", "system")
 MIN_HIDDEN_SIZE = 256  # "auto" keeps for models at least this wide (half size: 516)

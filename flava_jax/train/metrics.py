@@ -1,4 +1,5 @@
-"""Training metrics: metrics.jsonl and TensorBoard (process 0), console progress, analytic FLOPs and MFU.
+"""Training metrics: metrics.jsonl and TensorBoard (process 0), the loop's step log with console progress,
+analytic FLOPs and MFU.
 
 metrics.jsonl (the contract) holds one object per logged step with `step` and every loss by name; it holds only
 values that a rerun reproduces exactly (no timings), so an interrupted and resumed run writes the same rows.
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flava_jax.common.progress import duration
 from flava_jax.model.config import EncoderConfig, FlavaConfig
 
 log = logging.getLogger("flava_jax")
@@ -159,14 +162,17 @@ class MetricWriter:
 
 
 class Throughput:
-    """Step rate, examples/s, data-wait share and MFU over the steps since the last report."""
+    """Step rate, examples/s, data-wait share and MFU over the steps since the last report. `clock` (seconds) is
+    time.perf_counter unless a test injects a fake one."""
 
-    def __init__(self, flops_per_step: float, examples_per_step: int, peak_flops: float, devices: int) -> None:
+    def __init__(self, flops_per_step: float, examples_per_step: int, peak_flops: float, devices: int,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.flops, self.examples, self.peak, self.devices = flops_per_step, examples_per_step, peak_flops, devices
+        self.clock = clock
         self.reset()
 
     def reset(self) -> None:
-        self.start, self.steps, self.data_wait = time.perf_counter(), 0, 0.0
+        self.start, self.steps, self.data_wait = self.clock(), 0, 0.0
 
     def waited(self, seconds: float) -> None:
         """Host time spent waiting for a batch, counted in the window where the wait happened."""
@@ -177,10 +183,60 @@ class Throughput:
         self.steps += steps
 
     def report(self) -> dict[str, float]:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        elapsed = max(self.clock() - self.start, 1e-9)
         out = {"perf/steps_per_s": self.steps / elapsed, "perf/examples_per_s": self.steps * self.examples / elapsed,
                "perf/data_wait_fraction": self.data_wait / elapsed,
                "perf/tflops_per_s_per_device": self.steps * self.flops / elapsed / self.devices / 1e12}
         out["perf/mfu"] = out["perf/tflops_per_s_per_device"] * 1e12 / self.peak if self.peak > 0 else float("nan")
         self.reset()
         return out
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A step's loss or gradient was not finite (the step itself skipped its update)."""
+
+
+class StepLog:
+    """The loop's metrics, read one step late so the host never waits on the device between steps.
+
+    `push(step, device_metrics)` reads the previous step's metrics and holds this one's; `flush()` reads the held
+    ones. Each step's values are checked (NonFiniteLoss names the objectives); every `log_every` steps, and at the
+    last, a row goes to `writer` with `context(step)` (learning rates, weights) and a console line with losses,
+    rates, MFU and ETA.
+    """
+
+    def __init__(self, writer: MetricWriter, throughput: Throughput, total_steps: int, log_every: int,
+                 context: Callable[[int], Mapping[str, float]]) -> None:
+        self.writer, self.throughput, self.context = writer, throughput, context
+        self.total_steps, self.log_every = total_steps, log_every
+        self.pending: tuple[int, Any] | None = None
+        self.last: dict[str, float] = {}
+
+    def push(self, step: int, device_metrics: Any) -> None:
+        self.flush()
+        self.pending = (step, device_metrics)
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        step, device_metrics = self.pending
+        self.pending = None
+        values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        self.throughput.stepped()
+        bad = sorted(k[5:] for k, v in values.items() if k.startswith("loss/") and not math.isfinite(v))
+        if not values.pop("finite") or bad:
+            raise NonFiniteLoss(f"step {step}: non-finite loss for {', '.join(bad) or 'the gradient'} "
+                                f"({ {k: values[f'loss/{k}'] for k in bad} })")
+        self.last = values
+        if step % self.log_every == 0 or step == self.total_steps:
+            self._log(step, values)
+
+    def _log(self, step: int, values: dict[str, float]) -> None:
+        timings = self.throughput.report()
+        self.writer.write(step, {**values, **self.context(step)}, timings)
+        eta = duration((self.total_steps - step) / max(timings["perf/steps_per_s"], 1e-9))
+        losses = " ".join(f"{k[5:]}={v:.3f}" for k, v in sorted(values.items()) if k.startswith("loss/"))
+        log.info("step %d/%d | loss %.4f | %s | %.2f steps/s, %.1f ex/s, data wait %.0f%%, MFU %.1f%% | ETA %s",
+                 step, self.total_steps, values["loss"], losses, timings["perf/steps_per_s"],
+                 timings["perf/examples_per_s"], 100 * timings["perf/data_wait_fraction"], 100 * timings["perf/mfu"],
+                 eta)

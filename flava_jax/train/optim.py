@@ -1,4 +1,4 @@
-"""The reference's optimiser (paper_reference.md §3.2), with its policy as config data.
+"""The reference's optimiser (docs/reference.md#optimiser), with its policy as config data.
 
 AdamW (0.9, 0.999, 1e-8, weight decay 0.1), one learning rate per parameter group chosen by path rules (the text
 encoder 7.5e-4, the rest 1e-3), linear warmup then cosine decay to zero, global-norm clipping at 1.0, and frozen
@@ -54,7 +54,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
     """torch's `clip_grad_norm_`, which the reference calls: every gradient times min(1, max_norm / (norm + 1e-6)).
 
     A scalar factor, where optax's clip selects per element between g and g / norm * max_norm: XLA writes that
-    quotient out as one more full pass over the gradients before Adam reads them (40% of the update's time on CPU).
+    quotient out as one more full pass over the gradients before Adam reads them.
     `update` takes the norm as the extra argument `grad_norm` when the caller has it already (the train step
     computes it for its finite check, outside the branch that updates), which saves another full read.
     """

@@ -1,10 +1,10 @@
 """How much each stream and objective counts: the paper's sampling weights and its multimodal scheduler.
 
-Streams are text (MLM), image (MIM) and pairs (ITM, MMM-text, MMM-image, global contrastive). The reference
-draws one stream per micro-batch with probabilities p; every micro-step here holds all streams, with sub-batch
-sizes proportional to p and each stream's loss scaled by p, which gives the same expected gradient, sum_s p_s
-grad L_s. The scheduler then lowers stream and loss weights as validation losses stop improving (paper §3.3),
-with the reference's intended semantics (§7.2): its changes reach training, and its state is checkpointed.
+Streams are text (MLM), image (MIM) and pairs (ITM, MMM-text, MMM-image, global contrastive). The reference draws one
+stream per micro-batch with probabilities p; every micro-step here holds all streams, with sub-batch sizes proportional
+to p and each stream's loss scaled by p, which gives the same expected gradient, sum_s p_s grad L_s. The scheduler then
+lowers stream and loss weights as validation losses stop improving (docs/reference.md#scheduler), with the reference's
+intended semantics (docs/reference.md#scheduler-bugs): its changes reach training, and its state is checkpointed.
 """
 
 from __future__ import annotations
@@ -13,15 +13,17 @@ import copy
 import math
 from typing import Any
 
+from flava_jax.common.settings import missing_keys
+
 STREAM_OF = {"mlm": "text", "mim": "image", "itm": "pairs", "global_contrastive": "pairs", "mmm_image": "pairs",
              "mmm_text": "pairs"}
 MULTIMODAL = ("itm", "global_contrastive", "mmm_image", "mmm_text")
 
 
 def stream_weights(text_percent: float, image_percent: float, temperature: float | None = None) -> dict[str, float]:
-    """§3.1: raw weights [min(t, v), v, t] for (pairs, image, text) in percent of WiT, normalised, raised to the
-    temperature (the reference forces 1 when t >= v and 0 otherwise, i.e. uniform), normalised again. Streams with
-    no data are left out."""
+    """The reference's sampling weights (docs/reference.md#sampling): raw weights [min(t, v), v, t] for (pairs, image,
+    text) in percent of WiT, normalised, raised to the temperature (the reference forces 1 when t >= v and 0 otherwise,
+    i.e. uniform), normalised again. Streams with no data are left out."""
     t, v = text_percent, image_percent
     raw = {"pairs": min(t, v), "image": v, "text": t}
     raw = {name: w for name, w in raw.items() if w > 0}
@@ -41,7 +43,7 @@ def micro_batch_sizes(weights: dict[str, float], micro_batch: int) -> dict[str, 
 
 
 class MultimodalScheduler:
-    """Modality-specific early stopping (the reference's full-size-era monitor, paper §3.3 (A)).
+    """Modality-specific early stopping (the reference's full-size-era monitor, docs/reference.md#scheduler).
 
     After each validation, an objective whose loss did not improve on its best (by more than `min_delta`) has its
     weight multiplied by `factor` (MLM and MIM: their stream's sampling weight; the multimodal objectives: their
@@ -50,12 +52,12 @@ class MultimodalScheduler:
     below `mmm_text_floor`, or when every stream weight is 0; the pair stream stops when all four multimodal
     weights are 0.
 
-    `stream_weights_act=False` reproduces what the reference's code did instead (§7.2a): its stream weights
-    change and decide when to stop, but the loader kept sampling with the initial ones.
+    `stream_weights_act=False` reproduces what the reference's code did instead (docs/reference.md#scheduler-bugs): its
+    stream weights change and decide when to stop, but the loader kept sampling with the initial ones.
     """
 
-    def __init__(self, streams: dict[str, float], patience: dict[str, int], factor: float = 0.5,
-                 min_delta: float = 0.0, mmm_text_floor: float = 0.06, stream_weights_act: bool = True) -> None:
+    def __init__(self, streams: dict[str, float], patience: dict[str, int], factor: float, min_delta: float,
+                 mmm_text_floor: float, stream_weights_act: bool) -> None:
         self.factor, self.min_delta, self.mmm_text_floor = factor, min_delta, mmm_text_floor
         self.initial_streams, self.stream_weights_act = dict(streams), stream_weights_act
         objectives = [name for name, stream in STREAM_OF.items() if stream in streams]
@@ -68,6 +70,14 @@ class MultimodalScheduler:
         }
 
     # ------------------------------------------------------------------------------------------- weights
+
+    @classmethod
+    def from_config(cls, streams: dict[str, float], section: Any) -> MultimodalScheduler:
+        """The scheduler `section` (config.scheduler) describes, for the initial stream weights `streams`."""
+        objectives = [name for name, stream in STREAM_OF.items() if stream in streams]
+        missing_keys(section.patience, "config.scheduler.patience", objectives)
+        return cls(streams, dict(section.patience), section.factor, section.min_delta, section.mmm_text_floor,
+                   section.stream_weights_act)
     def weights(self) -> dict[str, dict[str, float]]:
         """What the train step multiplies losses by: the normalised stream probabilities and the loss weights."""
         streams = self.state["streams"] if self.stream_weights_act else self.initial_streams

@@ -24,8 +24,8 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from flava_jax.common.settings import ConfigError
 from flava_jax.model import activation_sharding
-from flava_jax.model.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the axes that split examples

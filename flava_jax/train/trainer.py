@@ -25,15 +25,17 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from flava_jax.common.progress import duration
+from flava_jax.common.settings import ConfigError
 from flava_jax.data import pipeline, prepare, stage
 from flava_jax.data.tokenizer import Tokenizer
-from flava_jax.model.config import ConfigError, FlavaConfig
+from flava_jax.model.config import FlavaConfig
 from flava_jax.model.flava import FlavaForPreTraining
 from flava_jax.train import checkpoint as checkpoint_lib
+from flava_jax.train import evaluators as evaluators_lib
 from flava_jax.train import metrics as metrics_lib
 from flava_jax.train import optim
 from flava_jax.train import sharding as sharding_lib
-from flava_jax.train.evaluators import TrainingEvaluator
+from flava_jax.train.config_check import check_keys
 from flava_jax.train.run_file import write_run_file
 from flava_jax.train.scheduler import MultimodalScheduler, micro_batch_sizes, stream_weights
 from flava_jax.train.step import TrainState, make_contrastive_cache, make_loss_fn, make_train_step, mask_capacity
@@ -217,136 +219,139 @@ def build(config: ConfigDict, model_cfg: FlavaConfig, mesh: jax.sharding.Mesh) -
                  jax.jit(init_state, out_shardings=state_shardings), train_step)
 
 
-def train(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Train as `config` says, in `workdir` (resuming if it holds checkpoints); returns the last metrics."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    model_cfg = model_config(config)
-    mesh = sharding_lib.make_mesh(config.sharding.mesh)
-    data_dir = prepared_data(config, workdir)
-    manifest = pipeline.manifest(data_dir)
+def _tokenizer(data_dir: Path, model_cfg: FlavaConfig) -> Tokenizer:
     tokenizer = Tokenizer.load(data_dir / prepare.TOKENIZER)
     if tokenizer.vocab_size > model_cfg.text_config.vocab_size:
         raise ConfigError(f"config.model.text_config.vocab_size: {model_cfg.text_config.vocab_size} is smaller than "
                           f"the tokenizer's {tokenizer.vocab_size} ({data_dir / prepare.TOKENIZER})")
-    write_run_file(workdir, model_cfg, data_dir / prepare.TOKENIZER, config.to_dict())
-    streams = [s for s, key in pipeline.STREAM_KEYS.items() if manifest["shards"].get(key)]
-    run = plan(config, streams, mesh)
-    log.info("mesh %s; streams %s; micro-batch %s x %d accumulation = %d examples per step", dict(mesh.shape),
-             {s: round(w, 4) for s, w in run.weights.items()}, run.micro_batch, run.accumulation,
-             run.examples_per_step)
+    return tokenizer
 
-    parts = build(config, model_cfg, mesh)
-    model, batch_sharding = parts.model, parts.batch_sharding
 
-    # ---------------------------------------------------------------------------------------- data + restore
-    settings = pipeline.PipelineSettings.from_config(config, str(data_dir))
-    per_process = {s: n // jax.process_count() for s, n in run.micro_batch.items()}
-    iterator = pipeline.MultitaskIterator(settings, per_process, tokenizer)
-    scheduler = MultimodalScheduler(run.weights, dict(config.scheduler.patience), config.scheduler.factor,
-                                    config.scheduler.min_delta, config.scheduler.mmm_text_floor,
-                                    config.scheduler.stream_weights_act)
-    checkpoints = checkpoint_lib.Checkpoints(workdir / "checkpoints", config.keep_checkpoints, best_metric="pppl")
-    restored = checkpoints.restore(parts.abstract_state)
-    if restored is None:
-        state, step = parts.init_state(jax.random.key(config.seed)), 0
-    else:
-        state, data_state, scheduler_state, step = restored
-        iterator.set_state(data_state)
-        scheduler.load_state_dict(scheduler_state)
-        log.info("resumed from %s at step %d", checkpoints.directory, step)
-    writer = metrics_lib.MetricWriter(workdir, resume_step=step)
-
-    # ---------------------------------------------------------------------------------------- evaluation, metrics
-    train_step = parts.train_step
-    evaluator = TrainingEvaluator(config, model, tokenizer, data_dir, mesh, list(run.weights))
+def _throughput(config: ConfigDict, model_cfg: FlavaConfig, run: Plan) -> metrics_lib.Throughput:
+    """Model FLOPs per step (MLM at its masked capacity, MIM at its masked patches) against the device's peak."""
     peak, peak_source = metrics_lib.device_peak_flops()
-    lengths = {"text": config.data.text_max_length, "pairs": config.data.pair_max_length, "image": 0}
+    data = config.data
+    lengths = {"text": data.text_max_length, "pairs": data.pair_max_length, "image": 0}
     flops = run.accumulation * sum(
-        metrics_lib.train_flops(model_cfg, s, n, lengths[s], mask_capacity(lengths[s], config.data.mlm_probability)
-                                if lengths[s] else 0, config.data.mask_patches)
+        metrics_lib.train_flops(model_cfg, s, n, lengths[s],
+                                mask_capacity(lengths[s], data.mlm_probability) if lengths[s] else 0, data.mask_patches)
         for s, n in run.micro_batch.items())
-    throughput = metrics_lib.Throughput(flops, run.examples_per_step, peak, jax.device_count())
     log.info("%.3g model FLOPs per step; MFU against %s (%.3g FLOP/s per device)", flops, peak_source, peak)
+    return metrics_lib.Throughput(flops, run.examples_per_step, peak, jax.device_count())
 
-    # ---------------------------------------------------------------------------------------- the loop
-    _barrier("flava_jax_loop_start")
-    preemption = _Preemption()
-    pending: tuple[int, Any] | None = None  # the previous step and its metrics, read one step late
-    last: dict[str, Any] = {}
-    base_rng = jax.random.key(config.seed + 1)
-    started = time.perf_counter()
 
-    def flush() -> None:
-        nonlocal pending, last
-        if pending is None:
-            return
-        done_step, device_metrics = pending
-        pending = None
-        values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-        throughput.stepped()
-        bad = sorted(k[5:] for k, v in values.items() if k.startswith("loss/") and not math.isfinite(v))
-        if not values.pop("finite") or bad:
-            raise TrainingError(
-                f"step {done_step}: non-finite loss for {', '.join(bad) or 'the gradient'} "
-                f"({ {k: values[f'loss/{k}'] for k in bad} }); the update was skipped and the run stops without "
-                f"saving. The last good checkpoint is step {checkpoints.latest_step()}.")
-        last = values
-        if done_step % config.log_every_steps == 0 or done_step == config.total_steps:
-            weights = scheduler.weights()
-            row = {**values, **optim.learning_rates(config.optim, done_step - 1),
-                   **{f"weight/{s}": w for s, w in weights["streams"].items()},
-                   **{f"weight/{n}": w for n, w in weights["losses"].items()}}
-            timings = throughput.report()
-            writer.write(done_step, row, timings)
-            eta = duration((config.total_steps - done_step) / max(timings["perf/steps_per_s"], 1e-9))
-            losses = " ".join(f"{k[5:]}={v:.3f}" for k, v in sorted(values.items()) if k.startswith("loss/"))
-            log.info("step %d/%d | loss %.4f | %s | %.2f steps/s, %.1f ex/s, data wait %.0f%%, MFU %.1f%% | ETA %s",
-                     done_step, config.total_steps, values["loss"], losses, timings["perf/steps_per_s"],
-                     timings["perf/examples_per_s"], 100 * timings["perf/data_wait_fraction"],
-                     100 * timings["perf/mfu"], eta)
+class Trainer:
+    """One run in a workdir. Construction sets it up (mesh, data, model, optimiser, checkpoints, evaluators) and
+    restores the latest checkpoint if there is one; `run()` trains to `total_steps`, a scheduler stop or SIGTERM."""
 
-    saved = step if restored is not None else -1
+    def __init__(self, config: ConfigDict, workdir: str | Path) -> None:
+        check_keys(config)
+        evaluators_lib.specs(config)
+        self.config, self.workdir = config, Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        model_cfg = model_config(config)
+        mesh = sharding_lib.make_mesh(config.sharding.mesh)
+        data_dir = prepared_data(config, self.workdir)
+        streams = [s for s, key in pipeline.STREAM_KEYS.items() if pipeline.manifest(data_dir)["shards"].get(key)]
+        tokenizer = _tokenizer(data_dir, model_cfg)
+        write_run_file(self.workdir, model_cfg, data_dir / prepare.TOKENIZER, config.to_dict())
+        self.plan = plan(config, streams, mesh)
+        log.info("mesh %s; streams %s; micro-batch %s x %d accumulation = %d examples per step", dict(mesh.shape),
+                 {s: round(w, 4) for s, w in self.plan.weights.items()}, self.plan.micro_batch,
+                 self.plan.accumulation, self.plan.examples_per_step)
+        self.parts = build(config, model_cfg, mesh)
+        per_process = {s: n // jax.process_count() for s, n in self.plan.micro_batch.items()}
+        self.iterator = pipeline.MultitaskIterator(pipeline.PipelineSettings.from_config(config, str(data_dir)),
+                                                   per_process, tokenizer)
+        self.scheduler = MultimodalScheduler.from_config(self.plan.weights, config.scheduler)
+        self.checkpoints = checkpoint_lib.Checkpoints(self.workdir / "checkpoints", config.keep_checkpoints,
+                                                      best_metric="pppl")
+        self.state, self.step, self.saved = self._restore()
+        context = evaluators_lib.Context(config, self.parts.model, tokenizer, data_dir, mesh, list(self.plan.weights))
+        self.evaluators = evaluators_lib.build(config, context)
+        self.log = metrics_lib.StepLog(metrics_lib.MetricWriter(self.workdir, resume_step=self.step),
+                                       _throughput(config, model_cfg, self.plan), config.total_steps,
+                                       config.log_every_steps, self._step_context)
 
-    def save(at: int, metrics: dict[str, float] | None = None) -> None:
-        nonlocal saved
-        checkpoints.save(at, state, iterator.get_state(), scheduler.state_dict(), metrics)
-        saved = at
+    def _restore(self) -> tuple[TrainState, int, int]:
+        """(state, step, the step last saved): the latest checkpoint's, with the data and scheduler positions, or a
+        fresh state at step 0."""
+        restored = self.checkpoints.restore(self.parts.abstract_state)
+        if restored is None:
+            return self.parts.init_state(jax.random.key(self.config.seed)), 0, -1
+        state, data_state, scheduler_state, step = restored
+        self.iterator.set_state(data_state)
+        self.scheduler.load_state_dict(scheduler_state)
+        log.info("resumed from %s at step %d", self.checkpoints.directory, step)
+        return state, step, step
 
-    try:
-        while step < config.total_steps and not scheduler.stopped and not preemption.requested:
+    def _step_context(self, step: int) -> dict[str, float]:
+        """What a logged row adds to the step's metrics: learning rates and the sampling and loss weights."""
+        weights = self.scheduler.weights()
+        return {**optim.learning_rates(self.config.optim, step - 1),
+                **{f"weight/{s}": w for s, w in weights["streams"].items()},
+                **{f"weight/{n}": w for n, w in weights["losses"].items()}}
+
+    def _next_batch(self) -> Any:
+        micro_batches = [next(self.iterator) for _ in range(self.plan.accumulation)]
+        return sharding_lib.global_batch(_stack(micro_batches), self.parts.batch_sharding)
+
+    def _evaluate(self) -> dict[str, float]:
+        """The due evaluators' metrics at this step; validation losses feed the scheduler."""
+        due = [e for e in self.evaluators if e.due(self.step, self.config.total_steps)]
+        metrics = {k: v for e in due for k, v in e.run(self.state.params).items()}
+        if self.config.scheduler.enabled:
+            validation = {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
+            for event in self.scheduler.update(self.step, validation):
+                log.info("scheduler: %s", event)
+        self.log.writer.write(self.step, metrics)
+        log.info("eval at step %d: %s", self.step, {k: round(v, 4) for k, v in metrics.items()
+                                                     if "/" not in k or k.startswith(("val/", "blimp/acc"))})
+        return metrics
+
+    def _save(self, metrics: dict[str, float] | None = None) -> None:
+        best = {"pppl": metrics["pppl"]} if metrics and "pppl" in metrics else None
+        self.checkpoints.save(self.step, self.state, self.iterator.get_state(), self.scheduler.state_dict(), best)
+        self.saved = self.step
+
+    def run(self) -> dict[str, Any]:
+        """Train to the end; returns the last step's metrics with `step` and `preempted`."""
+        _barrier("flava_jax_loop_start")
+        preemption, started = _Preemption(), time.perf_counter()
+        try:
+            self._loop(preemption)
+            self.log.flush()
+            if self.saved != self.step:
+                self._save()
+            self.checkpoints.wait()
+        except metrics_lib.NonFiniteLoss as e:
+            raise TrainingError(f"{e}; the update was skipped and the run stops without saving. The last good "
+                                f"checkpoint is step {self.checkpoints.latest_step()}.") from None
+        finally:
+            preemption.restore()
+            self.checkpoints.close()
+            self.log.writer.close()
+        log.info("stopped at step %d after %s (%s)", self.step, duration(time.perf_counter() - started),
+                 "preempted" if preemption.requested else "scheduler stop" if self.scheduler.stopped else "done")
+        return {"step": self.step, "preempted": preemption.requested, **self.log.last}
+
+    def _loop(self, preemption: _Preemption) -> None:
+        config, base_rng = self.config, jax.random.key(self.config.seed + 1)
+        while self.step < config.total_steps and not self.scheduler.stopped and not preemption.requested:
             waited = time.perf_counter()
-            batch = sharding_lib.global_batch(_stack([next(iterator) for _ in range(run.accumulation)]),
-                                              batch_sharding)
-            throughput.waited(time.perf_counter() - waited)
-            weights = jax.tree.map(lambda w: jnp.asarray(w, jnp.float32), scheduler.weights())
-            state, device_metrics = train_step(state, batch, weights, base_rng)
-            flush()  # the previous step's, while this one runs
-            step += 1
-            pending = (step, device_metrics)
-            evaluate = step % config.eval.every_steps == 0 or step == config.total_steps
-            if preemption.reached(step) or evaluate or step % config.checkpoint_every_steps == 0:
-                flush()
-                eval_metrics = None
-                if evaluate:
-                    eval_metrics = evaluator(state.params)
-                    events = scheduler.update(step, {k[4:]: v for k, v in eval_metrics.items()
-                                                     if k.startswith("val/")})
-                    for event in events:
-                        log.info("scheduler: %s", event)
-                    writer.write(step, eval_metrics)
-                    log.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in eval_metrics.items()
-                                                            if "/" not in k or k.startswith(("val/", "blimp/acc"))})
-                save(step, {"pppl": eval_metrics["pppl"]} if eval_metrics and "pppl" in eval_metrics else None)
-                throughput.reset()  # evaluation and saving are not training throughput
-        flush()
-        if saved != step:
-            save(step)
-        checkpoints.wait()
-    finally:
-        preemption.restore()
-        checkpoints.close()
-        writer.close()
-    log.info("stopped at step %d after %s (%s)", step, duration(time.perf_counter() - started),
-             "preempted" if preemption.requested else "scheduler stop" if scheduler.stopped else "done")
-    return {"step": step, "preempted": preemption.requested, **last}
+            batch = self._next_batch()
+            self.log.throughput.waited(time.perf_counter() - waited)
+            weights = jax.tree.map(lambda w: jnp.asarray(w, jnp.float32), self.scheduler.weights())
+            self.state, device_metrics = self.parts.train_step(self.state, batch, weights, base_rng)
+            self.step += 1
+            self.log.push(self.step, device_metrics)  # reads the previous step's metrics while this one runs
+            evaluate = any(e.due(self.step, config.total_steps) for e in self.evaluators)
+            if preemption.reached(self.step) or evaluate or self.step % config.checkpoint_every_steps == 0:
+                self.log.flush()
+                self._save(self._evaluate() if evaluate else None)
+                self.log.throughput.reset()  # evaluation and saving are not training throughput
+
+
+def train(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Train as `config` says, in `workdir` (resuming if it holds checkpoints); returns the last metrics."""
+    return Trainer(config, workdir).run()
