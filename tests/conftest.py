@@ -20,6 +20,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         pass
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: trains, runs a command end to end or compiles a full-size step; "
+                                       "`-m \"not slow\"` is the fast tier for day-to-day work")
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -19,6 +19,8 @@ from flava_jax.train import checkpoint as checkpoint_lib
 from flava_jax.train.trainer import train
 from tests.configs import REPO, debug_config
 
+pytestmark = pytest.mark.slow  # every test here trains the debug model first
+
 
 @pytest.fixture(scope="module")
 def workdir(debug_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

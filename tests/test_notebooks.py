@@ -53,6 +53,7 @@ def test_notebook_is_committed_clean(name: str) -> None:
     assert sum("parameters" in cell.metadata.get("tags", []) for cell in nb.cells) == 1
 
 
+@pytest.mark.slow
 def test_quickstart_trains_exports_and_scores_blimp(tmp_path: Path) -> None:
     """The quickstart's commands, with a 4-step training: metrics, an export, BLiMP results and both plots. BLiMP
     is ../shared/data/blimp where it exists (CI), else the notebook's demo pairs (a fresh clone)."""

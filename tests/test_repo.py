@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -27,6 +28,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert test in ci, f"README's test command {test!r} is not what .ci/run runs"
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(tmp_path: Path) -> None:
     """The Python API example in README runs as written."""
     (example,) = [block for block in _readme_blocks("python") if "flava_jax" in block]
@@ -58,6 +60,7 @@ def _tiny_blimp(out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_readme_pipeline_on_the_bundled_sample(tmp_path: Path) -> None:
     """README's pipeline block as written (its first line is the newcomer's command): the sample is prepared, the
     tiny model trains and every objective's loss falls, then export, BLiMP + PPPL evaluation and the report."""
@@ -91,6 +94,7 @@ def test_readme_pipeline_on_the_bundled_sample(tmp_path: Path) -> None:
     assert (work / "report" / "report.md").is_file() and (work / "report" / "blimp_deltas.png").is_file()
 
 
+@pytest.mark.slow
 def test_every_other_readme_command_parses() -> None:
     """Every `python -m flava_jax...` command in README, with absl's --only_check_args: flags, the config file and
     its --config.key=value overrides are checked, nothing runs. (The pipeline block above runs for real.)"""
@@ -116,7 +120,7 @@ def test_bad_config_value_names_the_key(tmp_path: Path) -> None:
 
 
 def test_readme_results_table_is_the_papers() -> None:
-    """README's results table against flava_jax.eval.paper_results (whose transcription tests/test_report.py
+    """README's results table against flava_jax.eval.paper_results (whose transcription tests/eval/test_report.py
     checks)."""
     from flava_jax.eval.paper_results import PAPER
 

@@ -225,9 +225,9 @@ def main() -> None:
                                        "of each task only.")
     max_length = flags.DEFINE_integer("finetune_max_length", None, "Fine-tuning truncation in tokens (default "
                                       "512; MSGS 128).")
-    pooling = flags.DEFINE_enum("finetune_pooling", "adaptive", ["adaptive", "cls"], "The classifier's pooling: "
-                                "the reference's AdaptivePooler or the [CLS] state.")
-    seed = flags.DEFINE_integer("seed", 12, "Fine-tuning seed (the reference's 12).")
+    pooling = flags.DEFINE_enum("finetune_pooling", None, ["adaptive", "cls"], "The classifier's pooling: the "
+                                "reference's AdaptivePooler (default: adaptive) or the [CLS] state.")
+    seed = flags.DEFINE_integer("seed", None, "Fine-tuning seed (default: the reference's 12).")
 
     def run(argv: list[str]) -> None:
         if len(argv) > 1:

@@ -13,7 +13,7 @@ batch. Three things make it faster than running HF's forward on each copy, none 
   go to buffers reused from batch to batch, with biases and residuals accumulated in place: fresh ones are
   slow on CPU, where each large allocation comes back from the OS as new pages to fault in.
 
-benchmarks/eval.py measures what this buys over the reference's way; tests/test_evaluate.py checks the scores
+benchmarks/eval.py measures what this buys over the reference's way; tests/eval/test_evaluate.py checks the scores
 against HF's whole forward.
 """
 
@@ -134,7 +134,7 @@ class TorchPLL:
     def _final_states_at(self, originals: Any, owner: Any, masked: Any, positions: Any) -> Any:
         """The text encoder's final states (after its last LayerNorm) at `positions` of the copies of `originals`
         (the sentences, (sentences, length) ids) whose row `owner` copies, with the tokens `masked` (copies, length)
-        replaced by [MASK]: what HF's whole forward gives there (tests/test_evaluate.py)."""
+        replaced by [MASK]: what HF's whole forward gives there (tests/eval/test_evaluate.py)."""
         import torch
 
         text = self.model.flava.text_model

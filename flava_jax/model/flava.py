@@ -659,6 +659,7 @@ class FlavaForPreTraining(nn.Module):
             return _Objective(fields)
         loss, metrics = losses.global_contrastive_loss(per_image, per_text, row_mask=pos_mask)
         return _Objective(fields, loss * self.config.global_contrastive_weight, metrics)
+
     def _contrastive(self, unmasked: FlavaModelOutput,
                      deterministic: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(image, text) L2-normalised projections of the unmasked CLS states, and the logit scale to use."""

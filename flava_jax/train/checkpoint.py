@@ -22,9 +22,10 @@ log = logging.getLogger("flava_jax")
 class Checkpoints:
     """`save(step, state, data, scheduler, metrics)`, `restore(abstract_state)`, `latest_step()`."""
 
-    def __init__(self, directory: str | os.PathLike, keep_last: int = 2, best_metric: str | None = "pppl",
+    def __init__(self, directory: str | os.PathLike, keep_last: int | None = None, best_metric: str | None = "pppl",
                  async_save: bool = True) -> None:
-        policies = [checkpoint_managers.LatestN(keep_last)]
+        """`keep_last`: the trainer's config.keep_checkpoints; None (a reader, such as export) deletes nothing."""
+        policies = [] if keep_last is None else [checkpoint_managers.LatestN(keep_last)]
         if best_metric:
             policies.append(checkpoint_managers.BestN(get_metric_fn=lambda metrics: metrics[best_metric], n=1,
                                                       keep_checkpoints_without_metrics=False))

@@ -63,8 +63,7 @@ def _path(keys: tuple[str, ...]) -> str:
     return "/".join(str(k) for k in keys)
 
 
-def param_specs(params: Any, mesh: Mesh, rules: Rules = (), fsdp: bool = False,
-                fsdp_min_size: int = 2**16) -> Any:
+def param_specs(params: Any, mesh: Mesh, rules: Rules, fsdp: bool, fsdp_min_size: int) -> Any:
     """A PartitionSpec per parameter (same tree); `params` may hold arrays or ShapeDtypeStructs. The first
     matching rule places mesh axes (size-1 axes count as none); FSDP then shards a free dimension."""
     compiled = [(re.compile(pattern), tuple(spec)) for pattern, spec in rules]

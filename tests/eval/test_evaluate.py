@@ -153,6 +153,7 @@ def test_pppl_reads_prepared_datas_held_out_split(export: Path, debug_data: Path
     assert from_data == from_file and from_data["texts"] == len(texts)
 
 
+@pytest.mark.slow
 def test_a_malformed_line_is_reported_and_skipped(export: Path, blimp_subset: Path, tmp_path: Path) -> None:
     data = tmp_path / "blimp"
     shutil.copytree(blimp_subset, data)
@@ -168,6 +169,7 @@ def test_a_malformed_line_is_reported_and_skipped(export: Path, blimp_subset: Pa
     assert results["skipped_lines"] == 2 and results["pairs"] == 6 * len(PARADIGMS)
 
 
+@pytest.mark.slow
 def test_bad_exports_fail_with_a_clear_message(export: Path, debug_data: Path, blimp_subset: Path,
                                                tmp_path: Path) -> None:
     pickled = tmp_path / "pickled"
@@ -184,6 +186,7 @@ def test_bad_exports_fail_with_a_clear_message(export: Path, debug_data: Path, b
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_full_blimp_on_the_tiny_model(export: Path, shared_data: Path, tmp_path: Path) -> None:
     """All 67 paradigms, every pair: 12 phenomena and a headline that is their mean."""
     results = evaluate(export, ["blimp"], shared_data / "blimp", tmp_path)["blimp"]

@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from flava_jax import FlavaConfig, FlavaForPreTraining
 from flava_jax.model.codebook import FlavaImageCodebook
@@ -35,6 +36,7 @@ def test_codebook_matches_hf() -> None:
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_codebook_is_outside_the_gradient(tiny_params: Any) -> None:
     """The total loss gives the codebook exactly zero gradient, and so does a loss on its soft probabilities,
     which only the stop_gradient blocks (argmax alone would not be a test of it)."""

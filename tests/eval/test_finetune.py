@@ -323,6 +323,7 @@ def test_epoch_cap_early_stopping_and_cls_pooling(loaded: tuple[Any, Any]) -> No
     assert run["steps"] == 6 and run["stopped_early"] and len(run["history"]) == 3 and run["pooling"] == "cls"
 
 
+@pytest.mark.slow
 def test_evaluate_finetunes_cola_rte_and_msgs(export: Path, shared_data: Path, tmp_path: Path) -> None:
     _write_msgs(tmp_path / "msgs_data")
     result = subprocess.run([sys.executable, "-m", "flava_jax.evaluate", f"--model={export}", "--tasks=glue,msgs",

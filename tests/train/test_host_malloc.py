@@ -38,6 +38,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @glibc_only
+@pytest.mark.slow
 def test_keep_reuses_xlas_temporaries_without_page_faults() -> None:
     def faulted(**env: str) -> int:
         out = subprocess.run([sys.executable, "-c", _PROBE], cwd=REPO, env=_env(**env), capture_output=True,

@@ -57,6 +57,7 @@ def test_every_text_of_the_sample(exported: tuple[Path, Tokenizer, object]) -> N
     _same_ids(tokenizer, hf, texts)
 
 
+@pytest.mark.slow
 def test_every_text_of_blimp(exported: tuple[Path, Tokenizer, object], shared_data: Path) -> None:
     _, tokenizer, hf = exported
     texts = []

@@ -178,7 +178,7 @@ def test_command_line_on_the_debug_config(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     command = [sys.executable, "-m", "flava_jax.data.prepare", "--config=configs/debug.py", f"--out={tmp_path}",
                "--config.data.heldout_fraction=0.5"]
     result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600, check=False)

@@ -133,6 +133,7 @@ def test_text_only_run_stops_with_mlm() -> None:
     assert scheduler.state_dict()["monitors"]["mlm"]["best"] == 3.0
 
 
+@pytest.mark.slow
 def test_optimizer_matches_torch_adamw() -> None:
     """Two learning-rate groups, decay on every parameter, clipping at 1, warmup then cosine, frozen codebook:
     three steps fed the same gradients as torch's AdamW give the same parameters."""

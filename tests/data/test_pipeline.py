@@ -44,6 +44,7 @@ def _equal(a: dict[str, dict[str, np.ndarray]], b: dict[str, dict[str, np.ndarra
     (dict(workers=2), {"pairs": 4}),  # worker processes: one stream keeps the test short
     (dict(length_buckets=(16, 32, 48), bucket_window=3), BATCHES),
 ])
+@pytest.mark.slow
 def test_restored_iterator_yields_the_same_next_batches(data: Path, changes: dict[str, Any],
                                                        streams: dict[str, int]) -> None:
     settings = _settings(data, **changes)

@@ -26,6 +26,7 @@ from flava_jax.train.trainer import plan
 from tests.configs import REPO, debug_config, load_config
 
 
+@pytest.mark.slow
 def test_fsdp_divides_parameter_and_optimizer_memory_at_full_size() -> None:
     """The paper's size on 8 devices: data parallel holds every parameter (4 bytes each, counted from the
     unscanned model's init shapes) and Adam's two moments of every trainable one; FSDP holds at least 4x less.
@@ -99,6 +100,7 @@ def test_device_memory_table() -> None:
     assert aot.device_memory(jax.devices()[0])[0] is None
 
 
+@pytest.mark.slow
 def test_cli_fakes_devices_and_writes_json(tmp_path: Path) -> None:
     """The script on the tiny config: 4 faked devices (overriding the 8 the test environment asks for), a table
     on stdout, the same figures in JSON."""
