@@ -9,8 +9,8 @@ For each size (tiny, half, full) and batch (image-text pairs at 77 tokens, text-
   would otherwise drop it).
 * minus waste (text only): the paper-faithful recipe without that pass and without padding to 512: each batch is
   padded to the length bucket (64, 128, 256, 512) that fits its longest text, as `data.length_buckets` does; the
-  attention mask makes the per-example losses identical (tests/train/test_trainer.py). The length mix is that of the real
-  WiT text examples bundled in the package, in WordPiece tokens estimated as 1.3 per word plus [CLS] and [SEP].
+  attention mask makes the per-example losses identical (tests/train/test_trainer.py). The length mix is that of the
+  real WiT text examples bundled in the package, in WordPiece tokens estimated as 1.3 per word plus [CLS] and [SEP].
 
 Each side runs in a process of its own (torch's step in a worker the script drives over a pipe), each size in its
 own pair: torch's and XLA's thread pools and heaps sharing one process slowed both, erratically. Both sides run
