@@ -11,8 +11,9 @@ file layouts it may be found in, in order of preference:
   flattened to one example per answer; WSC's spans sit under `target`);
 * MSGS: `{task}.train.json` + `{task}.validation.json` (BabyLM), or the release's `{task}/train.jsonl` +
   `test.jsonl`, whose rows carry `linguistic_feature_label` / `surface_feature_label` instead of `label`.
-A layout is looked for in a data directory and in its subdirectories down to three levels, so that both
-`--glue_data=shared/data` and `--glue_data=shared/data/glue/babylm2025_glue_filtered` work.
+A layout is looked for in a data directory and in its subdirectories down to three levels, so that both a folder
+holding several suites (`--glue_data=data`) and one suite's own folder (`--glue_data=data/glue/babylm_filtered`)
+work.
 
 Every example becomes (text_a, text_b or None, label) as the reference builds it; e.g. MultiRC gives
 ("Question: {q} Answer: {a}", paragraph) and WSC ('Does "{span2}" refer to "{span1}" in this passage?', text). A

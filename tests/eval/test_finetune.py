@@ -44,7 +44,8 @@ from flava_jax.eval.finetune import (  # noqa: E402  (needs torch)
     linear_warmup_decay,
 )
 
-# Record counts as SOURCES.md documents them (MultiRC: answer options; FewGLUE's 32-item splits are passages).
+# Record counts of the shared data's files, as its provenance notes give them (MultiRC: answer options; FewGLUE's
+# 32-item splits are passages).
 DOCUMENTED = {
     "glue/CoLA/cola_public/raw/in_domain_train.tsv": 8551, "glue/CoLA/cola_public/raw/in_domain_dev.tsv": 527,
     "glue/CoLA/cola_public/raw/out_of_domain_dev.tsv": 516, "glue/SST-2/train.tsv": 67349, "glue/SST-2/dev.tsv": 872,
@@ -80,7 +81,7 @@ def _expected_labels(path: Path, task: str) -> set[Any]:
 def test_readers_on_every_shared_file(shared_data: Path) -> None:
     files = sorted(p for folder in ("glue", "superglue") for p in (shared_data / folder).rglob("*")
                    if p.is_file() and p.name != "README")
-    assert len(files) == 30  # SOURCES.md: 12 BabyLM + 3 CoLA TSVs + 2 SST-2 + 1 QNLI + 12 FewGLUE
+    assert len(files) == 30  # 12 BabyLM + 3 CoLA TSVs + 2 SST-2 + 1 QNLI + 12 FewGLUE
     # Each file is read with the layout of a source found beside it (FewGLUE's dev32 has the layout of its val).
     sources = [s for found in find_sources(shared_data, list(TASKS.values())).values() for s in found]
     for path in files:
