@@ -98,7 +98,9 @@ class Tokenizer:
             steps.append(normalizers.Replace(Regex("\\A\u2581"), "\u2581\u2581"))  # Metaspace skips an existing one
         hf.normalizer = normalizers.Sequence(steps)
         if norm.add_dummy_prefix:
-            hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=False)
+            # split=True: the same pieces (Unigram never crosses a "\u2581" it did not start with), and word_ids()
+            # giving one word per whitespace word, which word-level tools read (split=False gave every token word 0).
+            hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
         hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Fuse(),
                                         decoders.Strip(content=" ", left=1)])
         hf.add_special_tokens(list(SPECIAL_TOKENS))

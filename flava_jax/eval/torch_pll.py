@@ -20,6 +20,7 @@ against HF's whole forward.
 from __future__ import annotations
 
 import bisect
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,15 +65,23 @@ def load_export(path: str | os.PathLike, device: str = "cpu") -> tuple[Any, Any]
 def word_ids(tokenizer: Any, text: str, ids: Sequence[int]) -> list[int | None]:
     """Each token's word in `ids` (= tokenizer(text)'s ids), None for special tokens, for within-word-l2r.
 
-    Words are the text's whitespace-separated words, read from the fast tokenizer's `word_ids()` on the text split
-    at whitespace: the exported SentencePiece tokenizer does not split words itself (its word_ids() puts the whole
-    sentence in word 0), and a WordPiece one would also split off punctuation. Raises ValueError when the split
-    text tokenises to other ids, so the scored tokens are always the paper's."""
-    encoded = tokenizer(text.split(), is_split_into_words=True)
+    Words are the tokenizer's own (its fast `word_ids()`): for a SentencePiece export, the whitespace-separated
+    words; for WordPiece, BERT's pre-tokenization, which also splits off punctuation ("dog." is two words), as
+    BERT-based within-word-l2r scorers do. Exports written before SentencePiece exports split words (their
+    word_ids() put every token in word 0) are read on the text split at whitespace instead, which gives the same
+    words. Raises ValueError when that gives other ids, so the scored tokens are always the paper's."""
+    encoded = tokenizer(text.split(), is_split_into_words=True) if _joins_words(tokenizer) else tokenizer(text)
     if list(encoded["input_ids"]) != list(ids):
         raise ValueError(f"within-word-l2r: this tokenizer gives other tokens for {text!r} split into words, so its "
                          f"word boundaries cannot be read; use --pll=original")
     return encoded.word_ids()
+
+
+def _joins_words(tokenizer: Any) -> bool:
+    """Whether a fast tokenizer's pre-tokenizer is a Metaspace that does not split words (exports before the fix)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre = json.loads(backend.to_str()).get("pre_tokenizer") if backend is not None else None
+    return bool(pre) and pre.get("type") == "Metaspace" and pre.get("split") is False
 
 
 class TorchPLL:

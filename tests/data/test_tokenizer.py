@@ -67,3 +67,59 @@ def test_every_text_of_blimp(exported: tuple[Path, Tokenizer, object], shared_da
             texts += [row["sentence_good"], row["sentence_bad"]]
     assert len(texts) == 134_000
     _same_ids(tokenizer, hf, texts)
+
+
+def _whitespace_words(text: str) -> list[int | None]:
+    """What word_ids() must give a SentencePiece export: None, then each piece's whitespace word, then None."""
+    return [None, *range(len(text.split())), None]
+
+
+def _joined_words_copy(hf: object) -> object:
+    """The export as it was before word splitting: Metaspace with split=False (every token in word 0)."""
+    old = json.loads(hf.backend_tokenizer.to_str())
+    old["pre_tokenizer"]["split"] = False
+    copy = transformers.PreTrainedTokenizerFast(tokenizer_object=type(hf.backend_tokenizer).from_str(json.dumps(old)))
+    assert copy("a b").word_ids() == [None, 0, 0, None]  # the defect, reproduced
+    return copy
+
+
+def _check_words(hf: object, texts: list[str]) -> None:
+    """One word id per whitespace word (words of several pieces repeat it), and the ids of the export before."""
+    old = _joined_words_copy(hf)
+    encoded, before = hf(texts), old(texts)["input_ids"]
+    wrong = []
+    for i, text in enumerate(texts):
+        words = encoded.word_ids(i)
+        collapsed = [w for j, w in enumerate(words) if w is None or j == 0 or w != words[j - 1]]
+        if collapsed != _whitespace_words(text):
+            wrong.append((text, words))
+    assert not wrong, f"{len(wrong)} of {len(texts)} texts get other words, e.g. {wrong[:2]}"
+    changed = [t for t, a, b in zip(texts, encoded["input_ids"], before, strict=True) if a != b]
+    assert not changed, f"{len(changed)} texts get other ids than the export before, e.g. {changed[:2]}"
+
+
+def test_word_ids_are_the_whitespace_words_on_the_sample(exported: tuple[Path, Tokenizer, object]) -> None:
+    root, _, hf = exported
+    texts = [records.decode_text(r) for stream in ("text", "pair", "heldout") for r in read_stream(root / "data",
+                                                                                                   stream)]
+    _check_words(hf, texts + ["  two  spaces ", "", "a\tb"])
+
+
+@pytest.mark.slow
+def test_word_ids_are_the_whitespace_words_on_blimp(exported: tuple[Path, Tokenizer, object],
+                                                     shared_data: Path) -> None:
+    texts = [row[key] for path in sorted((shared_data / "blimp").glob("*.jsonl"))
+             for row in map(json.loads, path.read_text().splitlines()) for key in ("sentence_good", "sentence_bad")]
+    _check_words(exported[2], texts)
+
+
+def test_within_word_l2r_reads_words_of_old_exports_too(exported: tuple[Path, Tokenizer, object]) -> None:
+    """The evaluator's words come from the export's word_ids(); an export written before word splitting is read on
+    the text split at whitespace, giving the same words."""
+    from flava_jax.eval.torch_pll import word_ids
+
+    _, _, hf = exported
+    text = "Greek coins from Pompeii were found."
+    ids = hf(text)["input_ids"]
+    assert word_ids(hf, text, ids) == hf(text).word_ids()
+    assert word_ids(_joined_words_copy(hf), text, ids) == hf(text).word_ids()
