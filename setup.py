@@ -28,7 +28,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["flava_jax", "flava_jax.*"]),
-    package_data={"flava_jax": ["sample_data/*.md", "sample_data/images/*", "sample_data/wit/*"]},
+    package_data={"flava_jax": ["sample_data/*.md", "sample_data/images/*", "sample_data/wit/*", "data/vocab/*"]},
     install_requires=[
         "jax>=0.10.2,<0.13",
         "flax>=0.12.8,<0.13",

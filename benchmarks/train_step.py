@@ -55,7 +55,7 @@ from flava_jax.data import records  # noqa: E402
 from flava_jax.data.masking import BlockMasking, mask_tokens  # noqa: E402
 from flava_jax.data.prepare import PrepareSettings, prepare, read_stream  # noqa: E402
 from flava_jax.data.sample import SAMPLE_DIR  # noqa: E402
-from flava_jax.data.tokenizer import CLS_ID, SEP_ID  # noqa: E402
+from flava_jax.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID  # noqa: E402
 from flava_jax.data.transforms import model_inputs  # noqa: E402
 from flava_jax.train import host_malloc, optim  # noqa: E402
 from flava_jax.train import metrics as metrics_lib  # noqa: E402
@@ -76,7 +76,7 @@ def make_batch(config: FlavaConfig, kind: str, batch: int, length: int, rng: np.
     vocab = config.text_config.vocab_size
     ids = rng.integers(5, vocab, (batch, length)).astype(np.int32)
     ids[:, 0], ids[:, -1] = CLS_ID, SEP_ID
-    masked, labels = mask_tokens(ids, rng, MLM_PROBABILITY, vocab)
+    masked, labels = mask_tokens(ids, rng, MLM_PROBABILITY, vocab, (PAD_ID, CLS_ID, SEP_ID), MASK_ID)
     out = {"input_ids": ids, "input_ids_masked": masked, "mlm_labels": labels,
            "attention_mask": np.ones_like(ids)}
     if kind == "pairs":

@@ -39,7 +39,10 @@ def data_config() -> ConfigDict:
         max_image_pixels=89_478_485,  # larger images count as decompression bombs
         chunk_records=20_000,  # commit (resume) granularity, in source records
         fetch_batch=512,
-        tokenizer_max_texts=2_000_000,
+        # the paper's: BERT's uncased WordPiece vocabulary (bundled); "sentencepiece" trains one on the budgeted text,
+        # a path names a BERT vocab.txt (or its directory)
+        tokenizer="bert-base-uncased",
+        tokenizer_max_texts=2_000_000,  # SentencePiece's training texts
         fetch=dict(timeout=10.0, retries=3, backoff=1.0, max_backoff=60.0, workers=16, max_bytes=50 * 2**20,
                    user_agent=USER_AGENT),
         # --- batches

@@ -23,6 +23,7 @@ def get_config():
     data.image_dirs = [str(SAMPLE_DIR / "images")]
     data.download = False
     data.text_words = data.images = -1  # all of the sample
+    data.tokenizer = "sentencepiece"  # a 512-piece vocabulary fit to the sample keeps the tiny model tiny
     data.heldout_fraction = 0.25  # a few held-out texts from so small a sample
     data.image_size = 64
     data.chunk_records = 64

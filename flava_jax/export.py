@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from flava_jax.data.tokenizer import Tokenizer
+from flava_jax.data.tokenizer import load_tokenizer
 from flava_jax.model.config import FlavaConfig
 from flava_jax.model.hf_io import save_pretrained
 from flava_jax.train import checkpoint as checkpoint_lib
@@ -62,7 +62,7 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: str | int =
     if not tokenizer_path.is_file():
         raise ExportError(f"the run's tokenizer {tokenizer_path} (from {run_file}) is missing; restore the prepared "
                           f"data directory, or fix the path in {run_file}")
-    return save_pretrained(config, params, out, tokenizer=Tokenizer.load(tokenizer_path)), chosen
+    return save_pretrained(config, params, out, tokenizer=load_tokenizer(tokenizer_path)), chosen
 
 
 def main() -> None:

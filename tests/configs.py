@@ -37,8 +37,9 @@ def debug_config(**overrides: Any) -> ConfigDict:
 
 
 def prepare_settings(**changes: Any) -> PrepareSettings:
-    """configs/base.py's prepare settings with `changes` (seed 0 unless given)."""
-    return dataclasses.replace(PrepareSettings.from_config(load_config("base")), **{"seed": 0, **changes})
+    """configs/base.py's prepare settings with `changes` (seed 0 and a SentencePiece tokenizer unless given)."""
+    return dataclasses.replace(PrepareSettings.from_config(load_config("base")),
+                               **{"seed": 0, "tokenizer": "sentencepiece", **changes})
 
 
 def pipeline_settings(data_dir: str, **changes: Any) -> PipelineSettings:

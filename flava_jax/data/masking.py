@@ -15,13 +15,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from flava_jax.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from flava_jax.model.losses import IGNORE_INDEX
 
 
 def mask_tokens(ids: np.ndarray, rng: np.random.Generator, probability: float, vocab_size: int,
-                special_ids: tuple[int, ...] = (PAD_ID, CLS_ID, SEP_ID),
-                mask_id: int = MASK_ID) -> tuple[np.ndarray, np.ndarray]:
+                special_ids: tuple[int, ...], mask_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(masked ids, MLM labels): labels hold the original id where a token was picked, IGNORE_INDEX elsewhere."""
     picked = (rng.random(ids.shape) < probability) & ~np.isin(ids, special_ids)
     roll = rng.random(ids.shape)

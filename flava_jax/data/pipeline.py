@@ -32,8 +32,8 @@ from PIL import Image
 
 from flava_jax.common.settings import missing_keys, read_section
 from flava_jax.data import masking, records
-from flava_jax.data.prepare import MANIFEST, TOKENIZER
-from flava_jax.data.tokenizer import PAD_ID, Tokenizer
+from flava_jax.data.prepare import MANIFEST, tokenizer_path
+from flava_jax.data.tokenizer import PAD_ID, AnyTokenizer, load_tokenizer
 from flava_jax.model.losses import IGNORE_INDEX
 
 STREAM_KEYS = {"text": "text", "image": "image", "pairs": "pair"}  # batch key -> prepared stream
@@ -94,12 +94,14 @@ def pad_batch(examples: Sequence[dict[str, np.ndarray]], length: int) -> dict[st
 class TextTransform(grain.transforms.RandomMap):
     """record -> [CLS] ids [SEP] (unpadded, truncated) with BERT masking."""
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int, mlm_probability: float) -> None:
+    def __init__(self, tokenizer: AnyTokenizer, max_length: int, mlm_probability: float) -> None:
         self.tokenizer, self.max_length, self.mlm_probability = tokenizer, max_length, mlm_probability
 
     def encode(self, text: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
         ids = np.asarray(self.tokenizer.encode(text, self.max_length), np.int32)
-        masked, labels = masking.mask_tokens(ids, rng, self.mlm_probability, self.tokenizer.vocab_size)
+        t = self.tokenizer
+        masked, labels = masking.mask_tokens(ids, rng, self.mlm_probability, t.vocab_size,
+                                             (t.pad_id, t.cls_id, t.sep_id), t.mask_id)
         return {"input_ids": ids, "input_ids_masked": masked, "mlm_labels": labels}
 
     def random_map(self, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -181,7 +183,7 @@ def _examples(settings: PipelineSettings, stream: str, transform: grain.transfor
     return data.random_map(transform, seed=seed + 1)[index::count]
 
 
-def stream_dataset(settings: PipelineSettings, stream: str, batch_size: int, tokenizer: Tokenizer,
+def stream_dataset(settings: PipelineSettings, stream: str, batch_size: int, tokenizer: AnyTokenizer,
                    process: tuple[int, int] | None = None, train: bool = True) -> grain.MapDataset:
     """The batched MapDataset of one stream ("text", "image" or "pairs") for this process: random access; for
     training endless (with length buckets, text elements are windows of `bucket_window` batches), for validation
@@ -208,7 +210,7 @@ def stream_dataset(settings: PipelineSettings, stream: str, batch_size: int, tok
     raise ValueError(f"unknown stream {stream!r}; expected one of {sorted(STREAM_KEYS)}")
 
 
-def stream_iterator(settings: PipelineSettings, stream: str, batch_size: int, tokenizer: Tokenizer,
+def stream_iterator(settings: PipelineSettings, stream: str, batch_size: int, tokenizer: AnyTokenizer,
                     process: tuple[int, int] | None = None) -> grain.DatasetIterator:
     """Endless batches of one stream for this process, read ahead, as a checkpointable iterator."""
     dataset = _workers(stream_dataset(settings, stream, batch_size, tokenizer, process), settings)
@@ -290,9 +292,9 @@ class MultitaskIterator:
     """Endless dicts {"text": batch, "image": batch, "pairs": batch} (the streams with a batch size), one
     checkpointable state for all of them."""
 
-    def __init__(self, settings: PipelineSettings, batch_sizes: dict[str, int], tokenizer: Tokenizer | None = None,
+    def __init__(self, settings: PipelineSettings, batch_sizes: dict[str, int], tokenizer: AnyTokenizer | None = None,
                  process: tuple[int, int] | None = None) -> None:
-        tokenizer = tokenizer or Tokenizer.load(Path(settings.data_dir) / TOKENIZER)
+        tokenizer = tokenizer or load_tokenizer(tokenizer_path(Path(settings.data_dir)))
         self.iterators = {name: stream_iterator(settings, name, size, tokenizer, process)
                           for name, size in batch_sizes.items() if size > 0}
 

@@ -9,7 +9,8 @@ Carves the study's data out of WiT the paper's way (docs/reference.md#data), int
 3. Budgets are nested, deterministic prefixes of these rows: the text stream takes collapsed texts until the word
    budget is met (within one example), the image stream one image per row until the image budget is met, and the
    pair stream the (text, image) pairs of rows inside both prefixes, i.e. the smaller budget.
-4. Train a SentencePiece tokenizer on the budgeted text only; write manifest.json.
+4. Write the tokenizer (`data.tokenizer`: BERT's vocabulary as it is, or a SentencePiece model trained on the
+   budgeted text only); write manifest.json.
 
 Work is committed in chunks of source records (shard files `<stream>/<chunk>.arrayrecord` plus progress.json),
 so an interrupted prepare continues from the last committed chunk; the image cache means nothing is fetched twice.
@@ -36,7 +37,7 @@ from flava_jax.common.progress import ProgressLog
 from flava_jax.common.settings import missing_keys, read_section
 from flava_jax.data import records as records_lib
 from flava_jax.data.images import FetchSettings, ImageFetcher, to_jpeg
-from flava_jax.data.tokenizer import Tokenizer
+from flava_jax.data.tokenizer import SENTENCEPIECE_FILE, make_tokenizer
 from flava_jax.data.wit import Skip, WitRow, read_sources
 
 log = logging.getLogger("flava_jax.prepare")
@@ -45,7 +46,6 @@ HELDOUT = "heldout"  # held-out texts (pseudo-perplexity, validation MLM)
 HELDOUT_IMAGE, HELDOUT_PAIR = "heldout_image", "heldout_pair"  # held-out images and their pairs (validation)
 PROGRESS = "progress.json"
 MANIFEST = "manifest.json"
-TOKENIZER = "tokenizer.model"
 _TEXT_FIELDS = ("caption_reference_description", "context_page_description", "context_section_description",
                 "caption_alt_text_description")
 
@@ -71,6 +71,7 @@ class PrepareSettings:
     max_image_pixels: int
     chunk_records: int
     fetch_batch: int
+    tokenizer: str  # "bert-base-uncased" (the paper's), a BERT vocab.txt or its directory, or "sentencepiece"
     tokenizer_max_texts: int
     image_dirs: tuple[str, ...]
     cache_dir: str | None
@@ -91,6 +92,12 @@ class PrepareSettings:
         for volatile in ("fetch", "cache_dir", "download"):
             fields.pop(volatile)
         return hashlib.sha256(json.dumps([fields, list(sources)], sort_keys=True).encode()).hexdigest()
+
+
+def tokenizer_path(data_dir: Path) -> Path:
+    """The tokenizer file of prepared data (its manifest names it; data prepared before that has tokenizer.model)."""
+    info = (_load_json(data_dir / MANIFEST) or {}).get("tokenizer") or {}
+    return data_dir / info.get("file", SENTENCEPIECE_FILE)
 
 
 def row_texts(row: WitRow) -> list[str]:
@@ -359,16 +366,17 @@ def _budget_line(s: PrepareSettings, p: dict[str, Any]) -> str:
 
 
 def _finish(settings: PrepareSettings, sources: list[str], progress: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Train the tokenizer on the budgeted text and write manifest.json."""
+    """Write the tokenizer (trained on the budgeted text, for SentencePiece) and manifest.json."""
     for name, budget in (("text", settings.text_words), ("images", settings.images)):
         if budget > 0 and not progress["budget_met"][name]:
             log.warning("the sources ran out before the %s budget was met: see manifest.json", name)
     texts = (records_lib.decode_text(r).replace("\n", " ") for r in read_stream(out, "text"))
     tokenizer_info = None
     if progress["kept"]["text"]:
-        tokenizer = Tokenizer.train(itertools.islice(texts, settings.tokenizer_max_texts), settings.vocab_size)
-        tokenizer.save(out / TOKENIZER)
-        tokenizer_info = {"file": TOKENIZER, "sha256": file_sha256(out / TOKENIZER),
+        tokenizer, name = make_tokenizer(settings.tokenizer, itertools.islice(texts, settings.tokenizer_max_texts),
+                                         settings.vocab_size)
+        tokenizer.save(out / name)
+        tokenizer_info = {"file": name, "source": settings.tokenizer, "sha256": file_sha256(out / name),
                           "vocab_size": tokenizer.vocab_size}
     manifest = {
         "format": FORMAT,

@@ -1,6 +1,8 @@
-"""A SentencePiece tokenizer trained on the budgeted text, with BERT's special tokens at fixed ids.
+"""The run's tokenizer: BERT's uncased WordPiece vocabulary (the paper's, `data.tokenizer="bert-base-uncased"`, in
+wordpiece.py) or a SentencePiece model trained on the budgeted text (`data.tokenizer="sentencepiece"`, here).
 
-[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4; an encoded text is [CLS] pieces [SEP], padded with [PAD].
+Both encode a text as [CLS] pieces [SEP] and pad with [PAD]=0, and carry their special ids (`cls_id`, `sep_id`,
+`mask_id`, `unk_id`, `pad_id`). The SentencePiece one has [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
+from flava_jax.data.wordpiece import BUNDLED, VOCAB_FILE, WordPieceTokenizer
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+SENTENCEPIECE_FILE = "tokenizer.model"
 
 
 class Tokenizer:
@@ -27,6 +32,7 @@ class Tokenizer:
         pieces = tuple(self._sp.id_to_piece(i) for i in range(len(SPECIAL_TOKENS)))
         if pieces != SPECIAL_TOKENS:
             raise ValueError(f"not a flava_jax tokenizer: ids 0-4 are {pieces}, expected {SPECIAL_TOKENS}")
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID
 
     def __getstate__(self) -> bytes:  # picklable for Grain's worker processes
         return self.model_proto
@@ -127,3 +133,25 @@ class Tokenizer:
                                        clean_up_tokenization_spaces=False,
                                        model_input_names=["input_ids", "token_type_ids", "attention_mask"])
         fast.save_pretrained(str(out))
+
+
+AnyTokenizer = Tokenizer | WordPieceTokenizer
+
+
+def load_tokenizer(path: str | os.PathLike) -> AnyTokenizer:
+    """The tokenizer saved at `path`: a WordPiece vocab.txt, or a SentencePiece model."""
+    return WordPieceTokenizer.load(path) if Path(path).suffix == ".txt" else Tokenizer.load(path)
+
+
+def make_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> tuple[AnyTokenizer, str]:
+    """(tokenizer, its file name) for `data.tokenizer`: "sentencepiece" trains one on `texts`; "bert-base-uncased"
+    is BERT's vocabulary bundled in the package; a path names a BERT vocab.txt or a directory holding one."""
+    if kind == "sentencepiece":
+        return Tokenizer.train(texts, vocab_size), SENTENCEPIECE_FILE
+    path = BUNDLED.get(kind) or Path(kind).expanduser()
+    if path.is_dir():
+        path = path / VOCAB_FILE
+    if not path.is_file():
+        raise ValueError(f"config.data.tokenizer: {kind!r} is not 'sentencepiece', one of {sorted(BUNDLED)}, a BERT "
+                         f"vocab.txt or a directory holding one")
+    return WordPieceTokenizer.load(path), VOCAB_FILE

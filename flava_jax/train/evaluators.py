@@ -28,7 +28,7 @@ from flava_jax.common.pll import LN2, pseudo_perplexity
 from flava_jax.common.settings import ConfigError
 from flava_jax.data import pipeline, records
 from flava_jax.data.prepare import read_stream
-from flava_jax.data.tokenizer import Tokenizer
+from flava_jax.data.tokenizer import AnyTokenizer
 from flava_jax.model.flava import FlavaForPreTraining
 from flava_jax.train import sharding as sharding_lib
 from flava_jax.train.pll_scorer import PLLScorer
@@ -44,7 +44,7 @@ class Context:
 
     config: ConfigDict
     model: FlavaForPreTraining
-    tokenizer: Tokenizer
+    tokenizer: AnyTokenizer
     data_dir: Path
     mesh: jax.sharding.Mesh
     streams: list[str]
@@ -58,8 +58,8 @@ class Context:
         """The PLL scorer for batches of `batch_size` copies (rounded to whole shards), made once per size."""
         batch = max(batch_size // self.shards, 1) * self.shards
         if batch not in self._scorers:
-            self._scorers[batch] = PLLScorer(self.model, batch_size=batch,
-                                             sharding=sharding_lib.batch_sharding(self.mesh))
+            self._scorers[batch] = PLLScorer(self.model, self.tokenizer.mask_id, self.tokenizer.pad_id,
+                                             batch_size=batch, sharding=sharding_lib.batch_sharding(self.mesh))
         return self._scorers[batch]
 
 

@@ -3,6 +3,7 @@ run's whole config, written by the trainer when a run starts and read by `python
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,5 +19,13 @@ RUN_FILE = "run.json"
 def write_run_file(workdir: str | os.PathLike, model: FlavaConfig, tokenizer: str | os.PathLike,
                    config: dict[str, Any]) -> None:
     if jax.process_index() == 0:
-        run = {"model": model.to_dict(), "tokenizer": str(Path(tokenizer).resolve()), "config": config}
+        tokenizer = Path(tokenizer).resolve()
+        run = {"model": model.to_dict(), "tokenizer": str(tokenizer),
+               "tokenizer_sha256": hashlib.sha256(tokenizer.read_bytes()).hexdigest(), "config": config}
         (Path(workdir) / RUN_FILE).write_text(json.dumps(run, indent=1, default=str) + "\n")
+
+
+def read_run_file(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """The workdir's run.json, or None where a run has not started there."""
+    path = Path(workdir) / RUN_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

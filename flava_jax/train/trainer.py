@@ -27,7 +27,7 @@ from ml_collections import ConfigDict
 from flava_jax.common.progress import duration
 from flava_jax.common.settings import ConfigError
 from flava_jax.data import pipeline, prepare, stage
-from flava_jax.data.tokenizer import Tokenizer
+from flava_jax.data.tokenizer import AnyTokenizer, load_tokenizer
 from flava_jax.model.config import FlavaConfig
 from flava_jax.model.flava import FlavaForPreTraining
 from flava_jax.train import checkpoint as checkpoint_lib
@@ -36,7 +36,7 @@ from flava_jax.train import metrics as metrics_lib
 from flava_jax.train import optim
 from flava_jax.train import sharding as sharding_lib
 from flava_jax.train.config_check import check_keys
-from flava_jax.train.run_file import write_run_file
+from flava_jax.train.run_file import read_run_file, write_run_file
 from flava_jax.train.scheduler import MultimodalScheduler, micro_batch_sizes, stream_weights
 from flava_jax.train.step import TrainState, make_contrastive_cache, make_loss_fn, make_train_step, mask_capacity
 
@@ -219,12 +219,21 @@ def build(config: ConfigDict, model_cfg: FlavaConfig, mesh: jax.sharding.Mesh) -
                  jax.jit(init_state, out_shardings=state_shardings), train_step)
 
 
-def _tokenizer(data_dir: Path, model_cfg: FlavaConfig) -> Tokenizer:
-    tokenizer = Tokenizer.load(data_dir / prepare.TOKENIZER)
+def _tokenizer(data_dir: Path, model_cfg: FlavaConfig, workdir: Path) -> tuple[AnyTokenizer, Path]:
+    """The prepared data's tokenizer and its file; it must fit the model and be the one the workdir's checkpoints
+    were trained with."""
+    path = prepare.tokenizer_path(data_dir)
+    tokenizer = load_tokenizer(path)
     if tokenizer.vocab_size > model_cfg.text_config.vocab_size:
         raise ConfigError(f"config.model.text_config.vocab_size: {model_cfg.text_config.vocab_size} is smaller than "
-                          f"the tokenizer's {tokenizer.vocab_size} ({data_dir / prepare.TOKENIZER})")
-    return tokenizer
+                          f"the tokenizer's {tokenizer.vocab_size} ({path})")
+    previous = read_run_file(workdir)
+    if previous and (workdir / "checkpoints").is_dir() and previous.get("tokenizer_sha256") not in (
+            None, prepare.file_sha256(path)):
+        raise ConfigError(f"config.data: the checkpoints in {workdir} were trained with the tokenizer "
+                          f"{previous['tokenizer']}, but the prepared data {data_dir} has another ({path}); use the "
+                          f"data the run started with, or a new workdir")
+    return tokenizer, path
 
 
 def _throughput(config: ConfigDict, model_cfg: FlavaConfig, run: Plan) -> metrics_lib.Throughput:
@@ -253,8 +262,8 @@ class Trainer:
         mesh = sharding_lib.make_mesh(config.sharding.mesh)
         data_dir = prepared_data(config, self.workdir)
         streams = [s for s, key in pipeline.STREAM_KEYS.items() if pipeline.manifest(data_dir)["shards"].get(key)]
-        tokenizer = _tokenizer(data_dir, model_cfg)
-        write_run_file(self.workdir, model_cfg, data_dir / prepare.TOKENIZER, config.to_dict())
+        tokenizer, tokenizer_file = _tokenizer(data_dir, model_cfg, self.workdir)
+        write_run_file(self.workdir, model_cfg, tokenizer_file, config.to_dict())
         self.plan = plan(config, streams, mesh)
         log.info("mesh %s; streams %s; micro-batch %s x %d accumulation = %d examples per step", dict(mesh.shape),
                  {s: round(w, 4) for s, w in self.plan.weights.items()}, self.plan.micro_batch,

@@ -24,7 +24,7 @@ def test_token_masking_rates_and_80_10_10() -> None:
     lengths = rng.integers(5, length + 1, batch)
     for row, n in enumerate(lengths):
         ids[row, 0], ids[row, n - 1], ids[row, n:] = CLS_ID, SEP_ID, PAD_ID
-    masked, labels = mask_tokens(ids, rng, 0.4, vocab)
+    masked, labels = mask_tokens(ids, rng, 0.4, vocab, (PAD_ID, CLS_ID, SEP_ID), MASK_ID)
     special = np.isin(ids, (CLS_ID, SEP_ID, PAD_ID))
     picked = labels != -100
     assert not (picked & special).any() and (masked[special] == ids[special]).all()

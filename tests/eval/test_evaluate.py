@@ -17,6 +17,7 @@ import pytest
 from flava_jax import FlavaConfig, FlavaForPreTraining, save_pretrained
 from flava_jax.common.pll import LN2, pseudo_perplexity
 from flava_jax.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, Tokenizer
+from flava_jax.data.wordpiece import BUNDLED, WordPieceTokenizer
 from flava_jax.eval.cli import evaluate
 from flava_jax.model.hf_io import from_pretrained
 from flava_jax.train.pll_scorer import PLLScorer
@@ -119,7 +120,7 @@ def test_blimp_matches_transformers_and_the_jax_scorer(export: Path, blimp_subse
 
     # The JAX scorer the trainer uses, on the same export, gives the same per-sentence scores.
     config, params = from_pretrained(export)
-    scorer = PLLScorer(FlavaForPreTraining(config), batch_size=64)
+    scorer = PLLScorer(FlavaForPreTraining(config), MASK_ID, PAD_ID, batch_size=64)
     texts = [rows[(p["paradigm"], p["index"])]["sentence_good"] for p in predictions]
     jax_scores = scorer.token_logprobs(params, [tokenizer(t)["input_ids"] for t in texts])
     for p, lp in zip(predictions, jax_scores, strict=True):
@@ -133,7 +134,7 @@ def test_pppl_matches_the_jax_scorer(export: Path, tmp_path: Path) -> None:
     results = evaluate(export, ["pppl"], tmp_path, tmp_path / "out")["pppl"]
     config, params = from_pretrained(export)
     tokenizer = transformers.AutoTokenizer.from_pretrained(export)
-    expected = pseudo_perplexity(PLLScorer(FlavaForPreTraining(config), batch_size=64).token_logprobs(
+    expected = pseudo_perplexity(PLLScorer(FlavaForPreTraining(config), MASK_ID, PAD_ID, batch_size=64).token_logprobs(
         params, [tokenizer(t)["input_ids"] for t in texts]))
     assert results["texts"] == 3
     assert results["pppl"] == pytest.approx(expected["pppl"], rel=1e-4)
@@ -196,11 +197,11 @@ def test_full_blimp_on_the_tiny_model(export: Path, shared_data: Path, tmp_path:
 
 
 def _independent_l2r_pll(model: Any, tokenizer: Any, sentence: str) -> tuple[float, int]:
-    """(log2 within-word-l2r PLL, copies masking more than one token) the plain way: a piece that starts with
-    SentencePiece's "▁" begins a word, any other continues it; the copy scoring a piece also masks the later pieces
-    of its word; HF's whole forward, MLM logits at the scored positions."""
-    ids = torch.tensor(tokenizer(sentence)["input_ids"])
-    pieces = tokenizer.convert_ids_to_tokens(ids.tolist())
+    """(log2 within-word-l2r PLL, copies masking more than one token) the plain way: words from the tokenizer's own
+    `word_ids()`; the copy scoring a piece also masks the later pieces of its word; HF's whole forward, MLM logits
+    at the scored positions."""
+    encoded = tokenizer(sentence)
+    ids, words = torch.tensor(encoded["input_ids"]), encoded.word_ids()
     n = len(ids) - 2
     copies = ids.repeat(n, 1)
     labels = torch.full_like(copies, -100)
@@ -208,7 +209,7 @@ def _independent_l2r_pll(model: Any, tokenizer: Any, sentence: str) -> tuple[flo
     for i in range(1, n + 1):
         labels[i - 1, i] = ids[i]
         end = i + 1
-        while end <= n and not pieces[end].startswith("\u2581"):
+        while end <= n and words[end] == words[i]:
             end += 1
         copies[i - 1, i:end] = tokenizer.mask_token_id
         longer += end > i + 1
@@ -216,6 +217,39 @@ def _independent_l2r_pll(model: Any, tokenizer: Any, sentence: str) -> tuple[flo
         out = model(input_ids=ids.repeat(n, 1), input_ids_masked=copies, mlm_labels=labels)
     logp = torch.log_softmax(out.mlm_logits.double(), dim=-1)
     return float(logp[torch.arange(n), ids[1:-1]].sum()) / LN2, longer
+
+
+def _check_l2r(export: Path, blimp_subset: Path, out: Path, every: int) -> int:
+    """The within-word-l2r PLLs the evaluator wrote to `out` for every `every`-th pair against
+    `_independent_l2r_pll`; returns how many copies masked more than one piece."""
+    model = transformers.FlavaForPreTraining.from_pretrained(export).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export)
+    predictions = [json.loads(line) for line in (out / "blimp_predictions.jsonl").read_text().splitlines()]
+    rows = {(name, i): json.loads(line)
+            for name in PARADIGMS for i, line in enumerate((blimp_subset / f"{name}.jsonl").read_text().splitlines())}
+    multi_piece = 0
+    for p in predictions[::every]:  # a few sentences: the whole forward per sentence is slow
+        row = rows[(p["paradigm"], p["index"])]
+        for side in ("good", "bad"):
+            expected, longer = _independent_l2r_pll(model, tokenizer, row[f"sentence_{side}"])
+            assert p[f"pll_{side}_within_word_l2r"] == pytest.approx(expected, abs=1e-4)
+            multi_piece += longer
+            if longer:  # masking more pieces can only change the score
+                assert p[f"pll_{side}_within_word_l2r"] != pytest.approx(p[f"pll_{side}"], abs=1e-3)
+    return multi_piece
+
+
+@pytest.mark.slow
+def test_within_word_l2r_with_berts_wordpiece(blimp_subset: Path, tmp_path: Path) -> None:
+    """The paper's tokenizer: words are BERT's (punctuation split off), read from the export's word_ids()."""
+    config = FlavaConfig.from_preset("tiny").replace(text_config=dict(vocab_size=30522))
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda x: np.asarray(x) + 0.1 * rng.standard_normal(x.shape).astype(np.float32),
+                          FlavaForPreTraining(config).init_params(jax.random.key(0)))
+    save_pretrained(config, params, tmp_path / "export",
+                    tokenizer=WordPieceTokenizer.load(BUNDLED["bert-base-uncased"]))
+    evaluate(tmp_path / "export", ["blimp"], blimp_subset, tmp_path / "eval", pll=["original", "within_word_l2r"])
+    assert _check_l2r(tmp_path / "export", blimp_subset, tmp_path / "eval", every=1) > 0
 
 
 def test_within_word_l2r_matches_transformers_and_the_jax_scorer(export: Path, blimp_subset: Path,
@@ -227,29 +261,19 @@ def test_within_word_l2r_matches_transformers_and_the_jax_scorer(export: Path, b
     assert "## BLiMP, within-word-l2r PLL" in (tmp_path / "results.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["blimp_within_word_l2r"] == l2r
 
-    model = transformers.FlavaForPreTraining.from_pretrained(export).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(export)
-    predictions = [json.loads(line) for line in (tmp_path / "blimp_predictions.jsonl").read_text().splitlines()]
-    rows = {(name, i): json.loads(line)
-            for name in PARADIGMS for i, line in enumerate((blimp_subset / f"{name}.jsonl").read_text().splitlines())}
-    multi_piece = 0
-    for p in predictions[::4]:  # a few sentences: the whole forward per sentence is slow
-        row = rows[(p["paradigm"], p["index"])]
-        for side in ("good", "bad"):
-            expected, longer = _independent_l2r_pll(model, tokenizer, row[f"sentence_{side}"])
-            assert p[f"pll_{side}_within_word_l2r"] == pytest.approx(expected, abs=1e-4)
-            multi_piece += longer
-            if longer:  # masking more pieces can only change the score
-                assert p[f"pll_{side}_within_word_l2r"] != pytest.approx(p[f"pll_{side}"], abs=1e-3)
-    assert multi_piece > 10
+    assert _check_l2r(export, blimp_subset, tmp_path, every=4) > 10
 
     # The JAX scorer, given the same word indices, agrees.
     from flava_jax.eval.torch_pll import word_ids
 
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export)
+    predictions = [json.loads(line) for line in (tmp_path / "blimp_predictions.jsonl").read_text().splitlines()]
+    rows = {(name, i): json.loads(line)
+            for name in PARADIGMS for i, line in enumerate((blimp_subset / f"{name}.jsonl").read_text().splitlines())}
     config, params = from_pretrained(export)
     texts = [rows[(p["paradigm"], p["index"])]["sentence_good"] for p in predictions]
     ids = [tokenizer(t)["input_ids"] for t in texts]
-    scores = PLLScorer(FlavaForPreTraining(config), batch_size=64).token_logprobs(
+    scores = PLLScorer(FlavaForPreTraining(config), MASK_ID, PAD_ID, batch_size=64).token_logprobs(
         params, ids, [word_ids(tokenizer, t, i) for t, i in zip(texts, ids, strict=True)])
     for p, lp in zip(predictions, scores, strict=True):
         assert lp.sum() / LN2 == pytest.approx(p["pll_good_within_word_l2r"], abs=1e-4)
