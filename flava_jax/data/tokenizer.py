@@ -13,10 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import sentencepiece as spm
 
-from flava_jax.data.wordpiece import BUNDLED, VOCAB_FILE, WordPieceTokenizer
+from flava_jax.data.wordpiece import BUNDLED, VOCAB_FILE, WordPieceTokenizer, transformers_for_export
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
@@ -70,14 +69,6 @@ class Tokenizer:
         SentencePiece prefixes with a word-boundary piece and HF does not."""
         return [CLS_ID, *self._sp.encode(text)[: max_length - 2], SEP_ID]
 
-    def encode_batch(self, texts: Iterable[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, attention_mask), each (len(texts), max_length) int32, padded with [PAD]."""
-        rows = [self.encode(t, max_length) for t in texts]
-        ids = np.full((len(rows), max_length), PAD_ID, np.int32)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-        return ids, (ids != PAD_ID).astype(np.int32)
-
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in ids if int(i) >= len(SPECIAL_TOKENS)])
 
@@ -119,19 +110,15 @@ class Tokenizer:
     def save_pretrained(self, out_dir: str | os.PathLike, model_max_length: int = 512) -> None:
         """Write tokenizer.model plus an HF fast tokenizer (tokenizer.json, tokenizer_config.json, ...) that
         `transformers.AutoTokenizer.from_pretrained(out_dir)` loads with the same ids. Needs transformers."""
-        try:
-            from transformers import PreTrainedTokenizerFast
-        except ImportError as e:
-            raise ImportError("exporting the tokenizer for transformers needs the eval extra: "
-                              "pip install 'flava_jax[eval]'") from e
+        transformers = transformers_for_export()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.save(out / "tokenizer.model")
+        self.save(out / SENTENCEPIECE_FILE)
         pad, unk, cls, sep, mask = SPECIAL_TOKENS
-        fast = PreTrainedTokenizerFast(tokenizer_object=self.to_hf(), pad_token=pad, unk_token=unk, cls_token=cls,
-                                       sep_token=sep, mask_token=mask, model_max_length=model_max_length,
-                                       clean_up_tokenization_spaces=False,
-                                       model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+        fast = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=self.to_hf(), pad_token=pad, unk_token=unk, cls_token=cls, sep_token=sep, mask_token=mask,
+            model_max_length=model_max_length, clean_up_tokenization_spaces=False,
+            model_input_names=["input_ids", "token_type_ids", "attention_mask"])
         fast.save_pretrained(str(out))
 
 

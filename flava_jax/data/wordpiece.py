@@ -15,8 +15,7 @@ import os
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 VOCAB_FILE = "vocab.txt"
 BUNDLED = {"bert-base-uncased": Path(__file__).with_name("vocab") / "bert-base-uncased.txt"}
@@ -63,6 +62,16 @@ def _words(text: str) -> list[str]:
         if start < len(chunk):
             words.append(chunk[start:])
     return words
+
+
+def transformers_for_export() -> Any:
+    """The transformers module, which a tokenizer's export needs (the eval extra)."""
+    try:
+        import transformers
+    except ImportError as e:
+        raise ImportError("exporting the tokenizer for transformers needs the eval extra: "
+                          "pip install 'flava_jax[eval]'") from e
+    return transformers
 
 
 class WordPieceTokenizer:
@@ -121,14 +130,6 @@ class WordPieceTokenizer:
         ids = [i for word in _words(text) for i in self._pieces(word)]
         return [self.cls_id, *ids[: max_length - 2], self.sep_id]
 
-    def encode_batch(self, texts: Iterable[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, attention_mask), each (len(texts), max_length) int32, padded with [PAD]."""
-        rows = [self.encode(t, max_length) for t in texts]
-        ids = np.full((len(rows), max_length), self.pad_id, np.int32)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-        return ids, (ids != self.pad_id).astype(np.int32)
-
     def decode(self, ids: Iterable[int]) -> str:
         special = {self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id}
         text = " ".join(self.tokens[int(i)] for i in ids if int(i) not in special)
@@ -137,13 +138,9 @@ class WordPieceTokenizer:
     def save_pretrained(self, out_dir: str | os.PathLike, model_max_length: int = 512) -> None:
         """Write vocab.txt and a `transformers.BertTokenizerFast` (uncased) that `AutoTokenizer.from_pretrained`
         loads with the same ids. Needs transformers (the eval extra)."""
-        try:
-            from transformers import BertTokenizerFast
-        except ImportError as e:
-            raise ImportError("exporting the tokenizer for transformers needs the eval extra: "
-                              "pip install 'flava_jax[eval]'") from e
+        transformers = transformers_for_export()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.save(out / VOCAB_FILE)
-        BertTokenizerFast(vocab=str(out / VOCAB_FILE), do_lower_case=True,
-                          model_max_length=model_max_length).save_pretrained(str(out))
+        transformers.BertTokenizerFast(vocab=str(out / VOCAB_FILE), do_lower_case=True,
+                                       model_max_length=model_max_length).save_pretrained(str(out))
