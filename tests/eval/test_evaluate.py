@@ -99,6 +99,7 @@ def test_torch_scorer_matches_hfs_whole_forward_on_other_encoders(text: dict) ->
         np.testing.assert_allclose(values, _independent_logprobs(model, ids, MASK_ID), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_blimp_matches_transformers_and_the_jax_scorer(export: Path, blimp_subset: Path, tmp_path: Path) -> None:
     results = evaluate(export, ["blimp"], blimp_subset, tmp_path)
     predictions = [json.loads(line) for line in (tmp_path / "blimp_predictions.jsonl").read_text().splitlines()]
@@ -127,6 +128,7 @@ def test_blimp_matches_transformers_and_the_jax_scorer(export: Path, blimp_subse
         assert lp.sum() / LN2 == pytest.approx(p["pll_good"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_pppl_matches_the_jax_scorer(export: Path, tmp_path: Path) -> None:
     texts = ["The old lighthouse stands on a rocky island.", "A clock with moving hands.",
              "Coins from the Roman empire were found near the river in the spring of that year."]
@@ -142,6 +144,7 @@ def test_pppl_matches_the_jax_scorer(export: Path, tmp_path: Path) -> None:
     assert results["pppl"] != pytest.approx(results["pppl_token_weighted"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_pppl_reads_prepared_datas_held_out_split(export: Path, debug_data: Path, tmp_path: Path) -> None:
     """--pppl_file=DATA (a prepare directory) scores the held-out texts, as the same texts in a file would."""
     from flava_jax.data import prepare, records
@@ -252,6 +255,7 @@ def test_within_word_l2r_with_berts_wordpiece(blimp_subset: Path, tmp_path: Path
     assert _check_l2r(tmp_path / "export", blimp_subset, tmp_path / "eval", every=1) > 0
 
 
+@pytest.mark.slow
 def test_within_word_l2r_matches_transformers_and_the_jax_scorer(export: Path, blimp_subset: Path,
                                                                  tmp_path: Path) -> None:
     results = evaluate(export, ["blimp"], blimp_subset, tmp_path, pll=["original", "within_word_l2r"])
@@ -279,6 +283,7 @@ def test_within_word_l2r_matches_transformers_and_the_jax_scorer(export: Path, b
         assert lp.sum() / LN2 == pytest.approx(p["pll_good_within_word_l2r"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_unknown_pll_metric_is_refused(export: Path, blimp_subset: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--pll"):
         evaluate(export, ["blimp"], blimp_subset, tmp_path, pll=["l2r"])

@@ -58,6 +58,7 @@ def test_constraints_are_no_ops_without_a_mesh() -> None:
     assert constrain(x, "batch", "embed") is x  # the rules do not outlive the trace
 
 
+@pytest.mark.slow
 def test_fsdp_step_gathers_only_weights_in_transformer_layers() -> None:
     """The trainer's FSDP step on 8 devices (the tiny model, every weight sharded): inside the encoder layers every
     all-gather is of a weight. Without activation constraints XLA gathers every example's tokens there instead,

@@ -175,10 +175,12 @@ def test_parity_by_shape(config_name: str, case: str) -> None:
 
 @pytest.mark.parametrize("case", ["pairs_mim_labels", "pairs_all_negative", "pairs_no_itm_labels",
                                   "pairs_unmasked_mm", "image_unmasked", "text_unlabelled"])
+@pytest.mark.slow
 def test_parity_by_case(case: str) -> None:
     run_both(TINY, case)
 
 
+@pytest.mark.slow
 def test_unmasked_images_with_pair_losses() -> None:
     """Pairs with whole images: ITM, MMM-text and contrastive still train when MMM-image is off.
 
@@ -196,6 +198,7 @@ def test_unmasked_images_with_pair_losses() -> None:
     compare_grads(config, grads, hf_grads(config, model))
 
 
+@pytest.mark.slow
 def test_multimodal_attention_mask_switch() -> None:
     """On: HF 5.x (text padding masked in the multimodal encoder). Off, the default: the paper's HF 4.29."""
     on = TINY.replace(multimodal_attention_mask=True)
@@ -212,11 +215,13 @@ def test_multimodal_attention_mask_switch() -> None:
 
 @pytest.mark.parametrize("switches", [dict(scan_layers=True), dict(remat_policy="nothing_saveable"),
                                       dict(scan_layers=True, remat_policy="dots_saveable")])
+@pytest.mark.slow
 def test_scan_and_remat_keep_parity(switches: dict[str, Any]) -> None:
     """Scanning layers or rematerialising them changes the schedule, never the numbers."""
     run_both(TINY.replace(**switches), "pairs")
 
 
+@pytest.mark.slow
 def test_bf16_compute_policy() -> None:
     """bf16 compute with f32 parameters: close to the f32 reference, parameters and losses stay f32."""
     config = TINY.replace(dtype="bfloat16")
@@ -232,6 +237,7 @@ def test_bf16_compute_policy() -> None:
         _close(f"bf16 {name}", getattr(ours.loss_info, name), getattr(ref.loss_info, name), 3e-2)
 
 
+@pytest.mark.slow
 def test_mask_capacity_gathers_the_same_positions() -> None:
     """The gathered (capacity) path scores exactly HF's positions; a too-small capacity reports what it dropped."""
     config = TINY

@@ -107,6 +107,7 @@ def test_missing_codebook_inputs_are_explained(params: Any) -> None:
     assert out.loss is None and out.itm_logits.shape == (3, 2)
 
 
+@pytest.mark.slow
 def test_empty_selection_gives_zero_not_nan(params: Any) -> None:
     """HF averages an empty selection to NaN; flava_jax returns 0 and says it scored 0 positions."""
     batch = _pairs(mlm_labels=np.full((3, 8), -100))
