@@ -79,8 +79,7 @@ def evaluate_blimp(model: Any, tokenizer: Any, data: str | os.PathLike, out: Pat
     predictions: list[dict[str, Any]] = [{"paradigm": p.paradigm, "index": p.index} for p in pairs]
     results = {}
     for metric in pll:
-        words = [word_ids(tokenizer, text, ids) for text, ids in zip(texts, sentences, strict=True)] \
-            if metric == "within_word_l2r" else None
+        words = word_ids(tokenizer, texts, sentences) if metric == "within_word_l2r" else None
         logprobs = _token_logprobs(model, tokenizer, sentences, f"BLiMP, {metric} PLL ({len(pairs)} pairs)", words)
         good, bad = logprobs[0::2], logprobs[1::2]
         suffix = "" if metric == "original" else f"_{metric}"

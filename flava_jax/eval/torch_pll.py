@@ -62,19 +62,23 @@ def load_export(path: str | os.PathLike, device: str = "cpu") -> tuple[Any, Any]
     return model, tokenizer
 
 
-def word_ids(tokenizer: Any, text: str, ids: Sequence[int]) -> list[int | None]:
-    """Each token's word in `ids` (= tokenizer(text)'s ids), None for special tokens, for within-word-l2r.
+def word_ids(tokenizer: Any, texts: Sequence[str], sentences: Sequence[Sequence[int]]) -> list[list[int | None]]:
+    """Per text, each token's word in its `sentences` entry (= tokenizer(text)'s ids), None for special tokens, for
+    within-word-l2r.
 
     Words are the tokenizer's own (its fast `word_ids()`): for a SentencePiece export, the whitespace-separated
     words; for WordPiece, BERT's pre-tokenization, which also splits off punctuation ("dog." is two words), as
     BERT-based within-word-l2r scorers do. Exports written before SentencePiece exports split words (their
     word_ids() put every token in word 0) are read on the text split at whitespace instead, which gives the same
     words. Raises ValueError when that gives other ids, so the scored tokens are always the paper's."""
-    encoded = tokenizer(text.split(), is_split_into_words=True) if _joins_words(tokenizer) else tokenizer(text)
-    if list(encoded["input_ids"]) != list(ids):
-        raise ValueError(f"within-word-l2r: this tokenizer gives other tokens for {text!r} split into words, so its "
-                         f"word boundaries cannot be read; use --pll=original")
-    return encoded.word_ids()
+    # Which way is read once per call: the check serialises the whole tokenizer, thousands of times an encode.
+    encoded = tokenizer([t.split() for t in texts], is_split_into_words=True) if _joins_words(tokenizer) \
+        else tokenizer(list(texts))
+    for text, ids, got in zip(texts, sentences, encoded["input_ids"], strict=True):
+        if list(got) != list(ids):
+            raise ValueError(f"within-word-l2r: this tokenizer gives other tokens for {text!r} split into words, so "
+                             f"its word boundaries cannot be read; use --pll=original")
+    return [encoded.word_ids(i) for i in range(len(texts))]
 
 
 def _joins_words(tokenizer: Any) -> bool:

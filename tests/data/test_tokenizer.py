@@ -121,5 +121,5 @@ def test_within_word_l2r_reads_words_of_old_exports_too(exported: tuple[Path, To
     _, _, hf = exported
     text = "Greek coins from Pompeii were found."
     ids = hf(text)["input_ids"]
-    assert word_ids(hf, text, ids) == hf(text).word_ids()
-    assert word_ids(_joined_words_copy(hf), text, ids) == hf(text).word_ids()
+    assert word_ids(hf, [text], [ids]) == [hf(text).word_ids()]
+    assert word_ids(_joined_words_copy(hf), [text], [ids]) == [hf(text).word_ids()]

@@ -278,7 +278,7 @@ def test_within_word_l2r_matches_transformers_and_the_jax_scorer(export: Path, b
     texts = [rows[(p["paradigm"], p["index"])]["sentence_good"] for p in predictions]
     ids = [tokenizer(t)["input_ids"] for t in texts]
     scores = PLLScorer(FlavaForPreTraining(config), MASK_ID, PAD_ID, batch_size=64).token_logprobs(
-        params, ids, [word_ids(tokenizer, t, i) for t, i in zip(texts, ids, strict=True)])
+        params, ids, word_ids(tokenizer, texts, ids))
     for p, lp in zip(predictions, scores, strict=True):
         assert lp.sum() / LN2 == pytest.approx(p["pll_good_within_word_l2r"], abs=1e-4)
 
