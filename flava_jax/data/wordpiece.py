@@ -10,7 +10,6 @@ text is [CLS] pieces [SEP]. Nothing is trained: the vocabulary is a `vocab.txt`,
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import unicodedata
 from collections.abc import Iterable
@@ -105,10 +104,6 @@ class WordPieceTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.tokens)
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256("".join(t + "\n" for t in self.tokens).encode()).hexdigest()
 
     def _word_pieces(self, word: str) -> tuple[int, ...]:
         if len(word) > _MAX_WORD_CHARS:

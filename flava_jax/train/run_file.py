@@ -3,7 +3,6 @@ run's whole config, written by the trainer when a run starts and read by `python
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,11 +16,10 @@ RUN_FILE = "run.json"
 
 
 def write_run_file(workdir: str | os.PathLike, model: FlavaConfig, tokenizer: str | os.PathLike,
-                   config: dict[str, Any]) -> None:
+                   tokenizer_sha256: str, config: dict[str, Any]) -> None:
     if jax.process_index() == 0:
-        tokenizer = Path(tokenizer).resolve()
-        run = {"model": model.to_dict(), "tokenizer": str(tokenizer),
-               "tokenizer_sha256": hashlib.sha256(tokenizer.read_bytes()).hexdigest(), "config": config}
+        run = {"model": model.to_dict(), "tokenizer": str(Path(tokenizer).resolve()),
+               "tokenizer_sha256": tokenizer_sha256, "config": config}
         (Path(workdir) / RUN_FILE).write_text(json.dumps(run, indent=1, default=str) + "\n")
 
 

@@ -219,21 +219,22 @@ def build(config: ConfigDict, model_cfg: FlavaConfig, mesh: jax.sharding.Mesh) -
                  jax.jit(init_state, out_shardings=state_shardings), train_step)
 
 
-def _tokenizer(data_dir: Path, model_cfg: FlavaConfig, workdir: Path) -> tuple[AnyTokenizer, Path]:
-    """The prepared data's tokenizer and its file; it must fit the model and be the one the workdir's checkpoints
-    were trained with."""
+def _tokenizer(data_dir: Path, manifest: dict[str, Any], model_cfg: FlavaConfig,
+               workdir: Path) -> tuple[AnyTokenizer, Path, str]:
+    """The prepared data's tokenizer, its file and the file's sha256 (from the manifest); it must fit the model and
+    be the one the workdir's checkpoints were trained with."""
     path = prepare.tokenizer_path(data_dir)
     tokenizer = load_tokenizer(path)
+    sha256 = manifest["tokenizer"]["sha256"]
     if tokenizer.vocab_size > model_cfg.text_config.vocab_size:
         raise ConfigError(f"config.model.text_config.vocab_size: {model_cfg.text_config.vocab_size} is smaller than "
                           f"the tokenizer's {tokenizer.vocab_size} ({path})")
     previous = read_run_file(workdir)
-    if previous and (workdir / "checkpoints").is_dir() and previous.get("tokenizer_sha256") not in (
-            None, prepare.file_sha256(path)):
+    if previous and (workdir / "checkpoints").is_dir() and previous.get("tokenizer_sha256") not in (None, sha256):
         raise ConfigError(f"config.data: the checkpoints in {workdir} were trained with the tokenizer "
                           f"{previous['tokenizer']}, but the prepared data {data_dir} has another ({path}); use the "
                           f"data the run started with, or a new workdir")
-    return tokenizer, path
+    return tokenizer, path, sha256
 
 
 def _throughput(config: ConfigDict, model_cfg: FlavaConfig, run: Plan) -> metrics_lib.Throughput:
@@ -261,9 +262,10 @@ class Trainer:
         model_cfg = model_config(config)
         mesh = sharding_lib.make_mesh(config.sharding.mesh)
         data_dir = prepared_data(config, self.workdir)
-        streams = [s for s, key in pipeline.STREAM_KEYS.items() if pipeline.manifest(data_dir)["shards"].get(key)]
-        tokenizer, tokenizer_file = _tokenizer(data_dir, model_cfg, self.workdir)
-        write_run_file(self.workdir, model_cfg, tokenizer_file, config.to_dict())
+        manifest = pipeline.manifest(data_dir)
+        streams = [s for s, key in pipeline.STREAM_KEYS.items() if manifest["shards"].get(key)]
+        tokenizer, tokenizer_file, tokenizer_sha256 = _tokenizer(data_dir, manifest, model_cfg, self.workdir)
+        write_run_file(self.workdir, model_cfg, tokenizer_file, tokenizer_sha256, config.to_dict())
         self.plan = plan(config, streams, mesh)
         log.info("mesh %s; streams %s; micro-batch %s x %d accumulation = %d examples per step", dict(mesh.shape),
                  {s: round(w, 4) for s, w in self.plan.weights.items()}, self.plan.micro_batch,
@@ -305,9 +307,8 @@ class Trainer:
         micro_batches = [next(self.iterator) for _ in range(self.plan.accumulation)]
         return sharding_lib.global_batch(_stack(micro_batches), self.parts.batch_sharding)
 
-    def _evaluate(self) -> dict[str, float]:
-        """The due evaluators' metrics at this step; validation losses feed the scheduler."""
-        due = [e for e in self.evaluators if e.due(self.step, self.config.total_steps)]
+    def _evaluate(self, due: list[evaluators_lib.Evaluator]) -> dict[str, float]:
+        """The `due` evaluators' metrics at this step; validation losses feed the scheduler."""
         metrics = {k: v for e in due for k, v in e.run(self.state.params).items()}
         if self.config.scheduler.enabled:
             validation = {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
@@ -354,10 +355,10 @@ class Trainer:
             self.state, device_metrics = self.parts.train_step(self.state, batch, weights, base_rng)
             self.step += 1
             self.log.push(self.step, device_metrics)  # reads the previous step's metrics while this one runs
-            evaluate = any(e.due(self.step, config.total_steps) for e in self.evaluators)
-            if preemption.reached(self.step) or evaluate or self.step % config.checkpoint_every_steps == 0:
+            due = [e for e in self.evaluators if e.due(self.step, config.total_steps)]
+            if preemption.reached(self.step) or due or self.step % config.checkpoint_every_steps == 0:
                 self.log.flush()
-                self._save(self._evaluate() if evaluate else None)
+                self._save(self._evaluate(due) if due else None)
                 self.log.throughput.reset()  # evaluation and saving are not training throughput
 
 
