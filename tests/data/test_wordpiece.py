@@ -19,7 +19,8 @@ transformers = pytest.importorskip("transformers", reason="the reference tokeniz
 VOCAB = BUNDLED["bert-base-uncased"]
 AWKWARD = ["Émigré café naïve", "Hello,world!!", "$5.00 ^_^ `x` ~tilde~", "中文字符 mixed", "a\u0000b\ufffdc\u200bd",
            "tab\there\nnewline\r", "x" * 101, "y" * 100, "supercalifragilisticexpialidocious", "don't U.S.A.", "",
-           "   ", "\ufb01 ligature", "Ω ≈ ∑ §", "İstanbul ẞ groß", "\u00a0nbsp\u3000ideographic space", "emoji 🙂 ok"]
+           "   ", "a\x01b\x7fc\x1fd e\x0bf", "back\\slash|pipe {curly} [sq] <ang> @#%&*",
+           "\ufb01 ligature", "Ω ≈ ∑ §", "İstanbul ẞ groß", "\u00a0nbsp\u3000ideographic space", "emoji 🙂 ok"]
 
 
 @pytest.fixture(scope="module")
