@@ -1,4 +1,7 @@
-"""Defaults shared by every configuration: the reference's recipe (docs/reference.md). Other configs start here."""
+"""Defaults shared by every configuration: the reference's recipe (docs/reference.md). Other configs start here.
+
+Sequences are tuples: ml_collections' config_flags overrides a tuple from the command line
+(--config.data.sources="('a.tsv','b.tsv')", or the flag repeated) but not a list."""
 
 from ml_collections import ConfigDict, config_dict
 
@@ -19,8 +22,8 @@ def data_config() -> ConfigDict:
         # --- where: prepare's --out, read by the trainer; None: prepare into WORKDIR/data from `sources`
         dir=config_dict.placeholder(str),
         stage_dir=config_dict.placeholder(str),  # where a gs:// dir is copied; None: ~/.cache/flava_jax/data/...
-        sources=[],  # WiT files, directories, globs or tfds:wit/train[@data_dir]
-        image_dirs=[],  # local folders holding images by the file name of their URL
+        sources=(),  # WiT files, directories, globs or tfds:wit/train[@data_dir]
+        image_dirs=(),  # local folders holding images by the file name of their URL
         cache_dir=config_dict.placeholder(str),  # download cache; None: ~/.cache/flava_jax/images
         download=True,
         # --- budgets: nested prefixes of the English, captioned rows (-1: everything the sources hold)
@@ -38,7 +41,11 @@ def data_config() -> ConfigDict:
         jpeg_quality=95,
         max_image_pixels=89_478_485,  # larger images count as decompression bombs
         chunk_records=20_000,  # commit (resume) granularity, in source records
+        # "count": text_words and images as counts; "percent": the reference's row prefixes train[:t%] and train[:v%]
+        # of a source with its split (theodor1289/wit), t = text_words / 10M and v = images / 40K (its 1% labels)
+        budget_unit="count",
         fetch_batch=512,
+        prepare_workers=config_dict.placeholder(int),  # processes decoding, resizing, encoding; None: every core
         # the paper's: BERT's uncased WordPiece vocabulary (bundled); "sentencepiece" trains one on the budgeted text,
         # a path names a BERT vocab.txt (or its directory)
         tokenizer="bert-base-uncased",
@@ -55,7 +62,7 @@ def data_config() -> ConfigDict:
         mask_exact_count=True,  # False: the reference's early stop, which leaves 1 in 3 masks short of 75
         itm_negative_probability=0.1,
         itm_exclude_same_row=False,  # a fix: the reference may draw another text of the same image
-        length_buckets=[],  # a fix: e.g. [64, 128, 256, 512] pads text-only batches to the bucket that fits
+        length_buckets=(),  # a fix: e.g. (64, 128, 256, 512) pads text-only batches to the bucket that fits
         bucket_window=16,
         workers=2,  # pipeline worker processes per stream
         worker_buffer=2,
@@ -81,9 +88,9 @@ def train_config() -> ConfigDict:
 def optim_config() -> ConfigDict:
     """AdamW and its policy as data: learning-rate groups by parameter path, frozen and undecayed parameters."""
     return ConfigDict(dict(
-        lr_groups=[("flava/text_model/.*", 7.5e-4), (".*", 1e-3)],  # first match wins
-        frozen=["image_codebook/.*"],
-        no_decay=[],  # a fix: e.g. [".*/bias", ".*(LayerNorm|layernorm).*", ".*embedding.*", ".*logit_scale"]
+        lr_groups=(("flava/text_model/.*", 7.5e-4), (".*", 1e-3)),  # first match wins
+        frozen=("image_codebook/.*",),
+        no_decay=(),  # a fix: e.g. (".*/bias", ".*(LayerNorm|layernorm).*", ".*embedding.*", ".*logit_scale")
         b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1,
         warmup_steps=10_000, decay_steps=450_000,  # linear warmup, then cosine to 0 at decay_steps
         grad_clip_norm=1.0,
@@ -94,17 +101,17 @@ def sharding_config() -> ConfigDict:
     """The device mesh (-1: the devices left), parameter sharding rules (regex over the parameter path -> mesh axes
     per dimension; first match wins; unmatched parameters are replicated, or FSDP-sharded with `fsdp`) and
     activation rules (logical axis of an activation -> mesh axes; default: examples over data and fsdp, attention
-    heads and MLP units over tensor; unlisted axes replicated; [] leaves activations to XLA)."""
-    tensor_rules = [
+    heads and MLP units over tensor; unlisted axes replicated; () leaves activations to XLA)."""
+    tensor_rules = (
         (r".*/attention/attention/(query|key|value)/kernel", (None, "tensor")),
         (r".*/attention/attention/(query|key|value)/bias", ("tensor",)),
         (r".*/intermediate/dense/kernel", (None, "tensor")),
         (r".*/intermediate/dense/bias", ("tensor",)),
         (r".*/attention/output/dense/kernel", ("tensor", None)),
         (r".*/encoder/layer/(\d+/)?output/dense/kernel", ("tensor", None)),
-    ]
+    )
     # Examples split as batches are; heads and the MLP's hidden units over "tensor", as the tensor rules split weights.
-    activation_rules = [("batch", ("data", "fsdp")), ("heads", "tensor"), ("mlp", "tensor")]
+    activation_rules = (("batch", ("data", "fsdp")), ("heads", "tensor"), ("mlp", "tensor"))
     return ConfigDict(dict(mesh=dict(data=-1, fsdp=1, tensor=1), fsdp=False, fsdp_min_size=2**16,
                            rules=tensor_rules, activation_rules=activation_rules))
 
@@ -121,7 +128,7 @@ def eval_config() -> ConfigDict:
             pppl=dict(type="pppl", every_steps=config_dict.placeholder(int), texts=2000, max_length=300,
                       batch_size=256),
             blimp=dict(type="blimp", every_steps=config_dict.placeholder(int), dir=config_dict.placeholder(str),
-                       limit=50, paradigms=[], batch_size=256),  # paradigms [] = all
+                       limit=50, paradigms=(), batch_size=256),  # paradigms () = all
         ),
     ))
 
@@ -148,6 +155,9 @@ def get_config() -> ConfigDict:
     # On CPU, XLA's per-step temporaries reused instead of faulted in afresh each step ("auto": on a CPU-only JAX for
     # half- and full-size models; "keep": always; "system": malloc as it is). See flava_jax/train/host_malloc.py.
     config.host_malloc = "auto"
+    # A resume refuses a config that changes the experiment (flava_jax/train/run_file.py); True accepts the changes
+    # and records them, with the step, in WORKDIR/run.json.
+    config.allow_config_change = False
     config.data = data_config()
     config.train = train_config()
     config.optim = optim_config()

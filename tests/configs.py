@@ -37,9 +37,10 @@ def debug_config(**overrides: Any) -> ConfigDict:
 
 
 def prepare_settings(**changes: Any) -> PrepareSettings:
-    """configs/base.py's prepare settings with `changes` (seed 0 and a SentencePiece tokenizer unless given)."""
+    """configs/base.py's prepare settings with `changes` (seed 0, a SentencePiece tokenizer and no worker processes
+    unless given)."""
     return dataclasses.replace(PrepareSettings.from_config(load_config("base")),
-                               **{"seed": 0, "tokenizer": "sentencepiece", **changes})
+                               **{"seed": 0, "tokenizer": "sentencepiece", "prepare_workers": 1, **changes})
 
 
 def pipeline_settings(data_dir: str, **changes: Any) -> PipelineSettings:

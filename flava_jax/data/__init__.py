@@ -1,4 +1,5 @@
-"""Training data: WiT sources (`wit`), image fetching and storage (`images`), the prepare step (`prepare`) into
+"""Training data: WiT sources (`wit`; Hub parquet copies in `parquet_sources`, img2dataset output in
+`img2dataset`), image fetching and storage (`images`), the prepare step (`prepare`) into
 ArrayRecord streams (`records`), staging gs:// data to local disk (`stage`), the tokenizer (`tokenizer`), masking
 (`masking`), the Grain pipelines (`pipeline`), the device-side transforms the step applies (`transforms`), and the
 bundled sample (`sample`)."""

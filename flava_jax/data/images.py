@@ -5,15 +5,19 @@ name), or on the web: concurrent downloads with a timeout, retries with exponent
 network errors, a User-Agent, and a cache that records successes and final failures, so a re-run never fetches
 anything twice. `to_jpeg` then decodes and validates the bytes (not an image, truncated, decompression bomb) and
 stores them resized as JPEG: squashed to size x size as the reference did, or aspect-preserving as a switch.
+`ImagePool` runs that CPU work over worker processes (downloads stay in the fetcher's threads), in input order.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import io
 import json
+import math
+import multiprocessing
 import os
 import time
 import urllib.error
@@ -21,6 +25,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from PIL import Image
@@ -82,22 +87,11 @@ class ImageFetcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def fetch_many(self, urls: Iterable[str | None], inline: Iterable[bytes | None],
-                   convert: Callable[[bytes], bytes] | None = None) -> list[Fetched]:
-        """Fetch each image concurrently, then `convert` it in the same worker (a BadImage becomes the reason);
-        the results keep the order of `urls`."""
-
-        def job(url: str | None, data: bytes | None) -> Fetched:
-            fetched = self.fetch(url, data)
-            if fetched.data is None or convert is None:
-                return fetched
-            try:
-                return dataclasses.replace(fetched, data=convert(fetched.data))
-            except BadImage as e:
-                return Fetched(None, e.reason, str(e), fetched.origin)
-
-        jobs = [self._pool.submit(job, url, data) for url, data in zip(urls, inline, strict=True)]
-        return [j.result() for j in jobs]
+    def fetch_many(self, urls: Iterable[str | None], inline: Iterable[bytes | None]) -> list[Fetched]:
+        """Fetch each image concurrently (inline bytes need no thread); the results keep the order of `urls`."""
+        jobs = [Fetched(data, origin="inline") if data is not None else self._pool.submit(self.fetch, url)
+                for url, data in zip(urls, inline, strict=True)]
+        return [j if isinstance(j, Fetched) else j.result() for j in jobs]
 
     def fetch(self, url: str | None, inline: bytes | None = None) -> Fetched:
         if inline is not None:
@@ -217,3 +211,53 @@ def to_jpeg(data: bytes, size: int, mode: str = "squash", quality: int = 95, max
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=quality)
     return out.getvalue()
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one, e.g. under taskset or a cgroup)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _convert_one(convert: Callable[[bytes], bytes], data: bytes) -> tuple[bytes | None, str | None, str]:
+    """`convert(data)`, or a BadImage's reason and detail: plain values, so they come back from a worker as they are."""
+    try:
+        return convert(data), None, ""
+    except BadImage as e:
+        return None, e.reason, str(e)
+
+
+class ImagePool:
+    """Converts fetched images with `convert` (decode, resize, JPEG encode: CPU-bound) over `workers` processes,
+    keeping their order, so the output is the same whatever the count; with one worker, in this process."""
+
+    def __init__(self, convert: Callable[[bytes], bytes], workers: int) -> None:
+        self._convert, self.workers = functools.partial(_convert_one, convert), workers
+        # spawn: forking a parent that holds threads (the fetcher's, JAX's) can deadlock the child
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ImagePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def convert_many(self, fetched: Sequence[Fetched]) -> list[Fetched]:
+        """Each fetched image converted (a BadImage becomes its reason), failed fetches as they are, in order."""
+        outcomes = iter(self._outcomes([f.data for f in fetched if f.data is not None]))
+        return [f if f.data is None else Fetched(*next(outcomes), origin=f.origin) for f in fetched]
+
+    def _outcomes(self, images: list[bytes]) -> list[tuple[bytes | None, str | None, str]]:
+        if self._pool is None:
+            return [self._convert(data) for data in images]
+        # a few tasks per worker, not one per image: per-task overhead was a third of the parent's work per row
+        chunk = max(1, math.ceil(len(images) / (4 * self.workers)))
+        try:
+            return list(self._pool.map(self._convert, images, chunksize=chunk))
+        except BrokenProcessPool as e:
+            raise SystemExit(f"an image worker process died ({e}); rerun to resume from the last committed chunk, "
+                             "with fewer --workers if memory ran out") from e

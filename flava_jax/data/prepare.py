@@ -3,12 +3,14 @@
 Carves the study's data out of WiT the paper's way (docs/reference.md#data), into ArrayRecord streams:
 
 1. Read the sources in order. Keep rows in the configured language that have a reference caption; set a seeded
-   share aside (by a hash of image URL + page URL) as held-out text for pseudo-perplexity.
+   share aside (by a hash of image URL + page URL) as held-out text for pseudo-perplexity, or the source's own
+   held-out split where it has the paper's (theodor1289/wit's test files).
 2. Collapse each kept row into up to four text examples: caption, page description, section description, alt
    text (the attribution is excluded). Rows whose image cannot be had are dropped, as in the reference.
 3. Budgets are nested, deterministic prefixes of these rows: the text stream takes collapsed texts until the word
    budget is met (within one example), the image stream one image per row until the image budget is met, and the
-   pair stream the (text, image) pairs of rows inside both prefixes, i.e. the smaller budget.
+   pair stream the (text, image) pairs of rows inside both prefixes, i.e. the smaller budget. With
+   `data.budget_unit="percent"` the prefixes are the reference's whole-row `train[:p%]` instead.
 4. Write the tokenizer (`data.tokenizer`: BERT's vocabulary as it is, or a SentencePiece model trained on the
    budgeted text only); write manifest.json.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -34,11 +37,12 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 from ml_collections import config_flags
 
 from flava_jax.common.progress import ProgressLog
-from flava_jax.common.settings import missing_keys, read_section
+from flava_jax.common.settings import ConfigError, missing_keys, read_section
 from flava_jax.data import records as records_lib
-from flava_jax.data.images import FetchSettings, ImageFetcher, to_jpeg
+from flava_jax.data.images import FetchSettings, ImageFetcher, ImagePool, available_cores, to_jpeg
+from flava_jax.data.parquet_sources import split_rows
 from flava_jax.data.tokenizer import SENTENCEPIECE_FILE, make_tokenizer
-from flava_jax.data.wit import Skip, WitRow, read_sources
+from flava_jax.data.wit import Skip, SourceError, WitRow, describe_source, read_sources, source_files
 
 log = logging.getLogger("flava_jax.prepare")
 FORMAT = "flava_jax.prepare/1"
@@ -46,6 +50,9 @@ HELDOUT = "heldout"  # held-out texts (pseudo-perplexity, validation MLM)
 HELDOUT_IMAGE, HELDOUT_PAIR = "heldout_image", "heldout_pair"  # held-out images and their pairs (validation)
 PROGRESS = "progress.json"
 MANIFEST = "manifest.json"
+SKIPS_LOGGED = 3  # per reason: the first few skipped records are logged with their file:line, the rest only counted
+# The paper's labels of its percent budgets (docs/reference.md#data): 1% of WiT's train split ~ 10M words, ~ 40K images
+WORDS_PER_PERCENT, IMAGES_PER_PERCENT = 10_000_000, 40_000
 _TEXT_FIELDS = ("caption_reference_description", "context_page_description", "context_section_description",
                 "caption_alt_text_description")
 
@@ -70,7 +77,9 @@ class PrepareSettings:
     jpeg_quality: int
     max_image_pixels: int
     chunk_records: int
+    budget_unit: str  # "count": text_words words and images images; "percent": the reference's train[:p%] rows
     fetch_batch: int
+    prepare_workers: int | None  # processes decoding, resizing and encoding images; None: every core
     tokenizer: str  # "bert-base-uncased" (the paper's), a BERT vocab.txt or its directory, or "sentencepiece"
     tokenizer_max_texts: int
     image_dirs: tuple[str, ...]
@@ -87,9 +96,10 @@ class PrepareSettings:
                             image_dirs=tuple(data.image_dirs))
 
     def fingerprint(self, sources: Sequence[str]) -> str:
-        """What a resumed prepare must share with the interrupted one (fetch settings may change)."""
+        """What a resumed prepare must share with the interrupted one (fetch settings and workers may change: the
+        output does not depend on them)."""
         fields = dataclasses.asdict(self)
-        for volatile in ("fetch", "cache_dir", "download"):
+        for volatile in ("fetch", "cache_dir", "download", "prepare_workers"):
             fields.pop(volatile)
         return hashlib.sha256(json.dumps([fields, list(sources)], sort_keys=True).encode()).hexdigest()
 
@@ -110,7 +120,10 @@ def word_count(text: str) -> int:
 
 
 def is_heldout(row: WitRow, seed: int, fraction: float) -> bool:
-    """A fixed share of rows, chosen by a seeded hash of the row's identity (independent of order and budgets)."""
+    """The source's own held-out split when it has one (theodor1289/wit's test files, the paper's); else a fixed
+    share of rows, chosen by a seeded hash of the row's identity (independent of order and budgets)."""
+    if row.split is not None:
+        return row.split != "train"
     digest = hashlib.sha256(f"{seed}\t{row.key}".encode()).digest()
     return int.from_bytes(digest[:8], "little") / 2**64 < fraction
 
@@ -201,11 +214,15 @@ def _resume(out: Path, fingerprint: str) -> dict[str, Any]:
 class _Carver:
     """Applies the filters and budgets to rows in order, writing the streams of the current chunk."""
 
-    def __init__(self, settings: PrepareSettings, progress: dict[str, Any], fetcher: ImageFetcher) -> None:
-        self.s, self.p, self.fetcher = settings, progress, fetcher
+    def __init__(self, settings: PrepareSettings, progress: dict[str, Any], fetcher: ImageFetcher,
+                 pool: ImagePool) -> None:
+        self.s, self.p, self.fetcher, self.pool = settings, progress, fetcher, pool
         self.skipped = collections.Counter(progress["skipped"])
-        self.p["budget_met"]["text"] |= settings.text_words == 0
-        self.p["budget_met"]["images"] |= settings.images == 0
+        rows = progress.get("row_budgets")  # with budget_unit "percent": whole rows, train[:t%] and train[:v%]
+        self.text_rows = rows["text"] if rows else None
+        self.images = rows["images"] if rows else settings.images
+        self.p["budget_met"]["text"] |= (settings.text_words if rows is None else rows["text"]) == 0
+        self.p["budget_met"]["images"] |= self.images == 0
 
     @property
     def done(self) -> bool:
@@ -237,10 +254,8 @@ class _Carver:
         classified = [self._classify(record) for record in window]
         wanted = [i for i, (kind, _) in enumerate(classified)
                   if (kind == "train" and self._needs_image()) or (kind == "heldout" and self._heldout_needs_image())]
-        fetched = dict(zip(wanted, self.fetcher.fetch_many(
-            [window[i].image_url for i in wanted], [window[i].image_bytes for i in wanted],
-            convert=lambda data: to_jpeg(data, self.s.image_size, self.s.image_resize, self.s.jpeg_quality,
-                                         self.s.max_image_pixels)), strict=True))
+        fetched = dict(zip(wanted, self.pool.convert_many(self.fetcher.fetch_many(
+            [window[i].image_url for i in wanted], [window[i].image_bytes for i in wanted])), strict=True))
         for consumed, (record, (kind, texts)) in enumerate(zip(window, classified, strict=True)):
             if self.done:
                 return consumed
@@ -290,14 +305,16 @@ class _Carver:
             writers.write("text", records_lib.encode(row_id, text))
             kept["text"] += 1
             words["text"] += word_count(text)
-            met["text"] = _reached(words["text"], self.s.text_words)
+            met["text"] = self.text_rows is None and _reached(words["text"], self.s.text_words)
             if met["text"] and i < len(texts) - 1:
                 whole_row = False
+        if self.text_rows is not None:
+            met["text"] = _reached(self.p["train_rows"], self.text_rows)
         in_images = not met["images"] and image is not None
         if in_images:
             writers.write("image", records_lib.encode(row_id, "", image))
             kept["image"] += 1
-            met["images"] = _reached(kept["image"], self.s.images)
+            met["images"] = _reached(kept["image"], self.images)
         if whole_row and in_images:
             for text in texts:
                 writers.write("pair", records_lib.encode(row_id, text, image))
@@ -318,6 +335,17 @@ def _reached(count: int, budget: int) -> bool:
     return 0 <= budget <= count
 
 
+def _log_skips(records: Iterator[WitRow | Skip]) -> Iterator[WitRow | Skip]:
+    """`records`, logging where the first SKIPS_LOGGED skips of each reason are (manifest.json counts them all)."""
+    seen: collections.Counter[str] = collections.Counter()
+    for record in records:
+        if isinstance(record, Skip) and seen[record.reason] < SKIPS_LOGGED:
+            seen[record.reason] += 1
+            last = " (any further ones are only counted)" if seen[record.reason] == SKIPS_LOGGED else ""
+            log.warning("%s: skipped, %s: %s%s", record.where, record.reason, record.detail, last)
+        yield record
+
+
 def _windows(records: Iterator[WitRow | Skip], size: int) -> Iterator[list[WitRow | Skip]]:
     while window := list(itertools.islice(records, size)):
         yield window
@@ -329,6 +357,7 @@ def prepare(settings: PrepareSettings, sources: Sequence[str], out: str | os.Pat
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     progress = _resume(out, settings.fingerprint(sources))
+    progress["row_budgets"] = _row_budgets(settings, sources)
     if _load_json(out / MANIFEST) is not None and progress.get("complete"):
         log.info("%s is already complete", out)
         return json.loads((out / MANIFEST).read_text())
@@ -336,28 +365,64 @@ def prepare(settings: PrepareSettings, sources: Sequence[str], out: str | os.Pat
     if fetcher is None:
         cache = settings.cache_dir or str(Path("~/.cache/flava_jax/images").expanduser())
         fetcher = ImageFetcher(cache, settings.image_dirs, settings.fetch, download=settings.download)
-    carver = _Carver(settings, progress, fetcher)
-    records = itertools.islice(read_sources(sources), progress["source_records"], None)
+    pool = _image_pool(settings)
+    carver = _Carver(settings, progress, fetcher, pool)
+    records = _log_skips(itertools.islice(read_sources(sources), progress["source_records"], None))
     meter = ProgressLog("prepare", unit="source records")
     try:
         while not carver.done:
-            chunk = list(itertools.islice(records, settings.chunk_records))
-            if not chunk:
-                progress["sources_exhausted"] = True
-                break
             writers = _ChunkWriters(out, progress["chunk"])
             consumed = 0
-            for window in _windows(iter(chunk), settings.fetch_batch):
+            # read a window at a time: a chunk of rows with their images inline may not fit in memory
+            for window in _windows(itertools.islice(records, settings.chunk_records), settings.fetch_batch):
                 consumed += carver.process(window, writers)
                 meter.update(progress["source_records"] + consumed, _budget_line(settings, progress))
                 if carver.done:
                     break
+            if not consumed:
+                progress["sources_exhausted"] = True
+                break
             carver.commit(writers, consumed, out)
     finally:
+        pool.close()
         if own_fetcher:
             fetcher.close()
     meter.finish(_budget_line(settings, progress))
+    if progress["sources_exhausted"] and not (progress["train_rows"] or progress["heldout_rows"]):
+        raise SourceError(f"no row was kept from {'; '.join(describe_source(s) for s in sources)}: skipped "
+                          f"{progress['skipped'] or 'nothing'}; check --source and config.data (language, "
+                          "require_caption, require_image)")
     return _finish(settings, list(sources), progress, out)
+
+
+def _row_budgets(settings: PrepareSettings, sources: Sequence[str]) -> dict[str, int] | None:
+    """With budget_unit "percent", the rows of train[:t%] and train[:v%] (t = text_words / 10M, v = images / 40K,
+    rounded as `datasets` does) of the sources' train split, counted from parquet metadata; else None."""
+    if settings.budget_unit == "count":
+        return None
+    if settings.budget_unit != "percent":
+        raise ConfigError(f"config.data.budget_unit={settings.budget_unit!r}: give 'count' or 'percent'")
+    train = sum(split_rows(source_files(s))["train"] for s in sources if not s.startswith("tfds:"))
+    if not train:
+        raise SourceError(f"budget_unit 'percent' takes train[:p%] of a source with the paper's train split "
+                          f"(theodor1289/wit's data/train-*.parquet); {list(sources)} have none: use budget_unit "
+                          "'count'")
+
+    def rows(percent: float) -> int:
+        return -1 if percent < 0 else min(train, int(round(percent * train / 100)))
+
+    return {"text": rows(settings.text_words / WORDS_PER_PERCENT), "images": rows(settings.images / IMAGES_PER_PERCENT),
+            "train_split": train}
+
+
+def _image_pool(settings: PrepareSettings) -> ImagePool:
+    """The processes that decode, resize and encode images: `prepare_workers` of them, or one per core."""
+    workers = settings.prepare_workers
+    if workers is not None and workers < 1:
+        raise ConfigError(f"config.data.prepare_workers={workers}: give at least 1, or None for one per core")
+    convert = functools.partial(to_jpeg, size=settings.image_size, mode=settings.image_resize,
+                                quality=settings.jpeg_quality, max_pixels=settings.max_image_pixels)
+    return ImagePool(convert, workers or available_cores())
 
 
 def _budget_line(s: PrepareSettings, p: dict[str, Any]) -> str:
@@ -382,7 +447,8 @@ def _finish(settings: PrepareSettings, sources: list[str], progress: dict[str, A
         "format": FORMAT,
         "settings": json.loads(json.dumps(dataclasses.asdict(settings))),
         "sources": sources,
-        "budgets": {"text_words": settings.text_words, "images": settings.images},
+        "budgets": {"text_words": settings.text_words, "images": settings.images, "unit": settings.budget_unit,
+                    "rows": progress["row_budgets"]},
         "budget_met": progress["budget_met"],
         "sources_exhausted": progress["sources_exhausted"],
         "source_records": progress["source_records"],
@@ -409,6 +475,9 @@ def main() -> None:
     source_flag = flags.DEFINE_multi_string("source", None, "WiT source: a file, directory, glob or "
                                             "tfds:wit/train[@dir]. Repeatable; default: config.data.sources.")
     out_flag = flags.DEFINE_string("out", None, "Output directory (default: config.data.dir).")
+    workers_flag = flags.DEFINE_integer("workers", None, "Processes that decode, resize and encode images "
+                                        "(default: config.data.prepare_workers; None there: one per core).",
+                                        lower_bound=1)
 
     def run(argv: list[str]) -> None:
         if len(argv) > 1:
@@ -421,7 +490,15 @@ def main() -> None:
         if not sources or not out:
             raise app.UsageError("give --source (or config.data.sources) and --out (or config.data.dir)")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        manifest = prepare(PrepareSettings.from_config(config), sources, out)
+        try:
+            settings = PrepareSettings.from_config(config)
+            if workers_flag.value is not None:
+                settings = dataclasses.replace(settings, prepare_workers=workers_flag.value)
+            manifest = prepare(settings, sources, out)
+        except ConfigError as e:
+            raise app.UsageError(str(e)) from e
+        except SourceError as e:
+            raise SystemExit(f"prepare: {e}") from e
         print(json.dumps({k: manifest[k] for k in ("kept", "words", "budget_met", "skipped")}, indent=2))
 
     app.run(run)

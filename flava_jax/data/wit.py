@@ -6,24 +6,28 @@
 * "WIT with images" JSON lines: base64 image bytes, `wit_features` as a list of dicts or a dict of lists (one row
   per language entry, all sharing the image);
 * TFDS `wit` through `tfds.data_source`, when the user has prepared it (its booleans are unusable: its builder
-  parses them with `bool(str)`, so "false" became True; they are dropped).
+  parses them with `bool(str)`, so "false" became True; they are dropped);
+* Hub parquet copies (flava_jax/data/parquet_sources.py) and img2dataset output (flava_jax/data/img2dataset.py).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
+import collections
+import contextlib
 import csv
 import dataclasses
 import glob
 import gzip
-import io
 import json
+import logging
 import os
+import re
 import sys
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 WIT_COLUMNS = (
     "language", "page_url", "image_url", "page_title", "section_title", "hierarchical_section_title",
@@ -35,6 +39,8 @@ KAGGLE_COLUMNS = WIT_COLUMNS + ("caption_title_and_reference_description",)
 _INT_COLUMNS = ("original_height", "original_width")
 _BOOL_COLUMNS = ("is_main_image", "attribution_passes_lang_id", "page_changed_recently")
 _BOOLS = {"true": True, "false": False}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+log = logging.getLogger("flava_jax.data")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +65,7 @@ class WitRow:
     context_page_description: str | None = None
     context_section_description: str | None = None
     caption_title_and_reference_description: str | None = None
+    split: str | None = None  # the source's own split ("train", "test"), for sources that have the paper's
     image_bytes: bytes | None = dataclasses.field(default=None, repr=False)  # when the source carries the image
     where: str = ""  # "file:line" (or "tfds:...#index"), for reports
 
@@ -66,6 +73,9 @@ class WitRow:
     def key(self) -> str:
         """Identity of the example: the same image on the same page."""
         return f"{self.image_url}\t{self.page_url}"
+
+
+ROW_FIELDS = frozenset(f.name for f in dataclasses.fields(WitRow)) - {"split", "image_bytes", "where"}  # WiT's own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,11 +123,12 @@ def _bool(value: Any, column: str) -> bool | None:
     return parsed
 
 
-def row_from_fields(fields: dict[str, Any], where: str, image_bytes: bytes | None = None) -> WitRow:
+def row_from_fields(fields: dict[str, Any], where: str, image_bytes: bytes | None = None,
+                    split: str | None = None) -> WitRow:
     """A WitRow from raw column values (strings, bytes or typed); raises BadValue on an unparsable value."""
     values: dict[str, Any] = {}
     for f in dataclasses.fields(WitRow):
-        if f.name in ("image_bytes", "where"):
+        if f.name in ("split", "image_bytes", "where"):
             continue
         raw = fields.get(f.name)
         if f.name in _INT_COLUMNS:
@@ -126,43 +137,93 @@ def row_from_fields(fields: dict[str, Any], where: str, image_bytes: bytes | Non
             values[f.name] = _bool(raw, f.name)
         else:
             values[f.name] = _text(raw)
-    return WitRow(**values, image_bytes=image_bytes, where=where)
+    return WitRow(**values, split=split, image_bytes=image_bytes, where=where)
 
 
-def open_text(path: str | os.PathLike) -> io.TextIOBase:
-    """Open as UTF-8 text, gunzipping when the file starts with gzip's magic bytes (whatever its name says)."""
+@contextlib.contextmanager
+def open_text(path: str | os.PathLike) -> Iterator[Iterator[str]]:
+    """The lines of a file, each decoded from UTF-8 on its own (so a bad byte costs only its line): invalid bytes
+    become lone surrogates (`_invalid_utf8` finds them) instead of an error. Gzip is recognised by its magic bytes,
+    whatever the name says; corrupt gzip data raises OSError, a truncated file EOFError."""
     with open(path, "rb") as f:
         magic = f.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+    with gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb") as binary:
+        yield _decoded_lines(binary)
+
+
+def _decoded_lines(binary: BinaryIO) -> Iterator[str]:
+    try:
+        for line in binary:
+            yield line.decode("utf-8", "surrogateescape")
+    except zlib.error as e:  # corrupt deflate data: one error type for callers, as gzip's other faults are OSErrors
+        raise OSError(f"corrupt gzip data: {e}") from e
+
+
+def _invalid_utf8(text: str) -> str | None:
+    """None, or the bytes around the first invalid UTF-8 in `text` (a lone surrogate: a byte open_text could not
+    decode, or a JSON escape of half a surrogate pair)."""
+    if text.isascii():  # O(1) in CPython; most JSON lines are ASCII (escaped), and the regex costs 0.7 ms on 340 KB
+        return None
+    match = _SURROGATE.search(text)
+    if match is None:
+        return None
+    context = text[max(0, match.start() - 20):match.end() + 20]
+    try:
+        return f"invalid UTF-8 in {context.encode('utf-8', 'surrogateescape')!r}"
+    except UnicodeEncodeError:
+        return f"a lone surrogate in {ascii(context)}"
 
 
 def read_tsv(path: str | os.PathLike) -> Iterator[Record]:
     """Rows of an official (17-column) or Kaggle (18-column) WiT TSV shard."""
     csv.field_size_limit(sys.maxsize)
-    with open_text(path) as f:
-        reader = csv.reader(f, delimiter="\t", quotechar='"')
-        line = 0
+    with open_text(path) as lines:
+        yield from _warn_if_no_rows(path, _tsv_records(path, csv.reader(lines, delimiter="\t", quotechar='"')))
+
+
+def _tsv_records(path: str | os.PathLike, reader: Any) -> Iterator[Record]:
+    try:
+        header = tuple(next(reader, ()))
+        if header not in (WIT_COLUMNS, KAGGLE_COLUMNS):
+            yield Skip("unknown TSV header", f"{path}:1", f"columns {list(header)[:20]}")
+            return
+        yield from _tsv_rows(path, reader, header)
+    except (EOFError, OSError) as e:  # unreadable from here on
+        yield Skip("unreadable file", f"{path}:{reader.line_num + 1}", f"{type(e).__name__}: {e}")
+
+
+def _tsv_rows(path: str | os.PathLike, reader: Any, header: tuple[str, ...]) -> Iterator[Record]:
+    while True:
+        where = f"{path}:{reader.line_num + 1}"  # a row's first line; quoted fields may span several
         try:
-            header = tuple(next(reader, ()))
-            if header not in (WIT_COLUMNS, KAGGLE_COLUMNS):
-                yield Skip("unknown TSV header", f"{path}:1", f"columns {list(header)[:20]}")
-                return
-            line = reader.line_num
-            for fields in reader:
-                where = f"{path}:{line + 1}"
-                line = reader.line_num
-                if len(fields) != len(header):
-                    yield Skip("malformed TSV row", where, f"{len(fields)} fields, expected {len(header)} (a quote "
-                               "left open, or the file cut short)")
-                    continue
-                try:
-                    yield row_from_fields(dict(zip(header, fields, strict=True)), where)
-                except BadValue as e:
-                    yield Skip("bad value", where, str(e))
-        except (csv.Error, UnicodeDecodeError, EOFError, OSError) as e:  # unreadable from here on
-            yield Skip("unreadable file", f"{path}:{line + 1}", f"{type(e).__name__}: {e}")
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # the reader goes on with the next line
+            yield Skip("malformed TSV row", where, f"csv.Error: {e}")
+            continue
+        invalid = _invalid_utf8("\t".join(fields))
+        if invalid:
+            yield Skip("invalid UTF-8", where, invalid)
+        elif len(fields) != len(header):
+            yield Skip("malformed TSV row", where, f"{len(fields)} fields, expected {len(header)} (a quote left "
+                       "open, or the file cut short)")
+        else:
+            try:
+                yield row_from_fields(dict(zip(header, fields, strict=True)), where)
+            except BadValue as e:
+                yield Skip("bad value", where, str(e))
+
+
+def _warn_if_no_rows(path: str | os.PathLike, records: Iterator[Record]) -> Iterator[Record]:
+    """`records`, with a warning naming `path` when none of them is a row."""
+    rows = skips = 0
+    for record in records:
+        rows += isinstance(record, WitRow)
+        skips += isinstance(record, Skip)
+        yield record
+    if not rows:
+        log.warning("WiT source file %s yielded no rows (%d records skipped)", path, skips)
 
 
 def _features(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -181,35 +242,46 @@ def _features(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 def read_json_with_images(path: str | os.PathLike) -> Iterator[Record]:
     """Rows of a "WIT with images" JSON-lines file: one row per language entry, each carrying the image bytes."""
-    with open_text(path) as f:
-        try:
-            yield from _json_records(path, f)
-        except (UnicodeDecodeError, EOFError, OSError) as e:
-            yield Skip("unreadable file", str(path), f"{type(e).__name__}: {e}")
+    with open_text(path) as lines:
+        yield from _warn_if_no_rows(path, _json_records(path, lines))
 
 
-def _json_records(path: str | os.PathLike, f: io.TextIOBase) -> Iterator[Record]:
-    for number, line in enumerate(f, start=1):
-        where = f"{path}:{number}"
-        if not line.strip():
-            continue
+def _json_records(path: str | os.PathLike, lines: Iterator[str]) -> Iterator[Record]:
+    number = 0
+    try:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                yield from _json_line(f"{path}:{number}", line)
+    except (EOFError, OSError) as e:  # unreadable from here on
+        yield Skip("unreadable file", f"{path}:{number + 1}", f"{type(e).__name__}: {e}")
+
+
+def _json_line(where: str, line: str) -> Iterator[Record]:
+    """The rows of one JSON line, or Skips."""
+    invalid = _invalid_utf8(line)
+    if invalid:
+        yield Skip("invalid UTF-8", where, invalid)
+        return
+    try:
+        record = json.loads(line)
+        if not isinstance(record, dict):
+            raise BadValue(f"a JSON {type(record).__name__}, not an object")
+        image = base64.b64decode(record["b64_bytes"], validate=True) if record.get("b64_bytes") else None
+        entries = _features(record)
+    except (KeyError, TypeError, ValueError) as e:  # ValueError: JSON, base64 and BadValue errors
+        yield Skip("bad JSON record", where, f"{type(e).__name__}: {e}")
+        return
+    shared = {k: record.get(k) for k in ("image_url", "mime_type", "original_height", "original_width",
+                                         "caption_attribution_description")}
+    for i, entry in enumerate(entries):
+        fields = {**shared, **{k: v for k, v in entry.items() if v is not None}}
+        invalid = _invalid_utf8("\t".join(v for v in fields.values() if isinstance(v, str)))  # escaped surrogates
         try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise BadValue(f"a JSON {type(record).__name__}, not an object")
-            image = base64.b64decode(record["b64_bytes"], validate=True) if record.get("b64_bytes") else None
-            entries = _features(record)
-        except (json.JSONDecodeError, KeyError, binascii.Error, BadValue) as e:
-            yield Skip("bad JSON record", where, f"{type(e).__name__}: {e}")
-            continue
-        shared = {k: record.get(k) for k in ("image_url", "mime_type", "original_height", "original_width",
-                                             "caption_attribution_description")}
-        for i, entry in enumerate(entries):
-            try:
-                yield row_from_fields({**shared, **{k: v for k, v in entry.items() if v is not None}},
-                                      f"{where}#{i}", image_bytes=image)
-            except BadValue as e:
-                yield Skip("bad value", f"{where}#{i}", str(e))
+            if invalid:
+                raise BadValue(invalid)
+            yield row_from_fields(fields, f"{where}#{i}", image_bytes=image)
+        except BadValue as e:
+            yield Skip("bad value", f"{where}#{i}", str(e))
 
 
 def read_tfds(source: Any, name: str = "tfds") -> Iterator[Record]:
@@ -235,25 +307,72 @@ def _looks_like_json(path: Path) -> bool:
     return False
 
 
+class SourceError(ValueError):
+    """A source that cannot be read as WiT at all; the message says what was found and what to do."""
+
+
+_SOURCE_SUFFIXES = (".tsv", ".json", ".parquet", ".tar")
+
+
 def source_files(spec: str) -> list[Path]:
-    """The files a source spec names: a file, a glob pattern, or a directory (its *.tsv* and *.json* files below
-    it), sorted."""
+    """The files a source spec names, sorted: a file, a glob pattern, or a directory (its WiT files below it:
+    *.tsv*, *.json*, *.parquet, *.tar, outside hidden folders such as `hf download`'s .cache). img2dataset's
+    `{shard}.parquet` beside a `{shard}.tar` and its `{shard}_stats.json` are metadata, not sources."""
     path = Path(spec)
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and (".tsv" in p.name or ".json" in p.name))
     if path.is_file():
         return [path]
-    matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-    if not matches:
-        raise FileNotFoundError(f"WiT source {spec!r} matches no file")
-    return matches
+    if path.is_dir():
+        found = [p for p in path.rglob("*") if p.is_file() and not any(
+            part.startswith(".") for part in p.relative_to(path).parts) and _is_source_name(p.name)]
+        if not found:
+            raise SourceError(f"{describe_source(spec)}, none a WiT file (*.tsv*, *.json*, *.parquet, *.tar)")
+    else:
+        found = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
+        if not found:
+            raise SourceError(f"WiT source {spec!r} matches no file")
+    return sorted(p for p in found if not _img2dataset_metadata(p))
+
+
+def _is_source_name(name: str) -> bool:
+    return any(s in name for s in _SOURCE_SUFFIXES[:2]) or name.endswith(_SOURCE_SUFFIXES[2:])
+
+
+def _img2dataset_metadata(path: Path) -> bool:
+    shard = path.name.removesuffix("_stats.json")
+    if shard != path.name:
+        return any((path.parent / f"{shard}{s}").is_file() for s in (".tar", ".parquet"))
+    return path.suffix == ".parquet" and path.with_suffix(".tar").is_file()
+
+
+def describe_source(spec: str) -> str:
+    """What a source spec holds, for errors: e.g. "D holds 3 files (.parquet x2, .md x1)"."""
+    path = Path(spec)
+    if path.is_file():
+        return f"{spec} (a file)"
+    if not path.is_dir():
+        return f"{spec} (a pattern matching {len(glob.glob(spec, recursive=True))} paths)"
+    kinds = collections.Counter("".join(p.suffixes[-1:]) or p.name for p in path.rglob("*") if p.is_file())
+    listing = ", ".join(f"{kind} x{count}" for kind, count in kinds.most_common(8))
+    count = sum(kinds.values())
+    return f"{spec} holds {count} file{'' if count == 1 else 's'} ({listing or 'none'})"
+
+
+def read_file(path: Path) -> Iterator[Record]:
+    """The records of one source file, read by its kind: parquet, img2dataset tar shard, JSON lines or TSV."""
+    from flava_jax.data import img2dataset, parquet_sources  # they build on this module's records
+
+    if path.suffix == ".parquet":
+        return parquet_sources.read_parquet(path)
+    if path.suffix == ".tar":
+        return img2dataset.read_webdataset(path)
+    return read_json_with_images(path) if _looks_like_json(path) else read_tsv(path)
 
 
 def read_source(spec: str) -> Iterator[Record]:
     """Every record of a source spec, in a fixed order.
 
     `tfds:NAME[/SPLIT][@DATA_DIR]` reads a prepared TFDS dataset (default wit/train); anything else names files,
-    each read as JSON lines if its first line is a JSON object, else as a WiT TSV.
+    each read by `read_file`.
     """
     if spec.startswith("tfds:"):
         import tensorflow_datasets as tfds
@@ -264,7 +383,7 @@ def read_source(spec: str) -> Iterator[Record]:
         yield from read_tfds(source, spec)
         return
     for path in source_files(spec):
-        yield from (read_json_with_images(path) if _looks_like_json(path) else read_tsv(path))
+        yield from read_file(path)
 
 
 def read_sources(specs: Iterable[str]) -> Iterator[Record]:

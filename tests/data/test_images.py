@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import csv
 import http.server
+import os
 import struct
 import threading
 import time
@@ -196,3 +197,58 @@ def test_stored_images_squash_or_keep_the_aspect_ratio() -> None:
     assert np.abs(np.asarray(cropped, np.float32) - reference_squash).mean() > 10
     gray = to_jpeg((PHOTOS / "coins.png").read_bytes(), 32)
     assert Image.open(io.BytesIO(gray)).mode == "RGB"
+
+
+def _inline_source(path: Path) -> tuple[Path, dict[str, int]]:
+    """"WIT with images" JSON lines carrying the bundled photos (RGB and grey, JPEG and PNG, one given an alpha
+    channel) and three bad images; returns the path and the skips the bad ones must give."""
+    import io
+
+    from PIL import Image
+
+    from tests.data.wit_rows import write_json_with_images
+
+    chelsea = Image.open(PHOTOS / "chelsea.png").convert("RGBA")
+    chelsea.putalpha(Image.linear_gradient("L").resize(chelsea.size))
+    with_alpha = io.BytesIO()
+    chelsea.save(with_alpha, format="PNG")
+    rocket = (PHOTOS / "rocket.jpg").read_bytes()
+    images = [rocket, (PHOTOS / "coins.png").read_bytes(), b"<html>Rate limit exceeded</html>",
+              (PHOTOS / "chelsea.png").read_bytes(), rocket[: len(rocket) // 2], with_alpha.getvalue(),
+              _png_header(20000, 20000), (PHOTOS / "clock_motion.png").read_bytes()]
+    write_json_with_images(path, images)
+    return path, {"image: not an image": 1, "image: corrupt image": 1, "image: decompression bomb": 1}
+
+
+def test_one_worker_or_two_give_the_same_shards_and_skips(tmp_path: Path) -> None:
+    """The image work in worker processes: the same bytes in the same order, bad images the same counted skips,
+    and the worker count is free to change on resume."""
+    source, skips = _inline_source(tmp_path / "rows.json")
+    settings = dict(text_words=-1, images=-1, vocab_size=64, heldout_fraction=0.0, image_size=32, fetch_batch=3,
+                    chunk_records=5, download=False)
+    one = prepare(prepare_settings(**settings, prepare_workers=1), [str(source)], tmp_path / "one")
+    two = prepare(prepare_settings(**settings, prepare_workers=2), [str(source)], tmp_path / "two")
+    assert one["skipped"] == two["skipped"] == skips
+    assert one["kept"]["image"] == two["kept"]["image"] == 5
+    assert one["shards"] == two["shards"]  # each shard's sha256 and record count
+    again = prepare(prepare_settings(**settings, prepare_workers=2), [str(source)], tmp_path / "one")
+    assert again["shards"] == one["shards"]
+
+
+def _die(data: bytes) -> bytes:
+    os._exit(1)  # a worker killed mid-image, as by the kernel's out-of-memory killer
+
+
+def test_a_dead_worker_is_a_clear_error() -> None:
+    from flava_jax.data.images import Fetched, ImagePool
+
+    with ImagePool(_die, 2) as pool, pytest.raises(SystemExit, match="image worker process died.*fewer --workers"):
+        pool.convert_many([Fetched(b"bytes", origin="inline")])
+
+
+def test_a_worker_count_below_one_is_a_config_error(tmp_path: Path) -> None:
+    from flava_jax.common.settings import ConfigError
+
+    source, _ = _inline_source(tmp_path / "rows.json")
+    with pytest.raises(ConfigError, match="config.data.prepare_workers=0"):
+        prepare(prepare_settings(prepare_workers=0, download=False), [str(source)], tmp_path / "out")

@@ -174,18 +174,40 @@ def test_an_interrupted_prepare_resumes_to_the_same_result(corpus: tuple[Path, P
 
 
 def test_command_line_on_the_debug_config(tmp_path: Path) -> None:
-    """`python -m flava_jax.data.prepare --config=configs/debug.py --out=DIR`, with a config override."""
+    """`python -m flava_jax.data.prepare --config=configs/debug.py --out=DIR`, with a config override and the
+    image work in two worker processes."""
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[2]
     command = [sys.executable, "-m", "flava_jax.data.prepare", "--config=configs/debug.py", f"--out={tmp_path}",
-               "--config.data.heldout_fraction=0.5"]
+               "--config.data.heldout_fraction=0.5", "--workers=2"]
     result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["settings"]["heldout_fraction"] == 0.5
+    assert manifest["settings"]["heldout_fraction"] == 0.5 and manifest["settings"]["prepare_workers"] == 2
     assert manifest["kept"]["pair"] > 0 and manifest["kept"]["heldout"] > 0 and manifest["complete"]
     assert json.loads(result.stdout)["kept"] == manifest["kept"]
     again = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600, check=False)
     assert again.returncode == 0 and "already complete" in again.stderr
+
+
+def test_invalid_bytes_cost_their_rows_only_and_are_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Five rows with a Latin-1 byte in their page title: the other rows are all kept, the first three skips are
+    logged with their file:line, and the tokenizer is written."""
+    bad = (10, 20, 30, 40, 50)
+    lines = [b"\t".join(c.encode() for c in WIT_COLUMNS)]
+    for i in range(ROWS):
+        row = {**_row(i), "page_title": "Caf\xe9" if i in bad else "Cafe"}
+        lines.append(b"\t".join(b"" if row.get(c) is None else row[c].encode("latin-1") for c in WIT_COLUMNS))
+    (tmp_path / "rows.tsv").write_bytes(b"\n".join(lines) + b"\n")
+    settings = prepare_settings(text_words=-1, images=0, require_image=False, vocab_size=128, heldout_fraction=0.0,
+                                download=False, chunk_records=37)
+    with caplog.at_level("WARNING"):
+        manifest = prepare(settings, [str(tmp_path / "rows.tsv")], tmp_path / "out")
+    assert manifest["skipped"]["invalid UTF-8"] == len(bad)
+    kept = [i for i in _eligible() if i not in bad]
+    assert [e.text for e in _stream(tmp_path / "out", "text")] == [t for i in kept for t in _texts(_row(i))]
+    logged = [r.getMessage() for r in caplog.records if "invalid UTF-8" in r.getMessage()]
+    assert [m.split(": ")[0] for m in logged] == [f"{tmp_path / 'rows.tsv'}:{i + 2}" for i in bad[:3]]
+    assert manifest["tokenizer"] and (tmp_path / "out" / manifest["tokenizer"]["file"]).is_file()

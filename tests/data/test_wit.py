@@ -136,7 +136,68 @@ def test_bad_records_are_skips_not_crashes(tmp_path: Path) -> None:
     (tmp_path / "other.tsv").write_text("a\tb\n1\t2\n")
     assert [r.reason for r in read_source(str(tmp_path / "other.tsv"))] == ["unknown TSV header"]
     (tmp_path / "binary.tsv").write_bytes(b"\xff\xfe\x00garbage")
-    assert [r.reason for r in read_source(str(tmp_path / "binary.tsv"))] == ["unreadable file"]
+    assert [r.reason for r in read_source(str(tmp_path / "binary.tsv"))] == ["unknown TSV header"]
+
+
+def _tsv_line(language: str, title: bytes) -> bytes:
+    """A data line with `title` as page_title (raw bytes: may be invalid UTF-8 or a quoted multi-line field)."""
+    return b"\t".join([language.encode(), b"p", b"u", title] + [b""] * 13) + b"\n"
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_invalid_utf8_costs_only_its_row(tmp_path: Path, compress: bool) -> None:
+    lines = [b"\t".join(c.encode() for c in WIT_COLUMNS) + b"\n", _tsv_line("en", b"before")]  # lines 1-2
+    lines += [_tsv_line("de", b'"spans\nlines, bad on the second: \xff"')]  # lines 3-4
+    lines += [_tsv_line("fr", b"Caf\xe9")]  # line 5: Latin-1, not UTF-8
+    lines += [_tsv_line("nl", b"after \xc3\xa9")] * 2000  # lines 6-2005, valid "é"; far past any decoding block
+    data = b"".join(lines)
+    path = tmp_path / "wit.tsv.gz"
+    path.write_bytes(gzip.compress(data) if compress else data)
+    records = list(read_source(str(path)))
+    rows = [r for r in records if isinstance(r, WitRow)]
+    assert [(r.language, r.page_title, r.where) for r in rows[:2]] == [("en", "before", f"{path}:2"),
+                                                                        ("nl", "after é", f"{path}:6")]
+    assert len(rows) == 2001 and rows[-1].where == f"{path}:2005"
+    skips = [r for r in records if isinstance(r, Skip)]
+    assert [(s.reason, s.where) for s in skips] == [("invalid UTF-8", f"{path}:3"), ("invalid UTF-8", f"{path}:5")]
+    assert "\\xe9" in skips[1].detail
+
+
+def test_invalid_utf8_in_json_lines_costs_only_its_line(tmp_path: Path) -> None:
+    def line(caption: str) -> bytes:
+        return json.dumps({"image_url": "u", "wit_features": [{"language": "en", "caption_reference_description":
+                                                              caption}]}).encode() + b"\n"
+
+    path = tmp_path / "wit.jsonl"
+    path.write_bytes(line("first") + line("bad XX").replace(b"XX", b"\xff\xfe") + line("third")
+                     + line("\ud800 half a pair") + line("fifth"))
+    records = list(read_source(str(path)))
+    assert [(type(r).__name__, r.where) for r in records] == [
+        ("WitRow", f"{path}:1#0"), ("Skip", f"{path}:2"), ("WitRow", f"{path}:3#0"), ("Skip", f"{path}:4#0"),
+        ("WitRow", f"{path}:5#0")]
+    assert records[1].reason == "invalid UTF-8" and "\\xff\\xfe" in records[1].detail
+    assert records[3].reason == "bad value" and "surrogate" in records[3].detail
+    assert [r.caption_reference_description for r in records[::2]] == ["first", "third", "fifth"]
+
+
+def test_corrupt_gzip_is_an_unreadable_file_skip(tmp_path: Path) -> None:
+    data = gzip.compress(b"\t".join(c.encode() for c in WIT_COLUMNS) + b"\n" + _tsv_line("en", b"x") * 50)
+    path = tmp_path / "wit.tsv.gz"
+    path.write_bytes(data[:12] + b"\xff" * 8 + data[20:])  # deflate data past the 10-byte gzip header
+    (skip,) = read_source(str(path))
+    assert skip.reason == "unreadable file" and skip.where.startswith(f"{path}:")
+
+
+def test_a_file_without_rows_is_named_in_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "header_only.tsv").write_text("\t".join(WIT_COLUMNS) + "\n")
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    (tmp_path / "fine.jsonl").write_text(json.dumps({"image_url": "u", "wit_features": [{"language": "en"}]}))
+    with caplog.at_level("WARNING"):
+        for name in ("header_only.tsv", "bad.jsonl", "fine.jsonl"):
+            list(read_source(str(tmp_path / name)))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2
+    assert str(tmp_path / "header_only.tsv") in warned[0] and str(tmp_path / "bad.jsonl") in warned[1]
 
 
 def test_tfds_source_drops_its_broken_booleans() -> None:
