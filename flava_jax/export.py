@@ -1,5 +1,5 @@
 """Export a training checkpoint to a directory transformers loads:
-`python -m flava_jax.export --workdir=DIR --out=EXPORT [--step=N|best|latest]`.
+`python -m flava_jax.export --workdir=DIR --out=EXPORT [--step=N|best|latest] [--overwrite]`.
 
 EXPORT gets config.json + model.safetensors (`transformers.FlavaForPreTraining.from_pretrained(EXPORT)`, no
 missing or unexpected weights) and the run's tokenizer (`AutoTokenizer.from_pretrained(EXPORT)`, the same ids).
@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -28,10 +30,36 @@ class ExportError(RuntimeError):
     """The workdir cannot be exported as asked; the message says why and what to do."""
 
 
-def export(workdir: str | os.PathLike, out: str | os.PathLike, step: str | int = "latest") -> tuple[Path, int]:
+def _check_out(out: Path, overwrite: bool) -> None:
+    """A non-empty `out` (a previous export included: which run and step it held is not recorded) is replaced only
+    when asked: files of its own that the export does not write would otherwise sit beside the new ones."""
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if present and not overwrite:
+        listed = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+        raise ExportError(f"--out={out} is not empty (it holds {listed}); choose an empty or new directory, or pass "
+                          f"--overwrite to write over it")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out={out} is a file, not a directory")
+
+
+def _restore(checkpoints: checkpoint_lib.Checkpoints, step: int, steps: list[int], workdir: Path) -> Any:
+    """The verified state of `step`; a corrupt one is an error listing the intact steps to export instead."""
+    try:
+        return checkpoints.restore(None, step=step)[0]
+    except checkpoint_lib.CorruptCheckpoint as e:
+        good = [s for s in steps if s != step and checkpoint_lib.verify(checkpoints.step_dir(s)) in (None, "")]
+        advice = f"the intact ones are steps {good}: use --step=N with one of them, e.g. --step={good[-1]}" if good \
+            else f"no other checkpoint of {workdir} is intact"
+        raise ExportError(f"{e}; {advice}") from e
+
+
+def export(workdir: str | os.PathLike, out: str | os.PathLike, step: str | int = "latest",
+           overwrite: bool = False) -> tuple[Path, int]:
     """Write the checkpoint `step` ("latest", "best" by pseudo-perplexity, or a step number) of `workdir` as an HF
-    directory at `out`; returns (out, the step exported)."""
-    workdir = Path(workdir)
+    directory at `out` (refusing a non-empty one unless `overwrite`), after verifying its checksums; returns (out,
+    the step exported)."""
+    workdir, out = Path(workdir), Path(out)
+    _check_out(out, overwrite)
     run_file = workdir / RUN_FILE
     if not run_file.is_file():
         raise ExportError(f"{run_file} is missing: is {workdir} a flava_jax training workdir? (the trainer writes "
@@ -53,7 +81,7 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: str | int =
             chosen = int(step)
             if chosen not in steps:
                 raise ExportError(f"no checkpoint at step {chosen} in {workdir}; there are {steps}")
-        state, _, _, _ = checkpoints.restore(None, step=chosen)
+        state = _restore(checkpoints, chosen, steps, workdir)
     finally:
         checkpoints.close()
     config = FlavaConfig(**run["model"])
@@ -70,6 +98,8 @@ def main() -> None:
     workdir = flags.DEFINE_string("workdir", None, "The training run's directory.")
     out_dir = flags.DEFINE_string("out", None, "Where to write the HF directory.")
     step_flag = flags.DEFINE_string("step", "latest", "latest, best (lowest pseudo-perplexity) or a step number.")
+    overwrite = flags.DEFINE_bool("overwrite", False, "Write into --out even when it is not empty (its files of the "
+                                  "same names are replaced, others kept).")
 
     def run(argv: list[str]) -> None:
         if len(argv) > 1:
@@ -80,9 +110,9 @@ def main() -> None:
             raise app.UsageError(f"--step: {step_flag.value!r} is not latest, best or a step number")
         logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it opens at INFO
         try:
-            out, step = export(workdir.value, out_dir.value, step_flag.value)
+            out, step = export(workdir.value, out_dir.value, step_flag.value, overwrite.value)
         except ExportError as e:
-            raise app.UsageError(str(e)) from e
+            sys.exit(f"error: {e}")  # one line; a usage error would print the whole flag help above it
         print(f"exported step {step} of {workdir.value} to {out}")
 
     app.run(run)

@@ -8,8 +8,11 @@ multi-process run through `jax.distributed.initialize`.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import jax
@@ -18,9 +21,12 @@ from ml_collections import config_flags
 
 from flava_jax.common.settings import ConfigError
 from flava_jax.train import host_malloc
+from flava_jax.train.checkpoint import CheckpointError
 from flava_jax.train.config_check import check_keys
+from flava_jax.train.metrics import MetricsFileError
 from flava_jax.train.trainer import train
 
+DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)  # the filesystem refuses writes: one line, not a traceback
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: SIGTERM was handled, a checkpoint saved; rerun the command to resume
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. configs/debug.py.",
@@ -32,6 +38,16 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
                                    "runs (with --num_processes and --process_id).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in an explicit multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in an explicit multi-process run.")
+
+
+def disk_error(error: OSError, workdir: str) -> str:
+    """One line for a write the filesystem refused: the path (or the workdir, when the error has none) and the
+    project's code that was writing."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f"{os.sep}flava_jax{os.sep}" in f.filename]
+    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno}, {frames[-1].name})" if frames else ""
+    path = error.filename or f"a file under {workdir}"
+    return f"writing {path} failed: {error.strerror}{where}. Free space or fix the filesystem, then rerun the " \
+           f"command to resume from the last checkpoint"
 
 
 def main(argv: list[str]) -> None:
@@ -70,6 +86,12 @@ def main(argv: list[str]) -> None:
         result = train(config, _WORKDIR.value)
     except ConfigError as e:
         raise app.UsageError(str(e)) from e
+    except (CheckpointError, MetricsFileError) as e:
+        sys.exit(f"error: {e}")
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        sys.exit(f"error: {disk_error(e, _WORKDIR.value)}")
     if result["preempted"]:
         # Saved and stopped early: a distinct status, so resume loops (launch/) know to run the command again.
         sys.exit(PREEMPTED_EXIT_CODE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,32 @@ def test_export_errors_say_what_to_do(workdir: Path, tmp_path: Path) -> None:
     result = _export(f"--workdir={workdir}", f"--out={tmp_path / 'c'}", "--step=soon")
     assert result.returncode != 0 and "not latest, best or a step number" in result.stderr
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_a_corrupt_latest_checkpoint_is_refused_naming_the_intact_steps(workdir: Path, tmp_path: Path) -> None:
+    from tests.train.test_checkpoint import flip_bytes, largest_data_file
+
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    steps = sorted(int(p.name) for p in (copy / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(steps) == 2, steps  # the latest and the best
+    flip_bytes(largest_data_file(copy / "checkpoints" / str(steps[-1])))
+    result = _export(f"--workdir={copy}", f"--out={tmp_path / 'out'}")
+    assert result.returncode != 0, result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: checkpoint step {steps[-1]} in "), result.stderr[-3000:]
+    assert "is corrupt: 1 file(s) differ" in last and f"steps [{steps[0]}]: use --step=N" in last, last
+    assert f"--step={steps[0]}" in last and "Traceback" not in result.stderr and "resume" not in last
+    assert not (tmp_path / "out").exists() and (copy / "checkpoints" / str(steps[-1])).is_dir()  # export moves nothing
+
+
+def test_a_non_empty_out_is_refused_unless_overwrite(workdir: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    result = _export(f"--workdir={workdir}", f"--out={tmp_path}")
+    assert result.returncode != 0, result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert "is not empty (it holds notes.txt)" in last and "--overwrite" in last, last
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    result = _export(f"--workdir={workdir}", f"--out={tmp_path}", "--overwrite")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "model.safetensors").is_file()

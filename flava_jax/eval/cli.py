@@ -2,7 +2,8 @@
 --data=DIR --out=OUT [--limit=N]`.
 
 * blimp: Salazar PLL on every BLiMP pair (DIR holds the 67 `<paradigm>.jsonl`, original or BabyLM-filtered, or
-  a `blimp/` folder with them): accuracy per paradigm, per phenomenon (12) and their plain mean, the headline.
+  a `blimp/` folder with them; other files there are ignored with a warning, or refused with `--blimp_strict`):
+  accuracy per paradigm, per phenomenon (12) and their plain mean, the headline.
   OUT/blimp_predictions.jsonl holds each pair's log2 PLLs; OUT/blimp_phenomena.png plots the phenomena.
   `--pll=original,within_word_l2r` adds the within-word-l2r PLL (Kauf & Ivanova 2023) as "blimp_within_word_l2r"
   (same schema as "blimp"; its PLLs as `pll_good_within_word_l2r` / `pll_bad_within_word_l2r` in the
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from absl import app, flags
 
-from flava_jax.common.blimp import PHENOMENA, blimp_accuracy, read_blimp
+from flava_jax.common.blimp import PARADIGMS, PHENOMENA, blimp_accuracy, read_blimp
 from flava_jax.common.pll import LN2, pseudo_perplexity
 from flava_jax.common.progress import ProgressLog
 from flava_jax.data import prepare, records
@@ -60,16 +61,17 @@ def _token_logprobs(model: Any, tokenizer: Any, sentences: list[list[int]], what
 
 
 def blimp_directory(data: str | os.PathLike) -> Path:
-    """DIR itself when it holds the paradigm files, else DIR/blimp."""
+    """DIR itself when it holds paradigm files, else DIR/blimp."""
     data = Path(data)
-    return data if any(data.glob("*.jsonl")) else data / "blimp"
+    return data if any(path.stem in PARADIGMS for path in data.glob("*.json*")) else data / "blimp"
 
 
 def evaluate_blimp(model: Any, tokenizer: Any, data: str | os.PathLike, out: Path, limit: int | None = None,
-                   pll: Sequence[str] = ("original",)) -> dict[str, dict[str, Any]]:
+                   pll: Sequence[str] = ("original",), strict: bool = False) -> dict[str, dict[str, Any]]:
     """BLiMP accuracies (fractions) under each PLL metric in `pll`, keyed as in results.json (PLL_METRICS), and
-    OUT/blimp_predictions.jsonl; skipped lines are reported in each result."""
-    pairs, problems = read_blimp(blimp_directory(data), limit=limit)
+    OUT/blimp_predictions.jsonl; skipped lines are reported in each result. `strict` refuses files in the BLiMP
+    directory that are not paradigm files (read_blimp)."""
+    pairs, problems = read_blimp(blimp_directory(data), limit=limit, strict=strict)
     for problem in problems:
         log.warning("BLiMP: %s", problem)
     if not pairs:
@@ -165,10 +167,10 @@ def _plot_phenomena(phenomena: dict[str, float], path: Path, title: str) -> None
 def evaluate(model_dir: str | os.PathLike, tasks: list[str], data: str | os.PathLike, out: str | os.PathLike,
              limit: int | None = None, pppl_file: str | os.PathLike | None = None,
              device: str = "cpu", finetune: Options | None = None,
-             pll: Sequence[str] = ("original",)) -> dict[str, Any]:
+             pll: Sequence[str] = ("original",), blimp_strict: bool = False) -> dict[str, Any]:
     """Run `tasks` on the export at `model_dir`; writes and returns the results. `finetune` holds the glue and
     msgs tasks' options (default: every task found in `data`, the reference's settings); `pll` the BLiMP PLL
-    metrics (PLL_METRICS)."""
+    metrics (PLL_METRICS); `blimp_strict` refuses stray files among BLiMP's."""
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"--tasks: {unknown} not available (this release evaluates {', '.join(TASKS)})")
@@ -179,7 +181,7 @@ def evaluate(model_dir: str | os.PathLike, tasks: list[str], data: str | os.Path
     model, tokenizer = load_export(model_dir, device)
     results: dict[str, Any] = {}
     if "blimp" in tasks:
-        results.update(evaluate_blimp(model, tokenizer, data, out, limit, pll))
+        results.update(evaluate_blimp(model, tokenizer, data, out, limit, pll, blimp_strict))
         for key, title in PLL_METRICS.values():
             if key in results:
                 log.info("%s accuracy %.4f", title, results[key]["accuracy"])
@@ -203,10 +205,12 @@ def main() -> None:
     tasks = flags.DEFINE_list("tasks", ["blimp"], f"Any of {', '.join(TASKS)}.")
     data = flags.DEFINE_string("data", None, "BLiMP's directory (or a directory holding blimp/ and pppl.txt).")
     out = flags.DEFINE_string("out", None, "Where results.json, results.md, plots and predictions go.")
-    limit = flags.DEFINE_integer("limit", None, "Score only the first N items of each paradigm or file.")
+    limit = flags.DEFINE_integer("limit", None, "Score only the first N items of each paradigm or file.", lower_bound=1)
     pppl_file = flags.DEFINE_string("pppl_file", None, "Texts for pseudo-perplexity: a file with one per line, or "
                                     "prepared data (its held-out split); default DATA/pppl.txt.")
     device = flags.DEFINE_string("device", "cpu", "torch device, e.g. cuda.")
+    blimp_strict = flags.DEFINE_boolean("blimp_strict", False, "Refuse a BLiMP directory holding files other than "
+                                        "the 67 paradigms (by default they are named in a warning and ignored).")
     pll = flags.DEFINE_list("pll", ["original"], "BLiMP PLL metrics: original (Salazar et al., the paper's) and/or "
                             "within_word_l2r (Kauf & Ivanova 2023, also masks the rest of a word to the right).")
     glue_data = flags.DEFINE_string("glue_data", None, "GLUE/SuperGLUE fine-tuning data: BabyLM's filtered JSON "
@@ -217,13 +221,13 @@ def main() -> None:
                                    "every task with training and evaluation files in --glue_data).")
     msgs_tasks = flags.DEFINE_list("msgs_tasks", None, "MSGS tasks (default every one found in --msgs_data).")
     max_steps = flags.DEFINE_integer("finetune_max_steps", None, "Fine-tuning steps per task, replacing the "
-                                     "reference's (still at most 10 epochs).")
+                                     "reference's (still at most 10 epochs).", lower_bound=1)
     eval_every = flags.DEFINE_integer("finetune_eval_every", None, "Evaluate every N fine-tuning steps (default "
-                                      "200).")
+                                      "200).", lower_bound=1)
     train_limit = flags.DEFINE_integer("finetune_train_limit", None, "Fine-tune on the first N training examples "
-                                       "of each task only.")
+                                       "of each task only.", lower_bound=1)
     max_length = flags.DEFINE_integer("finetune_max_length", None, "Fine-tuning truncation in tokens (default "
-                                      "512; MSGS 128).")
+                                      "512; MSGS 128).", lower_bound=1)
     pooling = flags.DEFINE_enum("finetune_pooling", None, ["adaptive", "cls"], "The classifier's pooling: the "
                                 "reference's AdaptivePooler (default: adaptive) or the [CLS] state.")
     seed = flags.DEFINE_integer("seed", None, "Fine-tuning seed (default: the reference's 12).")
@@ -244,7 +248,7 @@ def main() -> None:
                           seed=seed.value, max_length=max_length.value, pooling=pooling.value)
         try:
             evaluate(model.value, tasks.value, data.value or ".", out.value, limit.value, pppl_file.value,
-                     device.value, options, pll.value)
+                     device.value, options, pll.value, blimp_strict.value)
         except (BadExport, ValueError, FileNotFoundError) as e:
             raise app.UsageError(str(e)) from e
         print(f"wrote {Path(out.value) / 'results.json'} and results.md")

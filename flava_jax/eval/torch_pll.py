@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 
 from flava_jax.common.pll import masked_copies
 
@@ -53,7 +54,11 @@ def load_export(path: str | os.PathLike, device: str = "cpu") -> tuple[Any, Any]
     except (OSError, ValueError) as e:
         raise BadExport(f"{path} has no loadable tokenizer ({e}); export with python -m flava_jax.export, which "
                           f"writes the run's tokenizer") from e
-    model = transformers.FlavaForPreTraining.from_pretrained(path, use_safetensors=True).to(device).eval()
+    try:
+        model = transformers.FlavaForPreTraining.from_pretrained(path, use_safetensors=True).to(device).eval()
+    except SafetensorError as e:
+        raise BadExport(f"{path}: a weights file is not complete safetensors ({e}), probably cut short while being "
+                        "written or copied; export the run again") from e
     vocab = model.config.text_config.vocab_size
     if len(tokenizer) > vocab or tokenizer.mask_token_id is None or tokenizer.mask_token_id >= vocab:
         raise BadExport(f"{path}: the tokenizer ({len(tokenizer)} tokens, [MASK] = {tokenizer.mask_token_id}) does "

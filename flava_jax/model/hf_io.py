@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from flava_jax.model.config import FlavaConfig
@@ -197,8 +197,12 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    with safe_open(str(path), framework="np") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="np") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} is not a complete safetensors file ({e}), probably cut short while being "
+                              "written or copied; write or copy it again") from e
 
 
 def _read_torch(path: Path) -> dict[str, Any]:
@@ -210,8 +214,11 @@ def _read_torch(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for unsafe or corrupt files
-        raise CheckpointError(f"{path} could not be read with torch.load(weights_only=True): {e}. flava_jax never "
-                              "unpickles arbitrary objects; re-save the weights as safetensors") from e
+        # Not torch's message: it advises weights_only=False, which runs whatever code the pickle holds.
+        raise CheckpointError(f"{path} could not be read with torch.load(weights_only=True) ({type(e).__name__}): it "
+                              "holds objects other than tensors, or is corrupt, and flava_jax never unpickles "
+                              "arbitrary objects. Only if you trust the file: load it in a separate environment and "
+                              "save its state dict with safetensors.torch.save_file, then pass that file") from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a Lightning checkpoint
     return state

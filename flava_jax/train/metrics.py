@@ -23,25 +23,20 @@ import numpy as np
 
 from flava_jax.common.progress import duration
 from flava_jax.model.config import EncoderConfig, FlavaConfig
+from flava_jax.train import chips
 
 log = logging.getLogger("flava_jax")
 
-# Dense bf16 peak per chip, in TFLOP/s (MaxText's table; A100 per NVIDIA; H200 has H100's compute). No sparse peaks.
-PEAK_TFLOPS = {"TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0,
-               "TPU v6 lite": 918.0, "TPU v6e": 918.0, "A100": 312.0, "H100": 989.0, "H200": 989.0}
-
-
 def device_peak_flops(device: Any = None) -> tuple[float, str]:
-    """(peak FLOP/s, where the figure comes from) for one device: the table for TPUs and GPUs, a measured
-    f32 matmul peak for a CPU."""
+    """(peak FLOP/s, where the figure comes from) for one device: chips.py's dense bf16 peak for TPUs and GPUs, a
+    measured f32 matmul peak for a CPU."""
     device = device or jax.devices()[0]
-    kind = device.device_kind
-    for name, tflops in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])):
-        if name.lower() in kind.lower():
-            return tflops * 1e12, f"{name} bf16 dense peak"
+    known = chips.chip(device.device_kind)
+    if known is not None and known.peak_flops:
+        return known.peak_flops, f"{known.kind} bf16 dense peak"
     if device.platform == "cpu":
         return measured_matmul_peak(), "measured XLA f32 matmul peak"
-    return float("nan"), f"no peak known for {kind!r}"
+    return float("nan"), f"no peak known for {device.device_kind!r}"
 
 
 def measured_matmul_peak(size: int = 2048, repeats: int = 5) -> float:
@@ -123,6 +118,32 @@ def _scalar(value: Any) -> float:
     return float(np.asarray(value))
 
 
+class MetricsFileError(ValueError):
+    """A metrics.jsonl line other than the last is not a row: the file was damaged, not merely cut short."""
+
+
+def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, row) of each row of an appended JSON-lines file such as metrics.jsonl. A last line that is not a row
+    (a kill mid-append) is dropped with a warning naming the file and line; a bad line before it raises
+    MetricsFileError naming them."""
+    lines = [(n, line) for n, line in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), 1)
+             if line.strip()]
+    out = []
+    for n, line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and "step" in row:
+            out.append((line, row))
+        elif n == lines[-1][0]:
+            log.warning("%s:%d: dropped a torn last line (a write cut short): %.80r", path, n, line)
+        else:
+            raise MetricsFileError(f"{path}:{n}: not a metrics row ({line[:80]!r}); repair or delete that line "
+                                   f"(rows past the resumed checkpoint are rewritten anyway)")
+    return out
+
+
 class MetricWriter:
     """metrics.jsonl + TensorBoard, written by process 0 only."""
 
@@ -134,9 +155,10 @@ class MetricWriter:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # rows past the restored checkpoint are rewritten by this run
-            rows = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(row + "\n" for row in rows))
+            rows = [line for line, row in read_rows(self.path) if row["step"] <= resume_step]
+            partial = self.path.with_name(self.path.name + ".partial")
+            partial.write_text("".join(row + "\n" for row in rows))
+            os.replace(partial, self.path)  # a kill mid-write leaves the old file, not half of it
         try:
             from tensorboardX import SummaryWriter
         except ImportError:  # pragma: no cover - tensorboardX is a dependency; keep training without it

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from flax.traverse_util import flatten_dict
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
@@ -33,10 +34,9 @@ from flava_jax.model.flava import FlavaForPreTraining
 from flava_jax.train import checkpoint as checkpoint_lib
 from flava_jax.train import evaluators as evaluators_lib
 from flava_jax.train import metrics as metrics_lib
-from flava_jax.train import optim
+from flava_jax.train import optim, run_file
 from flava_jax.train import sharding as sharding_lib
-from flava_jax.train.config_check import check_keys
-from flava_jax.train.run_file import read_run_file, write_run_file
+from flava_jax.train.config_check import check_config
 from flava_jax.train.scheduler import MultimodalScheduler, micro_batch_sizes, stream_weights
 from flava_jax.train.step import TrainState, make_contrastive_cache, make_loss_fn, make_train_step, mask_capacity
 
@@ -100,8 +100,8 @@ class Plan:
 def plan(config: ConfigDict, streams: list[str], mesh: jax.sharding.Mesh) -> Plan:
     """Stream weights by the paper's rule and micro-batch sizes rounded up to whole data x fsdp shards."""
     t = config.train
-    text = t.text_percent if t.text_percent is not None else config.data.text_words / 1e7
-    image = t.image_percent if t.image_percent is not None else config.data.images / 4e4
+    text = t.text_percent if t.text_percent is not None else config.data.text_words / prepare.WORDS_PER_PERCENT
+    image = t.image_percent if t.image_percent is not None else config.data.images / prepare.IMAGES_PER_PERCENT
     if config.data.text_words < 0 or config.data.images < 0:  # "everything": use what was prepared
         text, image = float("text" in streams), float("image" in streams)
     weights = {s: w for s, w in stream_weights(text, image, t.sampling_temperature).items() if s in streams}
@@ -173,11 +173,8 @@ class Parts:
 
 def _contrastive_cache(config: ConfigDict, model: FlavaForPreTraining) -> Any:
     """`config.train.contrastive_negatives`: "micro_batch" (the reference) or "global_batch" (every pair of a step)."""
-    negatives = config.train.contrastive_negatives
-    if negatives == "micro_batch":
+    if config.train.contrastive_negatives == "micro_batch":  # the other value (config_check) is "global_batch"
         return None
-    if negatives != "global_batch":
-        raise ConfigError(f"config.train.contrastive_negatives: {negatives!r} is not 'micro_batch' or 'global_batch'")
     c = model.config
     rates = {f"config.model.{e}.{k}": getattr(getattr(c, e), k) for e in ("text_config", "image_config")
              for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
@@ -220,32 +217,59 @@ def build(config: ConfigDict, model_cfg: FlavaConfig, mesh: jax.sharding.Mesh) -
 
 
 def _tokenizer(data_dir: Path, manifest: dict[str, Any], model_cfg: FlavaConfig,
-               workdir: Path) -> tuple[AnyTokenizer, Path, str]:
+               previous: dict[str, Any] | None) -> tuple[AnyTokenizer, Path, str]:
     """The prepared data's tokenizer, its file and the file's sha256 (from the manifest); it must fit the model and
-    be the one the workdir's checkpoints were trained with."""
+    be the one the checkpoints of the `previous` run (its run.json) were trained with."""
     path = prepare.tokenizer_path(data_dir)
     tokenizer = load_tokenizer(path)
     sha256 = manifest["tokenizer"]["sha256"]
     if tokenizer.vocab_size > model_cfg.text_config.vocab_size:
         raise ConfigError(f"config.model.text_config.vocab_size: {model_cfg.text_config.vocab_size} is smaller than "
                           f"the tokenizer's {tokenizer.vocab_size} ({path})")
-    previous = read_run_file(workdir)
-    if previous and (workdir / "checkpoints").is_dir() and previous.get("tokenizer_sha256") not in (None, sha256):
-        raise ConfigError(f"config.data: the checkpoints in {workdir} were trained with the tokenizer "
+    if previous and previous.get("tokenizer_sha256") not in (None, sha256):
+        raise ConfigError(f"config.data: the workdir's checkpoints were trained with the tokenizer "
                           f"{previous['tokenizer']}, but the prepared data {data_dir} has another ({path}); use the "
                           f"data the run started with, or a new workdir")
     return tokenizer, path, sha256
 
 
-def _throughput(config: ConfigDict, model_cfg: FlavaConfig, run: Plan) -> metrics_lib.Throughput:
-    """Model FLOPs per step (MLM at its masked capacity, MIM at its masked patches) against the device's peak."""
-    peak, peak_source = metrics_lib.device_peak_flops()
+def step_flops(config: ConfigDict, model_cfg: FlavaConfig, run: Plan) -> float:
+    """Model FLOPs of one optimizer step, all devices together (MLM at its masked capacity, MIM at its masked
+    patches)."""
     data = config.data
     lengths = {"text": data.text_max_length, "pairs": data.pair_max_length, "image": 0}
-    flops = run.accumulation * sum(
+    return run.accumulation * sum(
         metrics_lib.train_flops(model_cfg, s, n, lengths[s],
                                 mask_capacity(lengths[s], data.mlm_probability) if lengths[s] else 0, data.mask_patches)
         for s, n in run.micro_batch.items())
+
+
+def _param_shapes(model_cfg: FlavaConfig) -> dict[str, tuple[int, ...]]:
+    shapes = jax.eval_shape(FlavaForPreTraining(model_cfg).init_params, jax.random.key(0))
+    return {path: leaf.shape for path, leaf in flatten_dict(shapes, sep="/").items()}
+
+
+def _check_shapes(previous: dict[str, Any], model_cfg: FlavaConfig) -> None:
+    """A model change a resume accepts must keep every parameter's shape: the checkpoints hold the run's."""
+    old, new = _param_shapes(FlavaConfig(**previous["model"])), _param_shapes(model_cfg)
+    differ = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    if differ:
+        first = differ[0]
+        raise ConfigError(f"config.model: the changes give {len(differ)} parameters another shape (e.g. {first}: "
+                          f"{old.get(first, 'absent')} -> {new.get(first, 'absent')}), and the checkpoints hold the "
+                          f"run's shapes, so config.allow_config_change cannot accept them; use a new workdir")
+
+
+def _has_checkpoint(workdir: Path) -> bool:
+    """Whether `workdir` holds a complete checkpoint (Orbax gives one its step as its name once it is complete)."""
+    directory = workdir / "checkpoints"
+    return directory.is_dir() and any(path.name.isdigit() for path in directory.iterdir())
+
+
+def _throughput(config: ConfigDict, model_cfg: FlavaConfig, run: Plan) -> metrics_lib.Throughput:
+    """Model FLOPs per step against the device's peak."""
+    peak, peak_source = metrics_lib.device_peak_flops()
+    flops = step_flops(config, model_cfg, run)
     log.info("%.3g model FLOPs per step; MFU against %s (%.3g FLOP/s per device)", flops, peak_source, peak)
     return metrics_lib.Throughput(flops, run.examples_per_step, peak, jax.device_count())
 
@@ -255,17 +279,21 @@ class Trainer:
     restores the latest checkpoint if there is one; `run()` trains to `total_steps`, a scheduler stop or SIGTERM."""
 
     def __init__(self, config: ConfigDict, workdir: str | Path) -> None:
-        check_keys(config)
+        check_config(config)
         evaluators_lib.specs(config)
         self.config, self.workdir = config, Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
         model_cfg = model_config(config)
+        # A resume's config is checked against the run's before anything in the workdir is written.
+        previous = run_file.read_run_file(self.workdir) if _has_checkpoint(self.workdir) else None
+        changes = run_file.check_resume(self.workdir, previous["config"], config.to_dict()) if previous else []
+        if any(key.startswith("config.model.") for key, _, _ in changes):
+            _check_shapes(previous, model_cfg)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         mesh = sharding_lib.make_mesh(config.sharding.mesh)
         data_dir = prepared_data(config, self.workdir)
         manifest = pipeline.manifest(data_dir)
         streams = [s for s, key in pipeline.STREAM_KEYS.items() if manifest["shards"].get(key)]
-        tokenizer, tokenizer_file, tokenizer_sha256 = _tokenizer(data_dir, manifest, model_cfg, self.workdir)
-        write_run_file(self.workdir, model_cfg, tokenizer_file, tokenizer_sha256, config.to_dict())
+        tokenizer, tokenizer_file, tokenizer_sha256 = _tokenizer(data_dir, manifest, model_cfg, previous)
         self.plan = plan(config, streams, mesh)
         log.info("mesh %s; streams %s; micro-batch %s x %d accumulation = %d examples per step", dict(mesh.shape),
                  {s: round(w, 4) for s, w in self.plan.weights.items()}, self.plan.micro_batch,
@@ -278,6 +306,11 @@ class Trainer:
         self.checkpoints = checkpoint_lib.Checkpoints(self.workdir / "checkpoints", config.keep_checkpoints,
                                                       best_metric="pppl")
         self.state, self.step, self.saved = self._restore()
+        if changes:
+            log.warning("config.allow_config_change: the run goes on from step %d with %s", self.step,
+                        "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes))
+        run_file.write_run_file(self.workdir, model_cfg, tokenizer_file, tokenizer_sha256, config.to_dict(),
+                                run_file.change_log(previous, changes, self.step))
         context = evaluators_lib.Context(config, self.parts.model, tokenizer, data_dir, mesh, list(self.plan.weights))
         self.evaluators = evaluators_lib.build(config, context)
         self.log = metrics_lib.StepLog(metrics_lib.MetricWriter(self.workdir, resume_step=self.step),
@@ -287,13 +320,17 @@ class Trainer:
     def _restore(self) -> tuple[TrainState, int, int]:
         """(state, step, the step last saved): the latest checkpoint's, with the data and scheduler positions, or a
         fresh state at step 0."""
-        restored = self.checkpoints.restore(self.parts.abstract_state)
+        restored, bad = self.checkpoints.restore_newest_good(self.parts.abstract_state)
         if restored is None:
             return self.parts.init_state(jax.random.key(self.config.seed)), 0, -1
         state, data_state, scheduler_state, step = restored
         self.iterator.set_state(data_state)
         self.scheduler.load_state_dict(scheduler_state)
-        log.info("resumed from %s at step %d", self.checkpoints.directory, step)
+        if bad:
+            log.warning("resumed from %s at step %d, the newest good checkpoint (corrupt: steps %s)",
+                        self.checkpoints.directory, step, bad)
+        else:
+            log.info("resumed from %s at step %d", self.checkpoints.directory, step)
         return state, step, step
 
     def _step_context(self, step: int) -> dict[str, float]:
@@ -339,8 +376,10 @@ class Trainer:
                                 f"checkpoint is step {self.checkpoints.latest_step()}.") from None
         finally:
             preemption.restore()
-            self.checkpoints.close()
-            self.log.writer.close()
+            try:
+                self.checkpoints.close()
+            finally:
+                self.log.writer.close()
         log.info("stopped at step %d after %s (%s)", self.step, duration(time.perf_counter() - started),
                  "preempted" if preemption.requested else "scheduler stop" if self.scheduler.stopped else "done")
         return {"step": self.step, "preempted": preemption.requested, **self.log.last}

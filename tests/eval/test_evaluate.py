@@ -287,3 +287,42 @@ def test_within_word_l2r_matches_transformers_and_the_jax_scorer(export: Path, b
 def test_unknown_pll_metric_is_refused(export: Path, blimp_subset: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--pll"):
         evaluate(export, ["blimp"], blimp_subset, tmp_path, pll=["l2r"])
+
+
+@pytest.mark.parametrize("flag", ["--limit=-5", "--finetune_max_steps=0", "--finetune_train_limit=-1"])
+def test_counts_must_be_positive(flag: str, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "flava_jax.evaluate", f"--model={tmp_path}", f"--out={tmp_path}",
+               f"--data={tmp_path}", flag]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    value = flag.split("=")[1]
+    assert result.returncode != 0 and f"flag {flag}: {value} is not a positive integer" in result.stderr
+    assert len(result.stderr.splitlines()) <= 3, result.stderr
+
+
+def test_stray_files_beside_blimp_are_ignored_or_refused(tmp_path: Path) -> None:
+    """A directory holding blimp/ and a stray notes.jsonl: BLiMP is read from blimp/; with the strict flag, a stray
+    file inside blimp/ is refused before any scoring."""
+    from flava_jax.common.blimp import BlimpError
+    from flava_jax.eval.cli import blimp_directory, evaluate_blimp
+
+    (tmp_path / "blimp").mkdir()
+    pair = json.dumps({"sentence_good": "Tom saw himself.", "sentence_bad": "Tom saw herself."}) + "\n"
+    (tmp_path / "blimp" / "anaphor_gender_agreement.jsonl").write_text(pair)
+    (tmp_path / "notes.jsonl").write_text(pair)
+    assert blimp_directory(tmp_path) == tmp_path / "blimp"
+    (tmp_path / "blimp" / "notes.jsonl").write_text(pair)
+    with pytest.raises(BlimpError, match=r"notes\.jsonl"):
+        evaluate_blimp(None, None, tmp_path, tmp_path, strict=True)
+
+
+def test_a_truncated_export_is_one_clear_line(tmp_path: Path) -> None:
+    from flava_jax.eval.torch_pll import BadExport, load_export
+    from tests.hf_reference import hf_model
+
+    hf_model(FlavaConfig.from_preset("tiny")).save_pretrained(tmp_path)
+    WordPieceTokenizer.load(BUNDLED["bert-base-uncased"]).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    with pytest.raises(BadExport, match="not complete safetensors.*export the run again") as err:
+        load_export(tmp_path)
+    assert "\n" not in str(err.value)

@@ -131,6 +131,25 @@ def test_pickle_is_never_unpickled(tmp_path: Path) -> None:
         from_pretrained(tmp_path)
 
 
+def test_pickle_refusal_gives_safe_advice_in_one_line(tmp_path: Path) -> None:
+    torch.save({"flava.logit_scale": Payload()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError) as err:
+        from_pretrained(tmp_path / "pytorch_model.bin", config=TINY)
+    message = str(err.value)
+    assert "weights_only=False" not in message and "\n" not in message  # not torch's unsafe advice
+    assert str(tmp_path / "pytorch_model.bin") in message and "safetensors.torch.save_file" in message
+
+
+def test_truncated_safetensors_is_one_clear_line(tmp_path: Path) -> None:
+    save_file({"flava.logit_scale": np.ones(64, np.float32)}, str(tmp_path / "model.safetensors"))
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:len(data) // 2])
+    (tmp_path / "config.json").write_text(json.dumps(TINY.to_hf_dict()))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is not a complete safetensors file") as err:
+        from_pretrained(tmp_path)
+    assert "\n" not in str(err.value)
+
+
 def _write(tmp_path: Path, state: dict[str, np.ndarray]) -> Path:
     save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     (tmp_path / "config.json").write_text(json.dumps(TINY.to_hf_dict()))

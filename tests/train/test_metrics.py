@@ -1,5 +1,5 @@
-"""`metrics.train_flops` against a FLOP count made here from the model's parameter tree, and `Throughput` against a
-fake clock.
+"""`metrics.train_flops` against a FLOP count made here from the model's parameter tree, `Throughput` against a
+fake clock, and metrics.jsonl resumed after a torn or damaged line.
 
 The independent count follows the usual "6 N tokens" rule: each matmul kernel of N elements costs 2 N FLOPs per
 position it is applied at going forward and twice that going backward, so trainable modules cost 6 N per position
@@ -12,8 +12,11 @@ LayerNorm, softmax, activations) is not counted, by the same convention as MFU.
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import math
 import re
+from pathlib import Path
 
 import jax
 import pytest
@@ -298,3 +301,32 @@ def test_throughput_uses_perf_counter_by_default() -> None:
     import time
 
     assert metrics.Throughput(1.0, 1, 1.0, 1).clock is time.perf_counter
+
+
+ROWS = ['{"step": 1, "loss": 9.5}', '{"step": 2, "loss": 9.25}', '{"step": 3, "loss": 9.0}']
+
+
+def test_a_torn_last_line_of_metrics_jsonl_is_dropped_on_resume(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A kill mid-append leaves half a row and no newline; the resume keeps every whole row up to its step."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(ROWS) + '\n{"step": 4, "lo')
+    with caplog.at_level(logging.WARNING, logger="flava_jax"):
+        writer = metrics.MetricWriter(tmp_path, resume_step=3)
+    writer.close()
+    assert path.read_text() == "\n".join(ROWS) + "\n"
+    assert f"{path}:4: dropped a torn last line" in caplog.text
+    writer = metrics.MetricWriter(tmp_path, resume_step=2)  # rows past the checkpoint go, as before
+    writer.write(3, {"loss": 8.5})
+    writer.close()
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"step": 1, "loss": 9.5}, {"step": 2, "loss": 9.25}, {"step": 3, "loss": 8.5}]
+
+
+@pytest.mark.parametrize("bad", ['{"step": 2, "lo', "\x00\x00\x00", '[1, 2]'])
+def test_a_bad_line_before_the_last_is_an_error_naming_file_and_line(tmp_path: Path, bad: str) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join([ROWS[0], bad, ROWS[2]]) + "\n")
+    with pytest.raises(metrics.MetricsFileError, match=rf"^{re.escape(str(path))}:2: not a metrics row"):
+        metrics.MetricWriter(tmp_path, resume_step=3)
+    assert path.read_text() == "\n".join([ROWS[0], bad, ROWS[2]]) + "\n"  # left as it was

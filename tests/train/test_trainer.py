@@ -1,5 +1,6 @@
 """The trainer: the multitask gradient against transformers, sharded = single device, step-wide contrastive
-negatives, exact resume after SIGKILL, SIGTERM checkpoints, a 2-process run, non-finite losses, config validation."""
+negatives, exact resume after SIGKILL, SIGTERM checkpoints, a 2-process run, non-finite losses, config validation,
+resuming with a changed config."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import optax
 import pytest
 from flax.traverse_util import flatten_dict
 
+from flava_jax.common.settings import ConfigError
 from flava_jax.data import pipeline
 from flava_jax.data.tokenizer import Tokenizer
 from flava_jax.data.transforms import model_inputs
@@ -344,6 +346,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(debug_dat
     ("--config.train.batch_size=many", "batch_size"),
     ("--config.sharding.mesh.data=3", "sharding.mesh"),
     ("--config.model.text_config.vocab_size=10", "config.model.text_config.vocab_size"),
+    ("--config.train.batch_size=-4", "config.train.batch_size=-4 must be an integer >= 1"),
 ])
 def test_bad_configs_fail_at_start_up(debug_data: Path, tmp_path: Path, override: str, message: str) -> None:
     result = subprocess.run(_command(tmp_path, debug_data, override), cwd=REPO, env=_env(), capture_output=True,
@@ -351,3 +354,152 @@ def test_bad_configs_fail_at_start_up(debug_data: Path, tmp_path: Path, override
     assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
+
+
+def _short_run(data: Path, **overrides: Any) -> Any:
+    """configs/debug.py on `data`, saving every 2 steps, without evaluators (nothing here needs them)."""
+    config = debug_config(data__dir=str(data), checkpoint_every_steps=2, compilation_cache_dir="", **overrides)
+    with config.eval.unlocked():
+        config.eval.evaluators = {}
+    return config
+
+
+@pytest.mark.slow
+def test_a_resume_refuses_a_changed_experiment_and_records_an_accepted_change(debug_data: Path,
+                                                                             tmp_path: Path) -> None:
+    """Fault injection on a workdir with a checkpoint: a changed model shape and batch size are refused, naming
+    each, before anything there is rewritten; a torn last metrics line (a kill mid-append) is dropped; with
+    config.allow_config_change the run goes on and run.json records the change with its step."""
+    train(_short_run(debug_data, total_steps=2), tmp_path)
+    run_json, metrics = (tmp_path / "run.json").read_text(), tmp_path / "metrics.jsonl"
+    rows = metrics.read_text()
+    changed = _short_run(debug_data, total_steps=4, train__batch_size=8, model__text_config__num_hidden_layers=3)
+    with pytest.raises(ConfigError, match=r"holds checkpoints of a run whose config differs in what it trains: "
+                                          r"config\.model\.text_config\.num_hidden_layers: 2 -> 3; "
+                                          r"config\.train\.batch_size: 16 -> 8\. Resume with the run's values"):
+        train(changed, tmp_path)
+    assert (tmp_path / "run.json").read_text() == run_json and metrics.read_text() == rows
+    with open(metrics, "a") as f:
+        f.write('{"step": 3, "loss": 7.')
+    result = train(_short_run(debug_data, total_steps=3, seed=1, allow_config_change=True), tmp_path)
+    assert result["step"] == 3
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["changes"] == [{"step": 2, "key": "config.seed", "old": 5501650, "new": 1}]
+    assert run["config"]["seed"] == 1 and run["config"]["total_steps"] == 3
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3]
+
+
+# ------------------------------------------------------------------------------------------ faults
+@pytest.mark.slow
+def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_previous_one(
+        debug_data: Path, tmp_path: Path) -> None:
+    """8 steps, checkpoints every 4; 64 flipped bytes, then a truncation, in step 8's largest data file: each rerun
+    reports it in one line, moves it to corrupt/, resumes from step 4 and ends as the uninterrupted run did."""
+    from tests.train.test_checkpoint import flip_bytes, largest_data_file
+
+    workdir = tmp_path / "run"
+    command = _command(workdir, debug_data, "--config.total_steps=8", "--config.checkpoint_every_steps=4",
+                       "--config.eval.evaluators.pppl.texts=0")
+    _run(command)
+    uninterrupted, (_, final) = (workdir / "metrics.jsonl").read_text(), _final_params(workdir)
+    damages = {"8": flip_bytes, "8.1": lambda path: path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])}
+    for moved_to, damage in damages.items():
+        damage(largest_data_file(workdir / "checkpoints" / "8"))
+        stderr = _run(command).stderr
+        assert f"checkpoint step 8 in {workdir / 'checkpoints'} is corrupt" in stderr, stderr[-3000:]
+        assert f"resumed from {workdir / 'checkpoints'} at step 4, the newest good checkpoint" in stderr
+        assert "Traceback" not in stderr
+        assert (workdir / "checkpoints" / "corrupt" / moved_to / "sha256.json").is_file()
+        assert (workdir / "metrics.jsonl").read_text() == uninterrupted
+        step, state = _final_params(workdir)
+        assert step == 8
+        for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(state), strict=True):
+            assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+_FULL_DISK_AT_STEP_8 = """
+import errno, runpy, sys
+from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+original = handler.JsonCheckpointHandler._save_fn
+async def full_disk(self, x, directory):
+    if "/8.orbax-checkpoint-tmp" in str(directory):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "metadata"))
+    await original(self, x, directory)
+handler.JsonCheckpointHandler._save_fn = full_disk
+sys.argv = ["flava_jax.main", *sys.argv[1:]]
+runpy.run_module("flava_jax.main", run_name="__main__")
+"""
+
+
+def _assert_one_error_line(result: subprocess.CompletedProcess, checkpoints: Path, failed: int) -> None:
+    """The run stopped with one error line at the end naming the step directory, at most one traceback, and the
+    last complete checkpoint restores and verifies."""
+    assert result.returncode not in (0, 75), result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: writing checkpoint step {failed} to {checkpoints / str(failed)} failed"), last
+    assert "is intact" in last and result.stderr.count("Traceback") <= 1, result.stderr[-3000:]
+    reader = checkpoint_lib.Checkpoints(checkpoints, async_save=False)
+    assert reader.restore()[3] == failed - 4 and (checkpoints / str(failed - 4) / "sha256.json").is_file()
+    reader.close()
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_is_one_error_line(debug_data: Path, tmp_path: Path) -> None:
+    """Writes of step 8's checkpoint fail with ENOSPC (injected in Orbax's background save)."""
+    command = _command(tmp_path / "run", debug_data, "--config.total_steps=12", "--config.checkpoint_every_steps=4",
+                       "--config.eval.every_steps=100", "--config.eval.evaluators.pppl.texts=0")
+    result = subprocess.run([sys.executable, "-c", _FULL_DISK_AT_STEP_8, *command[3:]], cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=900, check=False)
+    _assert_one_error_line(result, tmp_path / "run" / "checkpoints", 8)
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_is_one_error_line(debug_data: Path, tmp_path: Path) -> None:
+    """The workdir on a 4 MB tmpfs: step 4's checkpoint (2.4 MB) fits, step 8's does not."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                             text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"needs a tmpfs (root and mount rights): {mounted.stderr.strip()}")
+    try:
+        command = _command(mount / "run", debug_data, "--config.total_steps=12", "--config.checkpoint_every_steps=4",
+                           "--config.eval.every_steps=100", "--config.eval.evaluators.pppl.texts=0")
+        result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900,
+                                check=False)
+        _assert_one_error_line(result, mount / "run" / "checkpoints", 8)
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def _run_left_by(config: Any, workdir: Path) -> str:
+    """A workdir as a run of `config` leaves it: run.json and a checkpoint folder (empty: nothing here reads it);
+    returns run.json's text."""
+    (workdir / "checkpoints" / "2").mkdir(parents=True)
+    run = {"model": model_config(config).to_dict(), "tokenizer": "tokenizer.model", "tokenizer_sha256": None,
+           "config": config.to_dict(), "changes": []}
+    (workdir / "run.json").write_text(json.dumps(run, default=str))
+    return (workdir / "run.json").read_text()
+
+
+def test_a_changed_experiment_is_refused_before_the_workdir_is_touched(debug_data: Path, tmp_path: Path) -> None:
+    run_json = _run_left_by(debug_config(data__dir=str(debug_data)), tmp_path)
+    changed = debug_config(data__dir=str(debug_data), seed=3, total_steps=7, model__text_config__hidden_act="relu")
+    with pytest.raises(ConfigError, match=r"config\.model\.text_config\.hidden_act: 'gelu' -> 'relu'; config\.seed: "
+                                          r"5501650 -> 3\. Resume with"):
+        train(changed, tmp_path)
+    assert (tmp_path / "run.json").read_text() == run_json
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "run.json"]
+
+
+def test_a_change_of_parameter_shapes_is_refused_even_when_changes_are_allowed(debug_data: Path,
+                                                                                tmp_path: Path) -> None:
+    """Checkpoints hold the run's shapes: one more text layer can never restore, switch or not."""
+    run_json = _run_left_by(debug_config(data__dir=str(debug_data)), tmp_path)
+    changed = debug_config(data__dir=str(debug_data), allow_config_change=True,
+                           model__text_config__num_hidden_layers=3)
+    with pytest.raises(ConfigError, match=r"^config\.model: the changes give \d+ parameters another shape \(e\.g\. "
+                                          r"flava/text_model/encoder/layer/2/.*: absent -> \(.*use a new workdir$"):
+        train(changed, tmp_path)
+    assert (tmp_path / "run.json").read_text() == run_json
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "run.json"]
