@@ -4,6 +4,10 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The suite runs on the CPU. With libtpu installed (the deviceless TPU compiles), JAX would otherwise first try to
+# start a TPU here; both xdist workers load libtpu, which by default allows one process.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # Tests compile the same tiny programs many times (and in subprocesses): share XLA's compilation cache.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/flava_jax_test_xla_cache")
 
@@ -26,6 +30,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: trains, runs a command end to end or compiles a full-size step; "
                                        "`-m \"not slow\"` is the fast tier for day-to-day work")
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def libtpu():
+    """libtpu, which compiles for TPU slices without the chips, or a skip that says how to install it. Compiling for
+    a topology turns the persistent compilation cache off (aot.topology_devices): later tests get it back."""
+    import importlib.util
+
+    import jax
+
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("needs libtpu for deviceless TPU compiles: pip install \"jax[tpu]==$(python -c 'import jax; "
+                    "print(jax.__version__)')\" (.ci/run installs it)")
+    cache = jax.config.jax_enable_compilation_cache
+    yield
+    jax.config.update("jax_enable_compilation_cache", cache)
 
 
 @pytest.fixture

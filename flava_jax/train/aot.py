@@ -1,4 +1,5 @@
-"""Ahead-of-time compile of the train step: memory per device, to size a pod before renting it.
+"""Ahead-of-time compile of the train step: memory per device, to size a pod before renting it, and what the
+compiled program costs, to project its step time and MFU on chips that are not here.
 
     python -m flava_jax.aot --config=configs/10M_4M.py [--config.key=value ...]
         [--devices=8 | --topology=v5e:4x4] [--meshes=data,fsdp,2x4] [--out=memory.json]
@@ -36,29 +37,28 @@ from ml_collections import ConfigDict, config_flags
 
 from flava_jax.common.settings import ConfigError
 from flava_jax.data.pipeline import STREAM_KEYS
+from flava_jax.train import chips
 from flava_jax.train import sharding as sharding_lib
+from flava_jax.train.roofline import Roofline, cost_summary
 from flava_jax.train.scheduler import MultimodalScheduler
-from flava_jax.train.trainer import Plan, build, model_config, plan
+from flava_jax.train.trainer import Plan, build, model_config, plan, step_flops
 
 log = logging.getLogger("flava_jax")
 
-# Memory per device in GiB as JAX counts devices (a TPU v4/v5p megacore chip is one device, a v2/v3 core is one).
-# A real device's allocator limit (`memory_stats()`) takes precedence; this table serves compile-only targets.
-HBM_GIB = {"TPU v2": 8, "TPU v3": 16, "TPU v4": 32, "TPU v5 lite": 16, "TPU v5e": 16, "TPU v5p": 95, "TPU v5": 95,
-           "TPU v6 lite": 32, "TPU v6e": 32, "A100-SXM4-80GB": 80, "A100 80GB": 80, "A100": 40, "H100": 80,
-           "H200": 141}
 TEXT_KEYS = ("input_ids", "input_ids_masked", "mlm_labels", "attention_mask")
 _SIZES = re.compile(r"(\d+)x(\d+)(?:x(\d+))?")
 
 
 @dataclasses.dataclass(frozen=True)
-class MeshMemory:
-    """Bytes one device holds for a train step on one mesh. Parameters and optimizer state are analytic (each
-    leaf's shard under its sharding); the rest is the compiled program's `memory_analysis()`."""
+class StepReport:
+    """One device's share of a train step on one mesh. Memory: parameters and optimizer state are analytic (each
+    leaf's shard under its sharding), the rest is the compiled program's `memory_analysis()`. Cost: the roofline
+    over the optimized HLO, XLA's own totals beside it (which count a loop body once), and the model's FLOPs."""
 
     mesh: str
     mesh_shape: dict[str, int]
     examples_per_step: int
+    micro_steps: int
     parameters: int
     optimizer_state: int
     arguments: int  # state + batch + weights, as the program receives them
@@ -67,11 +67,26 @@ class MeshMemory:
     temporaries: int
     generated_code: int
     compile_seconds: float
+    model_flops: float  # metrics.py's count for one step, divided among the devices
+    compiled_flops: float  # matrix products and convolutions of the HLO, loops times their trip counts
+    hbm_bytes: float  # operands and results of every top-level op, loops times their trip counts
+    collective_bytes: float
+    xla_costs: dict[str, float]  # cost_analysis(): flops, bytes accessed, optimal_seconds (libtpu's estimate)
+    roofline_seconds: float | None  # None where the chip's peak or bandwidth is not known
+    flops_bound_seconds: float | None
+    peak_flops: float | None
 
     @property
     def total(self) -> int:
         """Live bytes at most: arguments, outputs not aliased to them, temporaries and code."""
         return self.arguments + self.outputs - self.aliased + self.temporaries + self.generated_code
+
+    @property
+    def mfu(self) -> float | None:
+        """Projected model FLOPs utilisation: model FLOPs / (roofline time x peak)."""
+        if not (self.roofline_seconds and self.peak_flops):
+            return None
+        return self.model_flops / (self.roofline_seconds * self.peak_flops)
 
 
 def mesh_config(config: ConfigDict, mesh: str, device_count: int) -> ConfigDict:
@@ -122,9 +137,9 @@ def shard_bytes(tree: Any) -> int:
                for leaf in jax.tree.leaves(tree))
 
 
-def compile_memory(config: ConfigDict, mesh: str, devices: Sequence[Any]) -> MeshMemory:
-    """Lower and compile the trainer's step for `mesh` over `devices` (real, faked or compile-only) and measure
-    it. Every data stream is assumed present, the most a run of this config can hold."""
+def compile_step(config: ConfigDict, mesh: str, devices: Sequence[Any]) -> tuple[StepReport, Any]:
+    """Lower and compile the trainer's step for `mesh` over `devices` (real, faked or compile-only); returns its
+    report and the compiled program. Every data stream is assumed present, the most a run of this config can hold."""
     config = mesh_config(config, mesh, len(devices))
     device_mesh = sharding_lib.make_mesh(config.sharding.mesh, devices)
     run = plan(config, list(STREAM_KEYS), device_mesh)
@@ -140,19 +155,30 @@ def compile_memory(config: ConfigDict, mesh: str, devices: Sequence[Any]) -> Mes
     started = time.perf_counter()
     lowered = parts.train_step.lower(parts.abstract_state, batch, weights, rng)
     log.info("[%s] compiling (minutes on a CPU for the full size)", mesh)
-    stats = lowered.compile().memory_analysis()
+    compiled = lowered.compile()
     seconds = time.perf_counter() - started
     log.info("[%s] lowered and compiled in %.0f s", mesh, seconds)
-    return MeshMemory(mesh=mesh, mesh_shape=dict(device_mesh.shape), examples_per_step=run.examples_per_step,
-                      parameters=shard_bytes(parts.abstract_state.params),
-                      optimizer_state=shard_bytes(parts.abstract_state.opt_state),
-                      arguments=stats.argument_size_in_bytes, outputs=stats.output_size_in_bytes,
-                      aliased=stats.alias_size_in_bytes, temporaries=stats.temp_size_in_bytes,
-                      generated_code=stats.generated_code_size_in_bytes, compile_seconds=seconds)
+    stats = compiled.memory_analysis()
+    known = chips.chip(devices[0].device_kind)
+    peak = known.peak_flops if known else None
+    bandwidth = known.bandwidth if known else None
+    cost = Roofline(compiled.as_text(), peak or math.inf, bandwidth or math.inf).total()
+    timed = peak is not None and bandwidth is not None
+    report = StepReport(
+        mesh=mesh, mesh_shape=dict(device_mesh.shape), examples_per_step=run.examples_per_step,
+        micro_steps=run.accumulation, parameters=shard_bytes(parts.abstract_state.params),
+        optimizer_state=shard_bytes(parts.abstract_state.opt_state), arguments=stats.argument_size_in_bytes,
+        outputs=stats.output_size_in_bytes, aliased=stats.alias_size_in_bytes, temporaries=stats.temp_size_in_bytes,
+        generated_code=stats.generated_code_size_in_bytes, compile_seconds=seconds,
+        model_flops=step_flops(config, model_config(config), run) / len(devices), compiled_flops=cost.flops,
+        hbm_bytes=cost.bytes, collective_bytes=cost.collective_bytes,
+        xla_costs=cost_summary(compiled.cost_analysis()), roofline_seconds=cost.seconds if timed else None,
+        flops_bound_seconds=cost.flops_bound_seconds if timed else None, peak_flops=peak)
+    return report, compiled
 
 
 def device_memory(device: Any) -> tuple[int | None, str]:
-    """(bytes of memory per device, where the figure comes from); None when neither the device nor the table
+    """(bytes of memory per device, where the figure comes from); None when neither the device nor chips.py
     knows (a CPU)."""
     try:
         stats = device.memory_stats()
@@ -160,9 +186,9 @@ def device_memory(device: Any) -> tuple[int | None, str]:
         stats = None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]), "the device's allocator limit"
-    for name, gib in sorted(HBM_GIB.items(), key=lambda kv: -len(kv[0])):
-        if name.lower() in device.device_kind.lower():
-            return gib * 2**30, f"{name} HBM"
+    known = chips.chip(device.device_kind)
+    if known is not None:
+        return int(known.memory_gib * 2**30), f"{known.kind} HBM"
     return None, f"no memory size known for {device.device_kind!r}"
 
 
@@ -170,11 +196,29 @@ def _size(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if abs(n) >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def format_table(reports: Sequence[MeshMemory], capacity: int | None, capacity_source: str) -> str:
+def _flops(n: float) -> str:
+    return f"{n:.3g}"
+
+
+def _seconds(t: float | None) -> str:
+    if t is None:
+        return "n/a"
+    return f"{t * 1e6:.0f} us" if abs(t) < 1e-3 else f"{t * 1e3:.1f} ms" if abs(t) < 1 else f"{t:.2f} s"
+
+
+def _table(rows: Sequence[tuple[str, Sequence[str]]]) -> str:
+    width = max(len(label) for label, _ in rows)
+    columns = [max(len(v) for v in values) for values in zip(*(values for _, values in rows), strict=True)]
+    return "\n".join(f"{label:<{width}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(values, columns, strict=True))
+                     for label, values in rows)
+
+
+def format_table(reports: Sequence[StepReport], capacity: int | None, capacity_source: str) -> str:
     """A text table, one column per mesh, of what one device holds."""
     rows = [("mesh (data x fsdp x tensor)", [f"{r.mesh} {'x'.join(str(v) for v in r.mesh_shape.values())}"
                                              for r in reports]),
-            ("examples per step", [str(r.examples_per_step) for r in reports]),
+            ("examples per step", [f"{r.examples_per_step} ({r.micro_steps} micro-steps)" for r in reports]),
+            ("compile time here", [f"{r.compile_seconds:.0f} s" for r in reports]),
             ("parameters (analytic)", [_size(r.parameters) for r in reports]),
             ("optimizer state (analytic)", [_size(r.optimizer_state) for r in reports]),
             ("compiled: arguments", [_size(r.arguments) for r in reports]),
@@ -186,19 +230,38 @@ def format_table(reports: Sequence[MeshMemory], capacity: int | None, capacity_s
     if capacity:
         rows.append((f"of {_size(capacity)} ({capacity_source})", [f"{100 * r.total / capacity:.0f}%"
                                                                  for r in reports]))
-    width = max(len(label) for label, _ in rows)
-    columns = [max(len(v) for v in values) for values in zip(*(values for _, values in rows), strict=True)]
-    return "\n".join(f"{label:<{width}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(values, columns, strict=True))
-                     for label, values in rows)
+    return _table(rows)
+
+
+def format_projection(reports: Sequence[StepReport], total_steps: int) -> str:
+    """A text table, one column per mesh, of one device's FLOPs and bytes per step and what they project."""
+    rows = [("mesh", [r.mesh for r in reports]),
+            ("model FLOPs per step", [_flops(r.model_flops) for r in reports]),
+            ("compiled FLOPs per step (HLO)", [_flops(r.compiled_flops) for r in reports]),
+            ("compiled / model FLOPs", [f"{r.compiled_flops / r.model_flops:.2f}x" for r in reports]),
+            ("XLA cost_analysis FLOPs", [_flops(r.xla_costs.get("flops", math.nan)) for r in reports]),
+            ("HBM bytes per step (HLO)", [_size(r.hbm_bytes) for r in reports]),
+            ("collective bytes per step", [_size(r.collective_bytes) for r in reports]),
+            ("libtpu optimal_seconds", [_seconds(r.xla_costs.get("optimal_seconds")) for r in reports]),
+            ("estimated step time (roofline)", [_seconds(r.roofline_seconds) for r in reports]),
+            ("  of which FLOP-bound", [_seconds(r.flops_bound_seconds) for r in reports]),
+            ("projected MFU", ["n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%" for r in reports]),
+            (f"projected hours for {total_steps:,} steps",
+             ["n/a" if r.roofline_seconds is None else f"{r.roofline_seconds * total_steps / 3600:.1f}"
+              for r in reports])]
+    return _table(rows)
 
 
 def topology_devices(name: str) -> list[Any]:
-    """Compile-only devices of a TPU slice such as v5e:4x4 or v4:2x2x2 (libtpu compiles for them here)."""
+    """Compile-only devices of a TPU slice such as v5e:4x4 or v4:2x2x2 (libtpu compiles for them here). Turns the
+    persistent compilation cache off for this process."""
     if importlib.util.find_spec("libtpu") is None:
         raise ConfigError(f"--topology={name} needs libtpu to compile for TPUs, and it is not installed "
                           "(pip install 'jax[tpu]'); use --devices=N to fake N CPU devices instead")
     from jax.experimental import topologies
 
+    # A compile-only program cannot be read back from the persistent cache (there is no client to load it into).
+    jax.config.update("jax_enable_compilation_cache", False)
     # One device per chip on megacore generations (v4, v5p); hosts of 2x2 chips, as MaxText describes slices.
     megacore = name.split(":", 1)[0] in ("v4", "v5", "v5p")
     return topologies.get_topology_desc(topology_name=name, platform="tpu",
@@ -242,7 +305,7 @@ def main(argv: list[str]) -> None:
         reports, failed = [], {}
         for mesh in _MESHES.value:
             try:
-                reports.append(compile_memory(_CONFIG.value, mesh, devices))
+                reports.append(compile_step(_CONFIG.value, mesh, devices)[0])
             except sharding_lib.ShardingError as e:  # e.g. a width FSDP cannot split; the other meshes still run
                 log.error("[%s] %s", mesh, e)
                 failed[mesh] = str(e)
@@ -251,11 +314,13 @@ def main(argv: list[str]) -> None:
     if reports:
         print(f"Per-device memory of one train step on {len(devices)} x {devices[0].device_kind}:")
         print(format_table(reports, capacity, source))
+        print("\nPer device and step, projected from the compiled program (estimates, not measurements):")
+        print(format_projection(reports, _CONFIG.value.total_steps))
     if _OUT.value:
         Path(_OUT.value).write_text(json.dumps({
             "devices": len(devices), "device_kind": devices[0].device_kind, "device_memory": capacity,
             "device_memory_source": source,
-            "meshes": [{**dataclasses.asdict(r), "total": r.total} for r in reports], "failed": failed,
+            "meshes": [{**dataclasses.asdict(r), "total": r.total, "mfu": r.mfu} for r in reports], "failed": failed,
         }, indent=2) + "\n")
     if failed:
         sys.exit(1)

@@ -32,7 +32,7 @@ def test_fsdp_divides_parameter_and_optimizer_memory_at_full_size() -> None:
     unscanned model's init shapes) and Adam's two moments of every trainable one; FSDP holds at least 4x less.
     Scanned layers and one small micro-step keep the compiles short without changing those bytes."""
     config = load_config("10M_4M", model__scan_layers=True, train__batch_size=24, train__micro_batch_size=24)
-    data, fsdp = (aot.compile_memory(config, mesh, jax.devices()) for mesh in ("data", "fsdp"))
+    data, fsdp = (aot.compile_step(config, mesh, jax.devices())[0] for mesh in ("data", "fsdp"))
 
     shapes = flatten_dict(jax.eval_shape(FlavaForPreTraining(FlavaConfig.from_preset("full")).init_params,
                                          jax.random.key(0)))
@@ -80,7 +80,7 @@ def test_mesh_choices_and_errors() -> None:
         aot.mesh_config(config, "model", 8)
     # The thesis width, 516, does not split 8 ways: FSDP over 8 devices refuses before compiling anything.
     with pytest.raises(sharding_lib.ShardingError, match="replicated"):
-        aot.compile_memory(config, "fsdp", jax.devices())
+        aot.compile_step(config, "fsdp", jax.devices())
     if importlib.util.find_spec("libtpu") is None:
         with pytest.raises(ConfigError, match="needs libtpu"):
             aot.topology_devices("v5e:2x4")
