@@ -15,7 +15,7 @@ The reference's work runs in this process on the same bytes, one image after ano
 array (its later PNG encode for the Hub is not counted; ours includes the JPEG encode). Medians of --repeats
 interleaved runs. From the measured per-core rate it projects how long 4M images take on a 96-core host.
 
-    python benchmarks/prepare.py [--rows 480] [--repeats 3] [--workers N]
+    python benchmarks/prepare.py [--rows 960] [--repeats 3] [--workers N]
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def report(r: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=480)
+    parser.add_argument("--rows", type=int, default=960)  # the pool's start-up amortised
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=available_cores())
     parser.add_argument("--photos", type=Path,

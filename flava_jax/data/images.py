@@ -248,16 +248,37 @@ class ImagePool:
 
     def convert_many(self, fetched: Sequence[Fetched]) -> list[Fetched]:
         """Each fetched image converted (a BadImage becomes its reason), failed fetches as they are, in order."""
-        outcomes = iter(self._outcomes([f.data for f in fetched if f.data is not None]))
-        return [f if f.data is None else Fetched(*next(outcomes), origin=f.origin) for f in fetched]
+        return self.convert_later(fetched)()
 
-    def _outcomes(self, images: list[bytes]) -> list[tuple[bytes | None, str | None, str]]:
+    def convert_later(self, fetched: Sequence[Fetched]) -> Callable[[], list[Fetched]]:
+        """convert_many, started now in the workers (with one worker: run when called); call for its result."""
+        outcomes = self._outcomes([f.data for f in fetched if f.data is not None])
+
+        def result() -> list[Fetched]:
+            done = iter(outcomes())
+            return [f if f.data is None else Fetched(*next(done), origin=f.origin) for f in fetched]
+
+        return result
+
+    def _outcomes(self, images: list[bytes]) -> Callable[[], list[tuple[bytes | None, str | None, str]]]:
         if self._pool is None:
-            return [self._convert(data) for data in images]
+            return lambda: [self._convert(data) for data in images]
         # a few tasks per worker, not one per image: per-task overhead was a third of the parent's work per row
         chunk = max(1, math.ceil(len(images) / (4 * self.workers)))
         try:
-            return list(self._pool.map(self._convert, images, chunksize=chunk))
+            results = self._pool.map(self._convert, images, chunksize=chunk)  # submits every task now
         except BrokenProcessPool as e:
-            raise SystemExit(f"an image worker process died ({e}); rerun to resume from the last committed chunk, "
-                             "with fewer --workers if memory ran out") from e
+            raise _worker_died(e) from e
+
+        def wait() -> list[tuple[bytes | None, str | None, str]]:
+            try:
+                return list(results)
+            except BrokenProcessPool as e:
+                raise _worker_died(e) from e
+
+        return wait
+
+
+def _worker_died(error: BrokenProcessPool) -> SystemExit:
+    return SystemExit(f"an image worker process died ({error}); rerun to resume from the last committed chunk, "
+                      "with fewer --workers if memory ran out")

@@ -28,7 +28,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from ml_collections import config_flags
 from flava_jax.common.progress import ProgressLog
 from flava_jax.common.settings import ConfigError, missing_keys, read_section
 from flava_jax.data import records as records_lib
-from flava_jax.data.images import FetchSettings, ImageFetcher, ImagePool, available_cores, to_jpeg
+from flava_jax.data.images import Fetched, FetchSettings, ImageFetcher, ImagePool, available_cores, to_jpeg
 from flava_jax.data.parquet_sources import split_rows
 from flava_jax.data.tokenizer import SENTENCEPIECE_FILE, make_tokenizer
 from flava_jax.data.wit import Skip, SourceError, WitRow, describe_source, read_sources, source_files
@@ -211,6 +211,17 @@ def _resume(out: Path, fingerprint: str) -> dict[str, Any]:
     return progress
 
 
+@dataclasses.dataclass
+class _Started:
+    """A window whose images are converting: its records, their classes, the rows whose images were asked for,
+    and the call that waits for them."""
+
+    window: list[WitRow | Skip]
+    classified: list[tuple[str, list[str]]]
+    wanted: list[int]
+    converted: Callable[[], list[Fetched]]
+
+
 class _Carver:
     """Applies the filters and budgets to rows in order, writing the streams of the current chunk."""
 
@@ -249,13 +260,26 @@ class _Carver:
     def _heldout_needs_image(self) -> bool:
         return self.s.images != 0 and self.p["kept"][HELDOUT_IMAGE] < self.s.heldout_max_images
 
-    def process(self, window: list[WitRow | Skip], writers: _ChunkWriters) -> int:
-        """Process a window of records in order; returns how many were consumed (fewer once budgets are met)."""
+    def _wanted(self, classified: list[tuple[str, list[str]]]) -> list[int]:
+        """The rows of a window whose image is needed, as things stand (budgets and caps only ever fill up)."""
+        return [i for i, (kind, _) in enumerate(classified)
+                if (kind == "train" and self._needs_image()) or (kind == "heldout" and self._heldout_needs_image())]
+
+    def start(self, window: list[WitRow | Skip]) -> _Started:
+        """Classify a window and start converting the images it may need: called before the window ahead of it is
+        processed, so what it needs then can only be fewer (process takes just those)."""
         classified = [self._classify(record) for record in window]
-        wanted = [i for i, (kind, _) in enumerate(classified)
-                  if (kind == "train" and self._needs_image()) or (kind == "heldout" and self._heldout_needs_image())]
-        fetched = dict(zip(wanted, self.pool.convert_many(self.fetcher.fetch_many(
-            [window[i].image_url for i in wanted], [window[i].image_bytes for i in wanted])), strict=True))
+        wanted = self._wanted(classified)
+        converted = self.pool.convert_later(self.fetcher.fetch_many(
+            [window[i].image_url for i in wanted], [window[i].image_bytes for i in wanted]))
+        return _Started(window, classified, wanted, converted)
+
+    def process(self, started: _Started, writers: _ChunkWriters) -> int:
+        """Process a started window of records in order; returns how many were consumed (fewer once budgets are
+        met)."""
+        window, classified = started.window, started.classified
+        converted = dict(zip(started.wanted, started.converted(), strict=True))
+        fetched = {i: converted[i] for i in self._wanted(classified)}
         for consumed, (record, (kind, texts)) in enumerate(zip(window, classified, strict=True)):
             if self.done:
                 return consumed
@@ -346,9 +370,17 @@ def _log_skips(records: Iterator[WitRow | Skip]) -> Iterator[WitRow | Skip]:
         yield record
 
 
-def _windows(records: Iterator[WitRow | Skip], size: int) -> Iterator[list[WitRow | Skip]]:
+def _started_windows(carver: _Carver, records: Iterator[WitRow | Skip], size: int) -> Iterator[_Started]:
+    """Windows of `size` records, each started one window ahead: the workers convert the next window's images
+    while this process writes the current one, instead of waiting for it."""
+    ahead = None
     while window := list(itertools.islice(records, size)):
-        yield window
+        started = carver.start(window)
+        if ahead is not None:
+            yield ahead
+        ahead = started
+    if ahead is not None:
+        yield ahead
 
 
 def prepare(settings: PrepareSettings, sources: Sequence[str], out: str | os.PathLike,
@@ -374,8 +406,9 @@ def prepare(settings: PrepareSettings, sources: Sequence[str], out: str | os.Pat
             writers = _ChunkWriters(out, progress["chunk"])
             consumed = 0
             # read a window at a time: a chunk of rows with their images inline may not fit in memory
-            for window in _windows(itertools.islice(records, settings.chunk_records), settings.fetch_batch):
-                consumed += carver.process(window, writers)
+            for started in _started_windows(carver, itertools.islice(records, settings.chunk_records),
+                                            settings.fetch_batch):
+                consumed += carver.process(started, writers)
                 meter.update(progress["source_records"] + consumed, _budget_line(settings, progress))
                 if carver.done:
                     break
