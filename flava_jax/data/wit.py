@@ -178,7 +178,7 @@ def read_tsv(path: str | os.PathLike) -> Iterator[Record]:
     """Rows of an official (17-column) or Kaggle (18-column) WiT TSV shard."""
     csv.field_size_limit(sys.maxsize)
     with open_text(path) as lines:
-        yield from _warn_if_no_rows(path, _tsv_records(path, csv.reader(lines, delimiter="\t", quotechar='"')))
+        yield from _tsv_records(path, csv.reader(lines, delimiter="\t", quotechar='"'))
 
 
 def _tsv_records(path: str | os.PathLike, reader: Any) -> Iterator[Record]:
@@ -243,7 +243,7 @@ def _features(record: dict[str, Any]) -> list[dict[str, Any]]:
 def read_json_with_images(path: str | os.PathLike) -> Iterator[Record]:
     """Rows of a "WIT with images" JSON-lines file: one row per language entry, each carrying the image bytes."""
     with open_text(path) as lines:
-        yield from _warn_if_no_rows(path, _json_records(path, lines))
+        yield from _json_records(path, lines)
 
 
 def _json_records(path: str | os.PathLike, lines: Iterator[str]) -> Iterator[Record]:
@@ -358,14 +358,17 @@ def describe_source(spec: str) -> str:
 
 
 def read_file(path: Path) -> Iterator[Record]:
-    """The records of one source file, read by its kind: parquet, img2dataset tar shard, JSON lines or TSV."""
+    """The records of one source file, read by its kind: parquet, img2dataset tar shard, JSON lines or TSV; a file
+    that yields no row is named in the log."""
     from flava_jax.data import img2dataset, parquet_sources  # they build on this module's records
 
     if path.suffix == ".parquet":
-        return parquet_sources.read_parquet(path)
-    if path.suffix == ".tar":
-        return img2dataset.read_webdataset(path)
-    return read_json_with_images(path) if _looks_like_json(path) else read_tsv(path)
+        records = parquet_sources.read_parquet(path)
+    elif path.suffix == ".tar":
+        records = img2dataset.read_webdataset(path)
+    else:
+        records = read_json_with_images(path) if _looks_like_json(path) else read_tsv(path)
+    return _warn_if_no_rows(path, records)
 
 
 def read_source(spec: str) -> Iterator[Record]:

@@ -192,7 +192,8 @@ def test_a_missing_column_names_the_columns_and_the_layouts(tmp_path: Path) -> N
     assert "\n" not in message
 
 
-def test_a_source_with_nothing_readable_is_an_error_naming_what_is_there(shared_data: Path, tmp_path: Path) -> None:
+def test_a_source_with_nothing_readable_is_an_error_naming_what_is_there(shared_data: Path, tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "README.md").write_text("# nothing\n")
     (tmp_path / "docs" / "notes.md").write_text("# nothing\n")
@@ -203,6 +204,8 @@ def test_a_source_with_nothing_readable_is_an_error_naming_what_is_there(shared_
                   THEODOR_FEATURES)
     with pytest.raises(SourceError, match=r"no row was kept from .*holds 1 file \(\.parquet x1\).*'null image': 2"):
         run_prepare([tmp_path / "data"], tmp_path / "out2")
+    assert f"WiT source file {tmp_path / 'data' / 'train-00000-of-00001.parquet'} yielded no rows (2 records " \
+           "skipped)" in caplog.text
 
 
 def test_an_interrupted_parquet_prepare_resumes_to_the_same_shards(shared_data: Path, tmp_path: Path,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -218,6 +219,53 @@ def _final_params(workdir: Path) -> Any:
     state, _, _, step = checkpoints.restore()
     checkpoints.close()
     return step, state
+
+
+@pytest.mark.slow
+def test_bf16_losses_track_the_f32_run_over_60_steps(debug_data: Path, tmp_path: Path) -> None:
+    """model.dtype="bfloat16" (bf16 matmuls, f32 parameters, softmax, LayerNorm and losses) against f32, the debug
+    run's 60 steps. Stated tolerance: the total loss within 3% at every step, and each objective's mean over the
+    last 10 steps within 3% (the per-step contrastive loss of 8 pairs swings by up to 30% between the two)."""
+    processes = {dtype: _spawn(_command(tmp_path / dtype, debug_data, f"--config.model.dtype={dtype}",
+                                        "--config.eval.every_steps=100", "--config.eval.evaluators.pppl.texts=0"),
+                               tmp_path / f"{dtype}.log") for dtype in ("float32", "bfloat16")}
+    losses = {}
+    for dtype, process in processes.items():
+        assert process.wait(timeout=1800) == 0, (tmp_path / f"{dtype}.log").read_text()[-3000:]
+        rows = [json.loads(line) for line in (tmp_path / dtype / "metrics.jsonl").read_text().splitlines()]
+        losses[dtype] = {row["step"]: {k: v for k, v in row.items() if k.startswith("loss")} for row in rows
+                         if "loss" in row}
+    f32, bf16 = losses["float32"], losses["bfloat16"]
+    assert sorted(f32) == sorted(bf16) == list(range(1, 61))
+    assert f32[60]["loss"] < 0.75 * f32[1]["loss"]  # it learns, so tracking means something
+    assert f32 != bf16  # bf16 did change the arithmetic
+    for step in f32:
+        assert abs(bf16[step]["loss"] - f32[step]["loss"]) <= 0.03 * f32[step]["loss"], step
+    for key in f32[1]:
+        last = [np.mean([run[step][key] for step in range(51, 61)]) for run in (f32, bf16)]
+        assert abs(last[1] - last[0]) <= 0.03 * last[0], (key, last)
+
+
+_CACHE_LOG = re.compile(r"(Persistent compilation cache hit|PERSISTENT COMPILATION CACHE MISS) for '([^']+)'")
+
+
+@pytest.mark.slow
+def test_a_restart_takes_the_compiled_step_from_the_persistent_cache(debug_data: Path, tmp_path: Path) -> None:
+    """config.compilation_cache_dir (on by default): a second run (a restart after preemption) compiles its train
+    step once only, the first time; the second reads it from the cache."""
+    env = {**_env(), "JAX_DEBUG_LOG_MODULES": "jax._src.compiler"}  # logs each persistent-cache hit and miss
+    outcomes = []
+    for run in ("first", "second"):
+        command = _command(tmp_path / run, debug_data, "--config.total_steps=2", "--config.eval.every_steps=100",
+                           "--config.eval.evaluators.pppl.texts=0")
+        command[command.index(f"--config.compilation_cache_dir={CACHE}")] = \
+            f"--config.compilation_cache_dir={tmp_path / 'xla'}"
+        stderr = _run(command, env).stderr
+        outcomes.append({name: kind.startswith("Persistent") for kind, name in _CACHE_LOG.findall(stderr)
+                         if "train_step" in name})
+    first, second = outcomes
+    assert first and not any(first.values()), first  # every train step compile missed an empty cache
+    assert second == dict.fromkeys(first, True), second
 
 
 @pytest.mark.slow
