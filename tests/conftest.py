@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.option.durations is None:  # the slowest tests, so a suite growing past CI's budget shows where
+        config.option.durations = 15
     config.addinivalue_line("markers", "slow: trains, runs a command end to end or compiles a full-size step; "
                                        "`-m \"not slow\"` is the fast tier for day-to-day work")
 SHARED_DATA = REPO.parent / "shared" / "data"
