@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flava_jax.data import img2dataset
-from flava_jax.data.wit import ROW_FIELDS, BadValue, Record, Skip, SourceError, _features, row_from_fields
+from flava_jax.data.wit import ROW_FIELDS, BadValue, Record, Skip, SourceError, _features, entry_rows, row_from_fields
 
 _CONTEXT = ("context_page_description", "context_section_description", "caption_alt_text_description")
 _SPLIT = re.compile(r"^(train|test|validation)-")  # `datasets`' shard names: {split}-{i}-of-{n}[-{hash}].parquet
@@ -86,10 +86,7 @@ def _wit_base_rows(row: dict[str, Any], where: str, split: str | None) -> Iterat
         return
     if not entries:
         yield Skip("no wit_features", where)
-    shared = {k: row.get(k) for k in ("image_url", "mime_type", "original_height", "original_width",
-                                      "caption_attribution_description")}
-    for i, entry in enumerate(entries):
-        yield from _one({**shared, **{k: v for k, v in entry.items() if v is not None}}, f"{where}#{i}", image)
+    yield from entry_rows(row, entries, where, image)
 
 
 def _pmd_rows(row: dict[str, Any], where: str, split: str | None) -> Iterator[Record]:

@@ -271,6 +271,13 @@ def _json_line(where: str, line: str) -> Iterator[Record]:
     except (KeyError, TypeError, ValueError) as e:  # ValueError: JSON, base64 and BadValue errors
         yield Skip("bad JSON record", where, f"{type(e).__name__}: {e}")
         return
+    yield from entry_rows(record, entries, where, image)
+
+
+def entry_rows(record: dict[str, Any], entries: list[dict[str, Any]], where: str,
+               image: bytes | None) -> Iterator[Record]:
+    """One row per `wit_features` entry of a "WIT with images" record (a JSON line, or a wikimedia/wit_base parquet
+    row), each with the record's shared fields and image; a bad entry is a Skip."""
     shared = {k: record.get(k) for k in ("image_url", "mime_type", "original_height", "original_width",
                                          "caption_attribution_description")}
     for i, entry in enumerate(entries):
