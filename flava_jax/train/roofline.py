@@ -20,11 +20,18 @@ from collections.abc import Iterator
 
 _ITEMSIZE = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
              "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-_ARRAY = re.compile(r"\b(" + "|".join(sorted(_ITEMSIZE, key=len, reverse=True)) + r")\[([0-9,]*)\]")
+# dtype, dims and the optional layout, whose S(n) names a memory space other than HBM (on-chip memory on TPUs)
+_ARRAY = re.compile(r"\b(" + "|".join(sorted(_ITEMSIZE, key=len, reverse=True)) + r")\[([0-9,]*)\](\{[^}]*\})?")
+_ON_CHIP = re.compile(r"S\([1-9]\d*\)")
 _HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) \(.*\) -> .* \{$")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
+_INSTRUCTION = re.compile(r"^\s*(ROOT )?%?([\w.\-]+) = (.*)$")
 _FREE = frozenset({"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "partition-id",
                    "replica-id", "opt-barrier", "iota"})
+# Ops that read only their result's worth of their first operand (a slice of it), and the in-place update
+_SLICING = frozenset({"dynamic-slice", "slice", "gather"})
+_UPDATE = "dynamic-update-slice"
+# TPU custom calls that only reserve or reinterpret a buffer
+_TARGET = re.compile(r'custom_call_target="(AllocateBuffer|ConcatBitcast)"')
 _COLLECTIVE = re.compile(r"^(all-gather|all-reduce|reduce-scatter|collective-permute|all-to-all|collective-broadcast)")
 _ASYNC_DONE = re.compile(r"-done$")
 
@@ -37,6 +44,7 @@ class Instruction:
     operands: tuple[str, ...]
     attributes: str
     arguments: str  # the text between the parentheses, e.g. a constant's value
+    root: bool = False  # the computation's ROOT (its result)
 
 
 @dataclasses.dataclass
@@ -56,7 +64,20 @@ class Cost:
 
 def array_bytes(shape: str) -> int:
     """Bytes of every array in a type string (tuples summed)."""
-    return sum(math.prod(dims_of(dims)) * _ITEMSIZE[dtype] for dtype, dims in _ARRAY.findall(shape))
+    return sum(math.prod(dims_of(dims)) * _ITEMSIZE[dtype] for dtype, dims, _ in _ARRAY.findall(shape))
+
+
+def hbm_bytes(shape: str) -> int:
+    """Bytes of the arrays of a type string that live in HBM: memory-space assignment places some operands in
+    on-chip memory (layout `S(1)`), and reading those costs no HBM bandwidth."""
+    return sum(math.prod(dims_of(dims)) * _ITEMSIZE[dtype] for dtype, dims, layout in _ARRAY.findall(shape)
+               if not _ON_CHIP.search(layout))
+
+
+def on_chip(shape: str) -> bool:
+    """Whether an array type's layout places it in on-chip memory."""
+    match = _ARRAY.search(shape)
+    return bool(match and _ON_CHIP.search(match.group(3) or ""))
 
 
 def dims_of(dims: str) -> tuple[int, ...]:
@@ -102,8 +123,8 @@ def parse_module(text: str) -> tuple[dict[str, list[Instruction]], str]:
         elif line.strip() == "}":
             current = None
         elif current is not None and (match := _INSTRUCTION.match(line)):
-            shape, rest = _split_type(match.group(2))
-            current.append(Instruction(match.group(1), shape, *_call(rest)))
+            shape, rest = _split_type(match.group(3))
+            current.append(Instruction(match.group(2), shape, *_call(rest), root=bool(match.group(1))))
     if not entry:
         raise ValueError("no ENTRY computation in the HLO text")
     return computations, entry
@@ -114,33 +135,173 @@ def _attribute(attributes: str, name: str) -> str | None:
     return match.group(1).lstrip("%") if match else None
 
 
-def trip_count(instruction: Instruction, condition: list[Instruction]) -> int:
-    """A while loop's trip count: XLA's `known_trip_count` when it gives one, else N of a condition `i < N` on a
-    counter from 0 (lax.scan's and fori_loop's form); 1 when neither is found."""
-    match = re.search(r'"known_trip_count":\{"n":"(\d+)"', instruction.attributes)
+def traffic(instruction: Instruction, shapes: dict[str, str]) -> float:
+    """HBM bytes a top-level op other than a fusion reads and writes."""
+    op, operands = instruction.opcode, [shapes.get(o, "") for o in instruction.operands]
+    rest = sum(hbm_bytes(o) for o in operands[1:])
+    if op in _SLICING:
+        read = 0 if on_chip(operands[0]) else array_bytes(instruction.shape)
+        return read + rest + hbm_bytes(instruction.shape)
+    if op == _UPDATE:  # in place: the update is read, and written into the first operand's buffer
+        return (0 if on_chip(operands[0]) else array_bytes(operands[1])) + rest
+    arrays = [m.group(0) for m in _ARRAY.finditer(instruction.shape)]
+    if op == "copy-start" and arrays:  # result (destination, source, context): one read of the source, one write
+        return hbm_bytes(operands[0]) + hbm_bytes(arrays[0])
+    if op == "slice-start" and len(arrays) > 1:  # result ((source), slice, context): the slice read, then written
+        return (0 if on_chip(operands[0]) else array_bytes(arrays[1])) + hbm_bytes(arrays[1])
+    if op == "custom-call" and _TARGET.search(instruction.attributes):
+        return 0.0
+    return hbm_bytes(instruction.shape) + sum(hbm_bytes(o) for o in operands)
+
+
+def fusion_traffic(instruction: Instruction, body: list[Instruction], shapes: dict[str, str]) -> float:
+    """HBM bytes a fusion reads and writes: of each operand what the fused code reads (its slices only, when it is
+    only sliced; nothing when it is only updated in place), of each result what is written (an in-place update
+    writes its update only). Operands and results in on-chip memory cost nothing."""
+    by_name = {i.name: i for i in body}
+    users: dict[str, list[tuple[Instruction, int]]] = {}
+    for i in body:
+        for position, operand in enumerate(i.operands):
+            users.setdefault(operand, []).append((i, position))
+
+    def through_bitcasts(name: str) -> Instruction:
+        instruction = by_name[name]
+        while instruction.opcode == "bitcast":
+            instruction = by_name[instruction.operands[0]]
+        return instruction
+
+    root = next((i for i in body if i.root), body[-1])
+    results = [through_bitcasts(o) for o in root.operands] if root.opcode == "tuple" else [through_bitcasts(root.name)]
+    updated = {r.name for r in results if r.opcode == _UPDATE and through_bitcasts(r.operands[0]).opcode == "parameter"}
+
+    def read(name: str) -> float | None:
+        """Bytes the uses of `name` read of it; None when one reads it whole."""
+        total = 0.0
+        for user, position in users.get(name, []):
+            if user.opcode == "bitcast":
+                inner = read(user.name)
+                if inner is None:
+                    return None
+                total += inner
+            elif position == 0 and user.opcode in _SLICING:
+                total += array_bytes(user.shape)
+            elif not (position == 0 and user.name in updated):
+                return None
+        return total
+
+    parameters = {int(i.arguments): i.name for i in body if i.opcode == "parameter"}
+    moved = 0.0
+    for index, operand in enumerate(instruction.operands):
+        shape = shapes.get(operand, "")
+        sliced = read(parameters[index]) if index in parameters and not on_chip(shape) else None
+        moved += hbm_bytes(shape) if sliced is None else min(sliced, array_bytes(shape))
+    outer = [m.group(0) for m in _ARRAY.finditer(instruction.shape)]
+    if len(outer) != len(results):  # a nested tuple: count the result whole
+        return moved + hbm_bytes(instruction.shape)
+    for result, shape in zip(results, outer, strict=True):
+        if not on_chip(shape):
+            moved += array_bytes(by_name[result.operands[1]].shape if result.name in updated else shape)
+    return moved
+
+
+def _constant(instruction: Instruction | None) -> int | None:
+    if instruction is None or instruction.opcode != "constant":
+        return None
+    match = re.match(r"\s*(-?\d+)\s*$", instruction.arguments)
+    return int(match.group(1)) if match else None
+
+
+def _tuple_index(instruction: Instruction | None) -> int | None:
+    """k of a `get-tuple-element(...), index=k`."""
+    if instruction is None or instruction.opcode != "get-tuple-element":
+        return None
+    return int(_attribute(instruction.attributes, "index") or -1)
+
+
+def trip_count(loop: Instruction, computations: dict[str, list[Instruction]], caller: list[Instruction]) -> int:
+    """A while loop's trip count: XLA's `known_trip_count` when it gives one, else that of a counter compared
+    `i < N` in the condition, started from the constant the loop's initial tuple holds (0 if not a constant) and
+    stepped by the constant the body adds (1 if not found: XLA's collective matmuls step by 2); 1 when no such
+    counter is found."""
+    match = re.search(r'"known_trip_count":\{"n":"(\d+)"', loop.attributes)
     if match:
         return int(match.group(1))
-    constants = {i.name: i.arguments for i in condition if i.opcode == "constant"}
-    root = condition[-1] if condition else None
-    if root is not None and root.opcode == "compare" and "direction=LT" in root.attributes:
-        values = [re.match(r"\s*(\d+)", constants[o]) for o in root.operands if o in constants]
-        if len(values) == 1 and values[0]:
-            return int(values[0].group(1))
-    return 1
+    condition = computations.get(_attribute(loop.attributes, "condition") or "", [])
+    named = {i.name: i for i in condition}
+    root = next((i for i in condition if i.root), None)
+    if root is None or root.opcode != "compare" or "direction=LT" not in root.attributes:
+        return 1
+    counter, limit = (named.get(o) for o in root.operands)
+    index, end = _tuple_index(counter), _constant(limit)
+    if index is None or end is None:
+        return 1
+    body = computations.get(_attribute(loop.attributes, "body") or "", [])
+    in_body = {i.name: i for i in body}
+    body_root = next((i for i in body if i.root), None)
+    step = 1
+    if body_root is not None and body_root.opcode == "tuple" and index < len(body_root.operands):
+        update = in_body.get(body_root.operands[index])
+        if update is not None and update.opcode == "add":
+            terms = [in_body.get(o) for o in update.operands]
+            steps = [_constant(t) for t in terms if _tuple_index(t) != index]
+            if len(steps) == 1 and steps[0]:
+                step = steps[0]
+    in_caller = {i.name: i for i in caller}
+    init = in_caller.get(loop.operands[0]) if loop.operands else None
+    start = _constant(in_caller.get(init.operands[index])) if init and init.opcode == "tuple" and \
+        index < len(init.operands) else None
+    return max(0, -(((start or 0) - end) // step))
+
+
+def _window(attributes: str) -> dict[str, list[str]]:
+    """A convolution's window fields, per spatial dimension: {"size": ["2"], "pad": ["1_1"], ...}."""
+    text = (_attribute(attributes, "window") or "{}").strip("{}")
+    return {key: value.split("x") for key, value in re.findall(r"(\w+)=([\w]+)", text)}
+
+
+def valid_taps(in_size: int, out_size: int, size: int, stride: int = 1, low: int = 0, lhs_dilate: int = 1,
+               rhs_dilate: int = 1) -> int:
+    """(output position, kernel tap) pairs of one spatial dimension whose input is real, not padding or the holes
+    of a dilated input: XLA writes some products as convolutions whose windows lie mostly in padding (two matrix
+    products side by side as a padded size-2 window), and only the real taps are work."""
+    last = (in_size - 1) * lhs_dilate
+    count = 0
+    for k in range(size):
+        offset = k * rhs_dilate - low  # the input position of output 0's tap k
+        first, final = max(0, -(offset // stride)), min(out_size - 1, (last - offset) // stride)
+        if lhs_dilate == 1:
+            count += max(0, final - first + 1)
+        else:
+            count += sum((o * stride + offset) % lhs_dilate == 0 for o in range(first, final + 1))
+    return count
 
 
 def convolution_flops(instruction: Instruction, shapes: dict[str, str]) -> float:
-    """2 x output elements x the kernel's elements per output feature (a dot is a 1x1 convolution on TPU)."""
-    labels = re.search(r"dim_labels=(\w+)_(\w+)->", instruction.attributes)
+    """2 x output elements x input features per group x the real kernel taps per output position (a dot is a
+    convolution without spatial dimensions on TPU)."""
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", instruction.attributes)
+    lhs = _ARRAY.search(shapes.get(instruction.operands[0], ""))
     kernel = _ARRAY.search(shapes.get(instruction.operands[1], ""))
     out = _ARRAY.search(instruction.shape)
-    if not (labels and kernel and out):
+    if not (labels and lhs and kernel and out):
         return 0.0
-    kernel_labels = labels.group(2)
-    kernel_dims = dims_of(kernel.group(2))
-    per_output = math.prod(size for label, size in zip(kernel_labels, kernel_dims, strict=True) if label != "o")
+    lhs_labels, kernel_labels, out_labels = labels.groups()
+    lhs_dims, kernel_dims, out_dims = dims_of(lhs.group(2)), dims_of(kernel.group(2)), dims_of(out.group(2))
+    window = _window(instruction.attributes)
+    per_output = float(kernel_dims[kernel_labels.index("i")])
+    for d, label in enumerate(sorted(c for c in kernel_labels if c.isdigit())):
+
+        def field(name: str, default: str, d: int = d) -> str:
+            values = window.get(name)
+            return values[d] if values else default
+
+        low = int(field("pad", "0_0").split("_")[0])
+        out_size = out_dims[out_labels.index(label)]
+        taps = valid_taps(lhs_dims[lhs_labels.index(label)], out_size, kernel_dims[kernel_labels.index(label)],
+                          int(field("stride", "1")), low, int(field("lhs_dilate", "1")), int(field("rhs_dilate", "1")))
+        per_output *= taps / out_size
     groups = int(_attribute(instruction.attributes, "batch_group_count") or 1)
-    return 2.0 * math.prod(dims_of(out.group(2))) * per_output / groups
+    return 2.0 * math.prod(out_dims) * per_output / groups
 
 
 def dot_flops(instruction: Instruction, shapes: dict[str, str]) -> float:
@@ -172,15 +333,16 @@ class Roofline:
         shapes = {i.name: i.shape for i in instructions}
         total = Cost()
         for instruction in instructions:
-            total.add(*self._instruction(instruction, shapes))
+            total.add(*self._instruction(instruction, shapes, instructions))
         return total
 
-    def _instruction(self, instruction: Instruction, shapes: dict[str, str]) -> tuple[Cost, float]:
-        """(cost of one execution, times it runs) of a top-level instruction."""
+    def _instruction(self, instruction: Instruction, shapes: dict[str, str],
+                     caller: list[Instruction]) -> tuple[Cost, float]:
+        """(cost of one execution, times it runs) of a top-level instruction of the computation `caller`."""
         op = instruction.opcode
         if op == "while":
-            condition = self.computations.get(_attribute(instruction.attributes, "condition") or "", [])
-            return self.cost(_attribute(instruction.attributes, "body")), trip_count(instruction, condition)
+            trips = trip_count(instruction, self.computations, caller)
+            return self.cost(_attribute(instruction.attributes, "body")), trips
         if op in ("call", "async-start") and (called := _attribute(instruction.attributes, "calls")):
             return self.cost(called), 1
         if op == "conditional":
@@ -190,8 +352,9 @@ class Roofline:
             return Cost(), 1
         if _COLLECTIVE.match(op):
             return Cost(collective_bytes=array_bytes(instruction.shape)), 1
-        moved = array_bytes(instruction.shape) + sum(array_bytes(shapes.get(o, "")) for o in instruction.operands)
         called = _attribute(instruction.attributes, "calls") if op == "fusion" else None
+        moved = (fusion_traffic(instruction, self.computations[called], shapes) if called
+                 else traffic(instruction, shapes))
         # TPU programs fuse collectives with the compute they overlap ("async collective fusions"): count both.
         flops, collective = self._fused(called) if called else (self._op_flops(instruction, shapes), 0.0)
         compute, memory = flops / self.peak, moved / self.bandwidth

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from flava_jax.train import chips
-from flava_jax.train.roofline import Roofline, array_bytes, parse_module, trip_count
+from flava_jax.train.roofline import Roofline, array_bytes, parse_module, trip_count, valid_taps
 
 # A scan of 7 steps whose body holds a fused 64x128 @ 128x32 product and an all-gather; the entry adds a plain
 # dot (16x8 @ 8x4) and a copy. Layouts and metadata as XLA prints them.
@@ -61,10 +61,10 @@ def test_parse_and_sizes() -> None:
     assert state.opcode == "parameter" and state.shape.startswith("(s32[]")
     assert array_bytes(state.shape) == 4 + 64 * 128 * 2 + 128 * 32 * 2 + 64 * 32 * 4
     loop = next(i for i in computations["main"] if i.opcode == "while")
-    assert trip_count(loop, computations["condition"]) == 7
+    assert trip_count(loop, computations, computations["main"]) == 7
     known = loop.__class__(**{**loop.__dict__, "attributes": loop.attributes +
                               ', backend_config={"known_trip_count":{"n":"57"}}'})
-    assert trip_count(known, computations["condition"]) == 57
+    assert trip_count(known, computations, computations["main"]) == 57
 
 
 def test_costs_by_hand() -> None:
@@ -88,6 +88,98 @@ def test_costs_by_hand() -> None:
     flops_bound = Roofline(PROGRAM, 1e9, 1e12).total()
     assert math.isclose(flops_bound.flops_bound_seconds, (7 * product + dot) / 1e9)
 
+
+# What a TPU program adds: a counter stepped by 2 from 2 to 8 (3 trips), a row read out of a buffer and written back
+# in place, a product XLA writes as a size-2 window half in padding (collective matmuls do), an operand already in
+# on-chip memory (layout S(1)), an asynchronous prefetch and slice into on-chip memory, and a buffer reservation.
+PAIR = "window={size=2 pad=1_1 rhs_reversal=1}, dim_labels=bf0_i0o->b0f"
+STATE = "(s32[], f32[8,1024]{1,0}, bf16[256,128]{1,0:T(8,128)(2,1)S(1)}, bf16[128,2,64]{0,2,1})"
+TPU_PROGRAM = f"""HloModule jit_windowed, entry_computation_layout={{(f32[8,1024]{{1,0}})->f32[8,1024]{{1,0}}}}
+
+%fused_slice (param_0: f32[8,1024], param_1: s32[]) -> f32[1,1024] {{
+  %param_0 = f32[8,1024]{{1,0}} parameter(0)
+  %param_1 = s32[] parameter(1)
+  %zero = s32[] constant(0)
+  ROOT %ds = f32[1,1024]{{1,0}} dynamic-slice(%param_0, %param_1, %zero), dynamic_slice_sizes={{1,1024}}
+}}
+
+%fused_update (param_0.1: f32[8,1024], param_1.1: f32[1,1024], param_2: s32[]) -> f32[8,1024] {{
+  %param_0.1 = f32[8,1024]{{1,0}} parameter(0)
+  %param_1.1 = f32[1,1024]{{1,0}} parameter(1)
+  %param_2 = s32[] parameter(2)
+  %zero.1 = s32[] constant(0)
+  %doubled = f32[1,1024]{{1,0}} add(%param_1.1, %param_1.1)
+  ROOT %dus = f32[8,1024]{{1,0}} dynamic-update-slice(%param_0.1, %doubled, %param_2, %zero.1)
+}}
+
+%fused_pair (param_0.2: bf16[256,128], param_1.2: bf16[128,2,64]) -> f32[256,2,64] {{
+  %param_0.2 = bf16[256,128]{{1,0:T(8,128)(2,1)S(1)}} parameter(0)
+  %lhs = bf16[256,128,1]{{1,0,2}} bitcast(%param_0.2)
+  %param_1.2 = bf16[128,2,64]{{0,2,1}} parameter(1)
+  ROOT %convolution.2 = f32[256,2,64]{{0,2,1}} convolution(%lhs, %param_1.2), {PAIR}
+}}
+
+%body.1 (state.2: {STATE}) -> {STATE} {{
+  %state.2 = {STATE} parameter(0)
+  %k = s32[] get-tuple-element(%state.2), index=0
+  %buffer = f32[8,1024]{{1,0}} get-tuple-element(%state.2), index=1
+  %x.1 = bf16[256,128]{{1,0:T(8,128)(2,1)S(1)}} get-tuple-element(%state.2), index=2
+  %w.1 = bf16[128,2,64]{{0,2,1}} get-tuple-element(%state.2), index=3
+  %row = f32[1,1024]{{1,0}} fusion(%buffer, %k), kind=kLoop, calls=%fused_slice
+  %updated = f32[8,1024]{{1,0}} fusion(%buffer, %row, %k), kind=kLoop, calls=%fused_update
+  %pair = f32[256,2,64]{{0,2,1}} fusion(%x.1, %w.1), kind=kOutput, calls=%fused_pair
+  %two = s32[] constant(2)
+  %next.1 = s32[] add(%k, %two)
+  ROOT %out.1 = {STATE} tuple(%next.1, %updated, %x.1, %w.1)
+}}
+
+%condition.1 (state.3: {STATE}) -> pred[] {{
+  %state.3 = {STATE} parameter(0)
+  %limit.1 = s32[] constant(8)
+  %counter.1 = s32[] get-tuple-element(%state.3), index=0
+  ROOT %lt.1 = pred[] compare(%counter.1, %limit.1), direction=LT
+}}
+
+ENTRY %main.1 (p: f32[8,1024], x: bf16[256,128], w: bf16[128,2,64], big: f32[64,1024]) -> f32[8,1024] {{
+  %p.1 = f32[8,1024]{{1,0}} parameter(0)
+  %x.2 = bf16[256,128]{{1,0}} parameter(1)
+  %w.2 = bf16[128,2,64]{{0,2,1}} parameter(2)
+  %big = f32[64,1024]{{1,0}} parameter(3)
+  %start = s32[] constant(2)
+  %prefetch = (bf16[256,128]{{1,0:T(8,128)(2,1)S(1)}}, bf16[256,128]{{1,0}}, u32[]{{:S(2)}}) copy-start(%x.2)
+  %x.3 = bf16[256,128]{{1,0:T(8,128)(2,1)S(1)}} copy-done(%prefetch)
+  %init.1 = {STATE} tuple(%start, %p.1, %x.3, %w.2)
+  %loop.1 = {STATE} while(%init.1), condition=%condition.1, body=%body.1
+  %scratch = f32[64,1024]{{1,0}} custom-call(), custom_call_target="AllocateBuffer"
+  %window = ((f32[64,1024]{{1,0}}), f32[16,1024]{{1,0:S(1)}}, s32[]{{:S(2)}}) slice-start(%big)
+  %rows = f32[16,1024]{{1,0:S(1)}} slice-done(%window)
+  ROOT %result = f32[8,1024]{{1,0}} get-tuple-element(%loop.1), index=1
+}}
+"""
+
+
+def test_tpu_program_by_hand() -> None:
+    computations, entry = parse_module(TPU_PROGRAM)
+    loop = next(i for i in computations[entry] if i.opcode == "while")
+    assert trip_count(loop, computations, computations[entry]) == 3  # 2, 4, 6
+    cost = Roofline(TPU_PROGRAM, 1e12, 1e9).total()
+    pair_flops = 2 * (256 * 2 * 64) * 128 * 1  # one real tap of the two per output position
+    assert cost.flops == 3 * pair_flops
+    row = 1024 * 4 + 4 + 1024 * 4  # the row read out of the buffer, the index, the row written
+    update = 1024 * 4 + 4 + 1024 * 4  # the row read, the index, the row written into the buffer in place
+    pair = 128 * 2 * 64 * 2 + 256 * 2 * 64 * 4  # the kernel and the result; the S(1) operand costs nothing
+    counter = 3 * 4
+    prefetch = 256 * 128 * 2  # read from HBM into on-chip memory
+    window = 16 * 1024 * 4  # the slice read; written on chip
+    assert cost.bytes == 3 * (row + update + pair + counter) + prefetch + window
+
+
+def test_valid_taps_by_hand() -> None:
+    assert valid_taps(1, 2, 2, low=1) == 2  # two products side by side, each output one real tap
+    assert valid_taps(224, 224, 3, low=1) == 224 * 3 - 2  # "same" 3-tap convolution: the edges lose one tap
+    assert valid_taps(224, 112, 3, stride=2, low=1) == 111 + 112 + 112
+    assert valid_taps(224, 14, 16, stride=16) == 224  # 16x16 patches
+    assert valid_taps(3, 5, 1, lhs_dilate=2) == 3  # a dilated input: the holes are not input
 
 def test_chip_table() -> None:
     assert chips.chip("TPU v5 lite").bf16_tflops == 197 and chips.chip("TPU v5 lite").memory_gbps == 819
