@@ -20,7 +20,9 @@ from collections.abc import Iterator
 
 _ITEMSIZE = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
              "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-# dtype, dims and the optional layout, whose S(n) names a memory space other than HBM (on-chip memory on TPUs)
+# dtype, dims and the optional layout, whose S(n), n > 0, names a memory space other than HBM: on TPUs 1 is the
+# on-chip memory that memory-space assignment fills, 2, 4 and 6 scalar and sync memories (host memory, 5, does not
+# appear in our programs)
 _ARRAY = re.compile(r"\b(" + "|".join(sorted(_ITEMSIZE, key=len, reverse=True)) + r")\[([0-9,]*)\](\{[^}]*\})?")
 _ON_CHIP = re.compile(r"S\([1-9]\d*\)")
 _HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) \(.*\) -> .* \{$")
@@ -154,15 +156,47 @@ def traffic(instruction: Instruction, shapes: dict[str, str]) -> float:
     return hbm_bytes(instruction.shape) + sum(hbm_bytes(o) for o in operands)
 
 
-def fusion_traffic(instruction: Instruction, body: list[Instruction], shapes: dict[str, str]) -> float:
-    """HBM bytes a fusion reads and writes: of each operand what the fused code reads (its slices only, when it is
-    only sliced; nothing when it is only updated in place), of each result what is written (an in-place update
-    writes its update only). Operands and results in on-chip memory cost nothing."""
-    by_name = {i.name: i for i in body}
+def _users(body: list[Instruction]) -> dict[str, list[tuple[Instruction, int]]]:
+    """{name: [(instruction using it, operand position)]} of a computation."""
     users: dict[str, list[tuple[Instruction, int]]] = {}
     for i in body:
         for position, operand in enumerate(i.operands):
             users.setdefault(operand, []).append((i, position))
+    return users
+
+
+def _read_of(name: str, body: list[Instruction], computations: dict[str, list[Instruction]],
+             updated: frozenset[str] = frozenset()) -> float | None:
+    """Bytes the uses of `name` in a fused computation read of it: a slice its size, an in-place update (one of
+    `updated`), a collective or the result tuple nothing, a nested fusion what its own uses read; None when some
+    use reads it whole."""
+    total = 0.0
+    for user, position in _users(body).get(name, []):
+        inner: float | None = None
+        if user.opcode == "bitcast":
+            inner = _read_of(user.name, body, computations, updated)
+        elif user.opcode == "fusion" and (nested := computations.get(_attribute(user.attributes, "calls") or "")):
+            parameter = next((i.name for i in nested if i.opcode == "parameter" and i.arguments == str(position)),
+                             None)
+            inner = _read_of(parameter, nested, computations) if parameter else None
+        elif position == 0 and user.opcode in _SLICING:
+            inner = array_bytes(user.shape)
+        elif (position == 0 and user.name in updated) or _COLLECTIVE.match(user.opcode) or \
+                (user.root and user.opcode == "tuple"):
+            inner = 0.0  # updated in place, sent by a collective's DMA (collective bytes), or passed through
+        if inner is None:
+            return None
+        total += inner
+    return total
+
+
+def fusion_traffic(instruction: Instruction, computations: dict[str, list[Instruction]],
+                   shapes: dict[str, str]) -> float:
+    """HBM bytes a fusion reads and writes: of each operand what the fused code reads (its slices only, when it is
+    only sliced; nothing when it is only updated in place), of each result what is written (an in-place update
+    writes its update only). Operands and results in on-chip memory cost nothing."""
+    body = computations[_attribute(instruction.attributes, "calls") or ""]
+    by_name = {i.name: i for i in body}
 
     def through_bitcasts(name: str) -> Instruction:
         instruction = by_name[name]
@@ -172,34 +206,21 @@ def fusion_traffic(instruction: Instruction, body: list[Instruction], shapes: di
 
     root = next((i for i in body if i.root), body[-1])
     results = [through_bitcasts(o) for o in root.operands] if root.opcode == "tuple" else [through_bitcasts(root.name)]
-    updated = {r.name for r in results if r.opcode == _UPDATE and through_bitcasts(r.operands[0]).opcode == "parameter"}
-
-    def read(name: str) -> float | None:
-        """Bytes the uses of `name` read of it; None when one reads it whole."""
-        total = 0.0
-        for user, position in users.get(name, []):
-            if user.opcode == "bitcast":
-                inner = read(user.name)
-                if inner is None:
-                    return None
-                total += inner
-            elif position == 0 and user.opcode in _SLICING:
-                total += array_bytes(user.shape)
-            elif not (position == 0 and user.name in updated):
-                return None
-        return total
-
+    updated = frozenset(r.name for r in results
+                        if r.opcode == _UPDATE and through_bitcasts(r.operands[0]).opcode == "parameter")
     parameters = {int(i.arguments): i.name for i in body if i.opcode == "parameter"}
     moved = 0.0
     for index, operand in enumerate(instruction.operands):
         shape = shapes.get(operand, "")
-        sliced = read(parameters[index]) if index in parameters and not on_chip(shape) else None
-        moved += hbm_bytes(shape) if sliced is None else min(sliced, array_bytes(shape))
+        read = _read_of(parameters[index], body, computations, updated) if index in parameters and \
+            not on_chip(shape) else None
+        moved += hbm_bytes(shape) if read is None else min(read, array_bytes(shape))
     outer = [m.group(0) for m in _ARRAY.finditer(instruction.shape)]
     if len(outer) != len(results):  # a nested tuple: count the result whole
         return moved + hbm_bytes(instruction.shape)
     for result, shape in zip(results, outer, strict=True):
-        if not on_chip(shape):
+        # A collective's result is written by its DMA (collective bytes); a parameter's is its aliased buffer.
+        if not (on_chip(shape) or _COLLECTIVE.match(result.opcode) or result.opcode == "parameter"):
             moved += array_bytes(by_name[result.operands[1]].shape if result.name in updated else shape)
     return moved
 
@@ -353,8 +374,7 @@ class Roofline:
         if _COLLECTIVE.match(op):
             return Cost(collective_bytes=array_bytes(instruction.shape)), 1
         called = _attribute(instruction.attributes, "calls") if op == "fusion" else None
-        moved = (fusion_traffic(instruction, self.computations[called], shapes) if called
-                 else traffic(instruction, shapes))
+        moved = fusion_traffic(instruction, self.computations, shapes) if called else traffic(instruction, shapes)
         # TPU programs fuse collectives with the compute they overlap ("async collective fusions"): count both.
         flops, collective = self._fused(called) if called else (self._op_flops(instruction, shapes), 0.0)
         compute, memory = flops / self.peak, moved / self.bandwidth
