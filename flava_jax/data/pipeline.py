@@ -184,10 +184,11 @@ def _examples(settings: PipelineSettings, stream: str, transform: grain.transfor
 
 
 def stream_dataset(settings: PipelineSettings, stream: str, batch_size: int, tokenizer: AnyTokenizer,
-                   process: tuple[int, int] | None = None, train: bool = True) -> grain.MapDataset:
+                   process: tuple[int, int] | None = None, train: bool = True, group: int = 1) -> grain.MapDataset:
     """The batched MapDataset of one stream ("text", "image" or "pairs") for this process: random access; for
-    training endless (with length buckets, text elements are windows of `bucket_window` batches), for validation
-    (`train=False`) the held-out examples once, in order, with fixed masks."""
+    training endless (with length buckets, text elements are windows of `bucket_window` groups of `group` batches,
+    each group padded to one length), for validation (`train=False`) the held-out examples once, in order, with
+    fixed masks."""
     process = process or (jax.process_index(), jax.process_count())
     keys = STREAM_KEYS if train else VALIDATION_KEYS
     text = TextTransform(tokenizer, settings.text_max_length, settings.mlm_probability)
@@ -195,8 +196,8 @@ def stream_dataset(settings: PipelineSettings, stream: str, batch_size: int, tok
     if stream == "text":
         examples = _examples(settings, keys["text"], text, 0, process, train)
         if train and settings.length_buckets:
-            return examples.batch(batch_size * settings.bucket_window, drop_remainder=True,
-                                  batch_fn=_BucketWindow(batch_size, settings.length_buckets, settings.seed))
+            return examples.batch(batch_size * group * settings.bucket_window, drop_remainder=True,
+                                  batch_fn=_BucketWindow(batch_size, settings.length_buckets, settings.seed, group))
         return examples.batch(batch_size, drop_remainder=True,
                               batch_fn=functools.partial(pad_batch, length=settings.text_max_length))
     if stream == "image":
@@ -211,9 +212,10 @@ def stream_dataset(settings: PipelineSettings, stream: str, batch_size: int, tok
 
 
 def stream_iterator(settings: PipelineSettings, stream: str, batch_size: int, tokenizer: AnyTokenizer,
-                    process: tuple[int, int] | None = None) -> grain.DatasetIterator:
-    """Endless batches of one stream for this process, read ahead, as a checkpointable iterator."""
-    dataset = _workers(stream_dataset(settings, stream, batch_size, tokenizer, process), settings)
+                    process: tuple[int, int] | None = None, group: int = 1) -> grain.DatasetIterator:
+    """Endless batches of one stream for this process, read ahead, as a checkpointable iterator. With length buckets,
+    each run of `group` text batches from the start shares one length (see _BucketWindow)."""
+    dataset = _workers(stream_dataset(settings, stream, batch_size, tokenizer, process, group=group), settings)
     if stream == "text" and settings.length_buckets:
         dataset = _Unwindow(dataset)
     return iter(dataset)
@@ -232,22 +234,26 @@ def _workers(dataset: grain.MapDataset, settings: PipelineSettings) -> grain.Ite
 
 
 class _BucketWindow:
-    """batch_fn over a window of examples: sort by length, cut into batches, pad each to the smallest bucket that
-    fits it, and shuffle the batch order (seeded by the window's content, so it is reproducible)."""
+    """batch_fn over a window of examples: sort by length, cut into groups of `group` batches (one optimizer step's
+    micro-batches, which are stacked into one array), pad each group to the smallest bucket that fits it, and
+    shuffle the order of the groups (seeded by the window's content, so it is reproducible)."""
 
-    def __init__(self, batch_size: int, buckets: Sequence[int], seed: int) -> None:
-        self.batch_size, self.buckets, self.seed = batch_size, sorted(buckets), seed
+    def __init__(self, batch_size: int, buckets: Sequence[int], seed: int, group: int = 1) -> None:
+        self.batch_size, self.buckets, self.seed, self.group = batch_size, sorted(buckets), seed, group
 
     def __call__(self, examples: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         lengths = [len(e["input_ids"]) for e in examples]
         order = np.argsort(lengths, kind="stable")
-        batches = []
-        for start in range(0, len(order), self.batch_size):
-            chunk = [examples[i] for i in order[start:start + self.batch_size]]
+        size = self.batch_size * self.group
+        groups = []
+        for start in range(0, len(order), size):
+            chunk = [examples[i] for i in order[start:start + size]]
             longest = max(len(e["input_ids"]) for e in chunk)
-            batches.append(pad_batch(chunk, next((b for b in self.buckets if b >= longest), longest)))
+            length = next((b for b in self.buckets if b >= longest), longest)
+            groups.append([pad_batch(chunk[i:i + self.batch_size], length)
+                           for i in range(0, len(chunk), self.batch_size)])
         key = int(np.asarray(lengths, np.int64).sum() + self.seed)
-        return [batches[i] for i in np.random.default_rng(key).permutation(len(batches))]
+        return [batch for i in np.random.default_rng(key).permutation(len(groups)) for batch in groups[i]]
 
 
 class _Unwindow(grain.IterDataset):
@@ -290,12 +296,13 @@ class _UnwindowIterator(grain.DatasetIterator):
 
 class MultitaskIterator:
     """Endless dicts {"text": batch, "image": batch, "pairs": batch} (the streams with a batch size), one
-    checkpointable state for all of them."""
+    checkpointable state for all of them. `group`: the micro-batches of one optimizer step, which length buckets pad
+    to one length so that they stack."""
 
     def __init__(self, settings: PipelineSettings, batch_sizes: dict[str, int], tokenizer: AnyTokenizer | None = None,
-                 process: tuple[int, int] | None = None) -> None:
+                 process: tuple[int, int] | None = None, group: int = 1) -> None:
         tokenizer = tokenizer or load_tokenizer(tokenizer_path(Path(settings.data_dir)))
-        self.iterators = {name: stream_iterator(settings, name, size, tokenizer, process)
+        self.iterators = {name: stream_iterator(settings, name, size, tokenizer, process, group)
                           for name, size in batch_sizes.items() if size > 0}
 
     def __iter__(self) -> Iterator[dict[str, dict[str, np.ndarray]]]:

@@ -301,7 +301,7 @@ class Trainer:
         self.parts = build(config, model_cfg, mesh)
         per_process = {s: n // jax.process_count() for s, n in self.plan.micro_batch.items()}
         self.iterator = pipeline.MultitaskIterator(pipeline.PipelineSettings.from_config(config, str(data_dir)),
-                                                   per_process, tokenizer)
+                                                   per_process, tokenizer, group=self.plan.accumulation)
         self.scheduler = MultimodalScheduler.from_config(self.plan.weights, config.scheduler)
         self.checkpoints = checkpoint_lib.Checkpoints(self.workdir / "checkpoints", config.keep_checkpoints,
                                                       best_metric="pppl")

@@ -100,26 +100,48 @@ def test_processes_read_disjoint_shards(data: Path) -> None:
     assert sorted(first + second) == everything
 
 
+def _rows(batch: dict[str, np.ndarray]) -> list[tuple[int, ...]]:
+    """Each example's masked tokens without its padding."""
+    return [tuple(int(x) for x in row[mask == 1]) for row, mask in zip(
+        batch["input_ids_masked"], batch["attention_mask"], strict=True)]
+
+
 def test_length_buckets_keep_every_example_and_cut_padding(data: Path) -> None:
     tokenizer = Tokenizer.load(data / "tokenizer.model")
     plain = stream_iterator(_settings(data), "text", 2, tokenizer, process=(0, 1))
     bucketed = stream_iterator(_settings(data, length_buckets=(8, 16, 32, 48), bucket_window=3), "text", 2,
                                tokenizer, process=(0, 1))
 
-    def rows(batch: dict[str, np.ndarray]) -> list[tuple[int, ...]]:
-        return [tuple(int(x) for x in row[mask == 1]) for row, mask in zip(
-            batch["input_ids_masked"], batch["attention_mask"], strict=True)]
-
     plain_tokens = bucketed_tokens = 0
     for _ in range(4):  # windows of 3 batches
         expected, got = [], []
         for _ in range(3):
             a, b = next(plain), next(bucketed)
-            expected += rows(a)
-            got += rows(b)
+            expected += _rows(a)
+            got += _rows(b)
             plain_tokens += a["input_ids"].size
             bucketed_tokens += b["input_ids"].size
             assert b["input_ids"].shape[1] in (8, 16, 32, 48)
             assert b["input_ids"].shape[1] < 16 or (b["attention_mask"].sum(1) > b["input_ids"].shape[1] // 2).any()
         assert sorted(expected) == sorted(got)  # the same masked examples, regrouped
     assert bucketed_tokens < plain_tokens
+
+
+def test_length_buckets_pad_a_steps_micro_batches_alike(data: Path) -> None:
+    """With gradient accumulation the trainer stacks a step's micro-batches into one array, so each run of `group`
+    text batches must share a length; windows of 2 steps x 3 micro-batches hold the same examples as unbucketed."""
+    tokenizer = Tokenizer.load(data / "tokenizer.model")
+    plain = stream_iterator(_settings(data), "text", 2, tokenizer, process=(0, 1))
+    bucketed = stream_iterator(_settings(data, length_buckets=(8, 16, 32, 48), bucket_window=2), "text", 2,
+                               tokenizer, process=(0, 1), group=3)
+    lengths = set()
+    for _ in range(3):  # windows of 2 groups of 3 batches
+        expected, got = [], []
+        for _ in range(2):
+            step = [next(bucketed) for _ in range(3)]
+            assert len({b["input_ids"].shape[1] for b in step}) == 1
+            lengths.add(step[0]["input_ids"].shape[1])
+            got += [row for b in step for row in _rows(b)]
+            expected += [row for _ in range(3) for row in _rows(next(plain))]
+        assert sorted(expected) == sorted(got)
+    assert len(lengths) > 1  # the groups did fall in different buckets

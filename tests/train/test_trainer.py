@@ -5,6 +5,7 @@ resuming with a changed config."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -244,6 +245,18 @@ def test_bf16_losses_track_the_f32_run_over_60_steps(debug_data: Path, tmp_path:
     for key in f32[1]:
         last = [np.mean([run[step][key] for step in range(51, 61)]) for run in (f32, bf16)]
         assert abs(last[1] - last[0]) <= 0.03 * last[0], (key, last)
+
+
+@pytest.mark.slow
+def test_length_buckets_run_with_gradient_accumulation(debug_data: Path, tmp_path: Path) -> None:
+    """The debug run's 2 micro-steps a step with length buckets: a step's text micro-batches are stacked, so they
+    must share a bucket (they did not, and stacking them failed); 4 steps run to finite losses."""
+    workdir = tmp_path / "buckets"
+    _run(_command(workdir, debug_data, "--config.total_steps=4", "--config.eval.every_steps=100",
+                  "--config.eval.evaluators.pppl.texts=0", "--config.data.length_buckets=(32,64)"))
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3, 4]
+    assert all(math.isfinite(row["loss"]) for row in rows if "loss" in row)
 
 
 _CACHE_LOG = re.compile(r"(Persistent compilation cache hit|PERSISTENT COMPILATION CACHE MISS) for '([^']+)'")
