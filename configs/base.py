@@ -63,7 +63,7 @@ def data_config() -> ConfigDict:
         itm_negative_probability=0.1,
         itm_exclude_same_row=False,  # a fix: the reference may draw another text of the same image
         length_buckets=(),  # a fix: e.g. (64, 128, 256, 512) pads text-only batches to the bucket that fits
-        bucket_window=16,
+        bucket_window=16,  # steps' worth of text micro-batches sorted by length together
         workers=2,  # pipeline worker processes per stream
         worker_buffer=2,
         read_threads=16,  # threads per process reading and transforming examples ahead
@@ -176,6 +176,10 @@ def grid_config(text_words: int, images: int, arg: str | None = None) -> ConfigD
         raise ValueError(f"config argument: unknown options {sorted(unknown)}; known: model=full|half|tiny")
     config = get_config()
     config.model = model_config(options.get("model", "full"))
+    # The paper trained in bf16 mixed precision: f32 parameters, bf16 products, f32 softmax, LayerNorm and losses.
+    config.model.dtype = "bfloat16"
+    # One compiled layer per encoder, looped: the full step compiles for a TPU slice in minutes, not tens of minutes.
+    config.model.scan_layers = True
     config.data.text_words = text_words
     config.data.images = images
     return config
