@@ -8,7 +8,8 @@ more) and libtpu's own run-time estimate (`optimal_seconds`, sound for a bare pr
 
     python benchmarks/tpu_projection.py --grid readme   # 10M_0, 10M_4M x full, half x v4-8, v5e-8, v5p-8
     python benchmarks/tpu_projection.py --grid levers   # 10M_4M full on v5e-8, one tuning lever at a time
-        [--only 10M_4M] [--set model.remat_policy=dots_saveable ...] [--out PATH]
+        [--only 10M_4M,v5e-8] [--set model.remat_policy=dots_saveable ...] [--out PATH]
+    python benchmarks/tpu_projection.py --render A.json B.json --out PATH   # merge runs split with --only
 
 Writes PATH.json (every figure aot reports), PATH.md (the table printed) and PATH.png (projected MFU per cell).
 These are projections from the compiled program, not measurements: see README's TPU section for what each is.
@@ -117,12 +118,18 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra config override, e.g. model.x=y")
     parser.add_argument("--out", type=Path, default=None, help="path stem (default benchmarks/results/"
                         "tpu_projection_<grid>)")
+    parser.add_argument("--render", type=Path, nargs="+", default=None, help="compile nothing: merge the rows of "
+                        "these JSON results (runs split with --only) into --out's table, JSON and plot")
     args = parser.parse_args()
-    todo = cells(args.grid, [o for o in args.only.split(",") if o])
     stem = args.out or RESULTS / f"tpu_projection_{args.grid}"
-    rows: list[dict[str, Any]] = []
+    if args.render:
+        rows = sorted((row for path in args.render for row in json.loads(path.read_text())), key=_order)
+        write(rows, stem)
+        print(table(rows))
+        return
+    todo = cells(args.grid, [o for o in args.only.split(",") if o])
+    rows = []
     started = time.perf_counter()
-    stem.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         for n, cell in enumerate(todo, 1):
             rows.append(compile_cell(cell, args.set, Path(scratch)))
@@ -131,11 +138,19 @@ def main() -> None:
             print(f"[{n}/{len(todo)}] {cell['config']} {cell['size']} {cell['slice']} {cell['recipe']}: compiled in "
                   f"{rows[-1]['compile_seconds']:.0f} s, projected MFU {100 * rows[-1]['mfu']:.0f}% "
                   f"({elapsed / n / 60:.1f} min per cell, about {eta / 60:.0f} min left)", flush=True)
-            # Written after every cell: a grid takes an hour or more, and what is done stays done.
-            stem.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-            stem.with_suffix(".md").write_text(table(rows) + "\n")
-            plot(rows, stem.with_suffix(".png"))
+            write(rows, stem)  # after every cell: a grid takes hours, and what is done stays done
     print(table(rows))
+
+
+def write(rows: list[dict[str, Any]], stem: Path) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(table(rows) + "\n")
+    plot(rows, stem.with_suffix(".png"))
+
+
+def _order(row: dict[str, Any]) -> tuple[int, int, str]:
+    return ("full", "half").index(row["size"]), list(TOPOLOGIES).index(row["slice"]), row["config"]
 
 
 if __name__ == "__main__":

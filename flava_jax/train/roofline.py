@@ -7,8 +7,11 @@ count) costs the larger of its FLOPs at the chip's peak and its memory traffic a
 is a lower bound on the step's time if nothing overlaps and every op ran at a roofline; collectives are kept apart
 (they use the interconnect, and XLA overlaps most of them with compute).
 
-FLOPs are those of matrix products and convolutions (TPU programs express both as `convolution`); element-wise
-work is not counted, as it rarely bounds a step that is not already bound by its bytes.
+FLOPs are those of matrix products and convolutions (TPU programs express both as `convolution`), counting only
+window taps that fall on real input; element-wise work is not counted, as it rarely bounds a step that is not
+already bound by its bytes. Bytes are HBM traffic as the TPU program moves it: arrays that memory-space assignment
+placed in on-chip memory cost nothing, slices and in-place updates move only their slices, and a collective's
+transfers (fused with compute or not) count as collective bytes.
 """
 
 from __future__ import annotations
