@@ -29,6 +29,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(REPO))
+
+from flava_jax.train import chips  # noqa: E402
+from flava_jax.train.aot import collective_seconds, step_seconds  # noqa: E402
 
 # Slices a user rents: v4-8 and v5p-8 are 4 chips (one device per chip), v5e-8 is 8.
 TOPOLOGIES = {"v4-8": "v4:2x2x1", "v5e-8": "v5e:2x4", "v5p-8": "v5p:2x2x1"}
@@ -71,24 +75,34 @@ def compile_cell(cell: dict[str, Any], extra: list[str], scratch: Path) -> dict[
     raise RuntimeError(f"no mesh fits {cell}")
 
 
-def hours(row: dict[str, Any], steps: int) -> str:
-    return "n/a" if row["roofline_seconds"] is None else f"{row['roofline_seconds'] * steps / 3600:.1f}"
+def projected(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its collectives' time, estimated step and MFU worked out from its bytes and the chip table."""
+    chip = chips.chip(row["device_kind"])
+    collectives = collective_seconds(row["collective_bytes"], chip)
+    step = step_seconds(row["roofline_seconds"], collectives)
+    return {**row, "collective_seconds": collectives, "step_seconds": step,
+            "mfu": row["model_flops"] / (step * chip.peak_flops)}
+
+
+def _time(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds:.2f} s"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one row per compile."""
     head = ("| config | size | slice | recipe | mesh (data x fsdp) | memory per chip | compile here | "
-            "compiled / model FLOPs | HBM bytes per step | libtpu estimate | estimated step | projected MFU | "
-            "hours for 10.5K steps |")
+            "compiled / model FLOPs | HBM bytes per step | compute and HBM | collectives | libtpu estimate | "
+            "estimated step | projected MFU | hours for 10.5K steps |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
+    for r in map(projected, rows):
         shape = r["mesh_shape"]
         lines.append(
             f"| {r['config']} | {r['size']} | {r['slice']} | {r['recipe']} | {shape['data']} x {shape['fsdp']} | "
             f"{r['total'] / 2**30:.2f} of {r['device_memory'] / 2**30:.0f} GiB | {r['compile_seconds']:.0f} s | "
-            f"{r['compiled_flops'] / r['model_flops']:.2f}x | {r['hbm_bytes'] / 1e9:.0f} GB | "
-            f"{r['xla_costs'].get('optimal_seconds', float('nan')):.2f} s | {r['roofline_seconds']:.2f} s | "
-            f"{100 * r['mfu']:.0f}% | {hours(r, 10_500)} |")
+            f"{r['compiled_flops'] / r['model_flops']:.2f}x | {r['hbm_bytes'] / 1e12:.2f} TB | "
+            f"{_time(r['roofline_seconds'])} | {_time(r['collective_seconds'])} | "
+            f"{r['xla_costs'].get('optimal_seconds', float('nan')):.0f} s | {_time(r['step_seconds'])} | "
+            f"{100 * r['mfu']:.0f}% | {r['step_seconds'] * 10_500 / 3600:.1f} |")
     return "\n".join(lines)
 
 
@@ -101,7 +115,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     labels = [f"{r['config']} {r['size']}\n{r['slice']} {r['recipe'] if len(rows) < 6 else ''}".strip()
               for r in rows]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows)), 4))
-    ax.bar(range(len(rows)), [100 * r["mfu"] for r in rows], color="tab:blue")
+    ax.bar(range(len(rows)), [100 * projected(r)["mfu"] for r in rows], color="tab:blue")
     ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("projected MFU (%)")
     ax.set_title("Train step compiled for TPU slices: projected MFU (roofline, not measured)")
@@ -136,7 +150,7 @@ def main() -> None:
             elapsed = time.perf_counter() - started
             eta = elapsed / n * (len(todo) - n)
             print(f"[{n}/{len(todo)}] {cell['config']} {cell['size']} {cell['slice']} {cell['recipe']}: compiled in "
-                  f"{rows[-1]['compile_seconds']:.0f} s, projected MFU {100 * rows[-1]['mfu']:.0f}% "
+                  f"{rows[-1]['compile_seconds']:.0f} s, projected MFU {100 * projected(rows[-1])['mfu']:.0f}% "
                   f"({elapsed / n / 60:.1f} min per cell, about {eta / 60:.0f} min left)", flush=True)
             write(rows, stem)  # after every cell: a grid takes hours, and what is done stays done
     print(table(rows))

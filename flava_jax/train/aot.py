@@ -73,8 +73,9 @@ class StepReport:
     hbm_bytes: float  # operands and results of every top-level op, loops times their trip counts
     collective_bytes: float
     xla_costs: dict[str, float]  # cost_analysis(): flops, bytes accessed, optimal_seconds (libtpu's estimate)
-    roofline_seconds: float | None  # None where the chip's peak or bandwidth is not known
+    roofline_seconds: float | None  # compute and HBM; None where the chip's peak or bandwidth is not known
     flops_bound_seconds: float | None
+    collective_seconds: float | None  # collective bytes at the chip's ICI receive rate; None where not published
     peak_flops: float | None
 
     @property
@@ -83,11 +84,26 @@ class StepReport:
         return self.arguments + self.outputs - self.aliased + self.temporaries + self.generated_code
 
     @property
+    def step_seconds(self) -> float | None:
+        """The estimated step: the roofline, or the collectives' time where they take longer (collectives overlap
+        compute at best)."""
+        return step_seconds(self.roofline_seconds, self.collective_seconds)
+
+    @property
     def mfu(self) -> float | None:
-        """Projected model FLOPs utilisation: model FLOPs / (roofline time x peak)."""
-        if not (self.roofline_seconds and self.peak_flops):
+        """Projected model FLOPs utilisation: model FLOPs / (estimated step x peak)."""
+        if not (self.step_seconds and self.peak_flops):
             return None
-        return self.model_flops / (self.roofline_seconds * self.peak_flops)
+        return self.model_flops / (self.step_seconds * self.peak_flops)
+
+
+def step_seconds(roofline: float | None, collectives: float | None) -> float | None:
+    return None if roofline is None else max(roofline, collectives or 0.0)
+
+
+def collective_seconds(collective_bytes: float, chip: chips.Chip | None) -> float | None:
+    """Time to move a step's collective bytes at the chip's ICI receive rate, every link busy: a lower bound."""
+    return None if chip is None or chip.ici_receive is None else collective_bytes / chip.ici_receive
 
 
 def mesh_config(config: ConfigDict, mesh: str, device_count: int) -> ConfigDict:
@@ -176,7 +192,8 @@ def compile_step(config: ConfigDict, mesh: str, devices: Sequence[Any]) -> tuple
         model_flops=step_flops(config, model_config(config), run) / len(devices), compiled_flops=cost.flops,
         hbm_bytes=cost.bytes, collective_bytes=cost.collective_bytes,
         xla_costs=cost_summary(compiled.cost_analysis()), roofline_seconds=cost.seconds if timed else None,
-        flops_bound_seconds=cost.flops_bound_seconds if timed else None, peak_flops=peak)
+        flops_bound_seconds=cost.flops_bound_seconds if timed else None,
+        collective_seconds=collective_seconds(cost.collective_bytes, known), peak_flops=peak)
     return report, compiled
 
 
@@ -247,11 +264,13 @@ def format_projection(reports: Sequence[StepReport], total_steps: int) -> str:
             ("HBM bytes per step (HLO)", [_size(r.hbm_bytes) for r in reports]),
             ("collective bytes per step", [_size(r.collective_bytes) for r in reports]),
             ("libtpu optimal_seconds", [_seconds(r.xla_costs.get("optimal_seconds")) for r in reports]),
-            ("estimated step time (roofline)", [_seconds(r.roofline_seconds) for r in reports]),
+            ("compute and HBM (roofline)", [_seconds(r.roofline_seconds) for r in reports]),
             ("  of which FLOP-bound", [_seconds(r.flops_bound_seconds) for r in reports]),
+            ("collectives at ICI bandwidth", [_seconds(r.collective_seconds) for r in reports]),
+            ("estimated step time", [_seconds(r.step_seconds) for r in reports]),
             ("projected MFU", ["n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%" for r in reports]),
             (f"projected hours for {total_steps:,} steps",
-             ["n/a" if r.roofline_seconds is None else f"{r.roofline_seconds * total_steps / 3600:.1f}"
+             ["n/a" if r.step_seconds is None else f"{r.step_seconds * total_steps / 3600:.1f}"
               for r in reports])]
     return _table(rows)
 
@@ -324,7 +343,8 @@ def main(argv: list[str]) -> None:
         Path(_OUT.value).write_text(json.dumps({
             "devices": len(devices), "device_kind": devices[0].device_kind, "device_memory": capacity,
             "device_memory_source": source,
-            "meshes": [{**dataclasses.asdict(r), "total": r.total, "mfu": r.mfu} for r in reports], "failed": failed,
+            "meshes": [{**dataclasses.asdict(r), "total": r.total, "step_seconds": r.step_seconds, "mfu": r.mfu}
+                       for r in reports], "failed": failed,
         }, indent=2) + "\n")
     if failed:
         sys.exit(1)

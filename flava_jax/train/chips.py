@@ -17,6 +17,7 @@ class Chip:
     memory_gib: float
     memory_gbps: float | None  # HBM bandwidth, GB/s
     source: str
+    ici_gbps: float | None = None  # bidirectional inter-chip interconnect bandwidth per chip, GB/s, where published
 
     @property
     def peak_flops(self) -> float | None:
@@ -26,18 +27,23 @@ class Chip:
     def bandwidth(self) -> float | None:
         return None if self.memory_gbps is None else self.memory_gbps * 1e9
 
+    @property
+    def ici_receive(self) -> float | None:
+        """Bytes/s one chip can receive over all its links at once: half the bidirectional figure."""
+        return None if self.ici_gbps is None else self.ici_gbps * 1e9 / 2
+
 
 _GCP = "https://cloud.google.com/tpu/docs/"
 CHIPS = (
     Chip("TPU v2", None, 8, None, _GCP + "v2"),
     Chip("TPU v3", None, 16, None, _GCP + "v3"),
     Chip("TPU v4", 275, 32, 1200, _GCP + "v4"),
-    Chip("TPU v5 lite", 197, 16, 819, _GCP + "v5e"),  # v5e's device_kind
-    Chip("TPU v5e", 197, 16, 819, _GCP + "v5e"),
-    Chip("TPU v5p", 459, 95, 2765, _GCP + "v5p"),
-    Chip("TPU v5", 459, 95, 2765, _GCP + "v5p"),  # v5p's device_kind
-    Chip("TPU v6 lite", 918, 32, 1638, _GCP + "v6e"),  # v6e's device_kind
-    Chip("TPU v6e", 918, 32, 1638, _GCP + "v6e"),
+    Chip("TPU v5 lite", 197, 16, 819, _GCP + "v5e", ici_gbps=400),  # v5e's device_kind
+    Chip("TPU v5e", 197, 16, 819, _GCP + "v5e", ici_gbps=400),
+    Chip("TPU v5p", 459, 95, 2765, _GCP + "v5p", ici_gbps=1200),
+    Chip("TPU v5", 459, 95, 2765, _GCP + "v5p", ici_gbps=1200),  # v5p's device_kind
+    Chip("TPU v6 lite", 918, 32, 1638, _GCP + "v6e", ici_gbps=800),  # v6e's device_kind
+    Chip("TPU v6e", 918, 32, 1638, _GCP + "v6e", ici_gbps=800),
     Chip("A100-SXM4-80GB", 312, 80, 2039, "https://www.nvidia.com/en-us/data-center/a100/ (datasheet)"),
     Chip("A100 80GB", 312, 80, 2039, "https://www.nvidia.com/en-us/data-center/a100/ (datasheet)"),
     Chip("A100", 312, 40, 1555, "https://www.nvidia.com/en-us/data-center/a100/ (datasheet)"),

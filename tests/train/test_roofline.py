@@ -200,10 +200,21 @@ def test_valid_taps_by_hand() -> None:
 
 def test_chip_table() -> None:
     assert chips.chip("TPU v5 lite").bf16_tflops == 197 and chips.chip("TPU v5 lite").memory_gbps == 819
+    assert chips.chip("TPU v5 lite").ici_receive == 200e9 and chips.chip("TPU v4").ici_receive is None
     assert chips.chip("TPU v5").kind == "TPU v5" and chips.chip("TPU v4").memory_gib == 32
     assert chips.chip("NVIDIA A100-SXM4-80GB").memory_gib == 80
     assert chips.chip("cpu") is None
     assert all(c.source.startswith("https://") for c in chips.CHIPS)
+
+
+def test_step_time_takes_the_collectives_where_they_are_longer() -> None:
+    from flava_jax.train.aot import collective_seconds, step_seconds
+
+    v5e = chips.chip("TPU v5 lite")  # 400 GB/s both ways over its links: 200 GB/s in
+    assert collective_seconds(5e11, v5e) == 2.5
+    assert collective_seconds(5e11, chips.chip("TPU v4")) is None
+    assert step_seconds(1.5, 2.5) == 2.5 and step_seconds(3.0, 2.5) == 3.0 and step_seconds(1.5, None) == 1.5
+    assert step_seconds(None, 2.5) is None
 
 
 @pytest.mark.usefixtures("libtpu")
