@@ -8,7 +8,7 @@ more) and libtpu's own run-time estimate (`optimal_seconds`, sound for a bare pr
 
     python benchmarks/tpu_projection.py --grid readme   # 10M_0, 10M_4M x full, half x v4-8, v5e-8, v5p-8
     python benchmarks/tpu_projection.py --grid levers   # 10M_4M full on v5e-8, one tuning lever at a time
-        [--only 10M_4M,v5e-8] [--set model.remat_policy=dots_saveable ...] [--out PATH]
+        [--only v5e-8,full] [--set model.remat_policy=dots_saveable ...] [--out PATH]
     python benchmarks/tpu_projection.py --render A.json B.json --out PATH   # merge runs split with --only
 
 Writes PATH.json (every figure aot reports), PATH.md (the table printed) and PATH.png (projected MFU per cell).
@@ -51,7 +51,7 @@ def cells(grid: str, only: list[str]) -> list[dict[str, Any]]:
     else:
         rows = [dict(config="10M_4M", size="full", slice="v5e-8", recipe=label, overrides=overrides)
                 for label, overrides in LEVERS]
-    return [row for row in rows if not only or {row["config"], row["size"], row["slice"], row["recipe"]} & set(only)]
+    return [row for row in rows if set(only) <= {row["config"], row["size"], row["slice"], row["recipe"]}]
 
 
 def compile_cell(cell: dict[str, Any], extra: list[str], scratch: Path) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['total'] / 2**30:.2f} of {r['device_memory'] / 2**30:.0f} GiB | {r['compile_seconds']:.0f} s | "
             f"{r['compiled_flops'] / r['model_flops']:.2f}x | {r['hbm_bytes'] / 1e12:.2f} TB | "
             f"{_time(r['roofline_seconds'])} | {_time(r['collective_seconds'])} | "
-            f"{r['xla_costs'].get('optimal_seconds', float('nan')):.0f} s | {_time(r['step_seconds'])} | "
+            f"{_time(r['xla_costs'].get('optimal_seconds'))} | {_time(r['step_seconds'])} | "
             f"{100 * r['mfu']:.0f}% | {r['step_seconds'] * 10_500 / 3600:.1f} |")
     return "\n".join(lines)
 
@@ -112,13 +112,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['config']} {r['size']}\n{r['slice']} {r['recipe'] if len(rows) < 6 else ''}".strip()
-              for r in rows]
+    recipes = len({r["recipe"] for r in rows}) > 1
+    labels = [f"{r['config']} {r['size']}\n{r['slice']}" + (f"\n{r['recipe']}" if recipes else "") for r in rows]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows)), 4))
     ax.bar(range(len(rows)), [100 * projected(r)["mfu"] for r in rows], color="tab:blue")
     ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("projected MFU (%)")
-    ax.set_title("Train step compiled for TPU slices: projected MFU (roofline, not measured)")
+    ax.set_title("Projected MFU of the compiled train step (not measured)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -127,8 +127,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", choices=("readme", "levers"), default="readme")
-    parser.add_argument("--only", default="", help="comma-separated configs, sizes, slices or recipe labels to "
-                        "keep")
+    parser.add_argument("--only", default="", help="keep the cells matching all of these comma-separated configs, "
+                        "sizes, slices or recipe labels")
     parser.add_argument("--set", action="append", default=[], help="extra config override, e.g. model.x=y")
     parser.add_argument("--out", type=Path, default=None, help="path stem (default benchmarks/results/"
                         "tpu_projection_<grid>)")
