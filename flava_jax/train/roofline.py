@@ -168,20 +168,20 @@ def _users(body: list[Instruction]) -> dict[str, list[tuple[Instruction, int]]]:
     return users
 
 
-def _read_of(name: str, body: list[Instruction], computations: dict[str, list[Instruction]],
+def _read_of(name: str, users: dict[str, list[tuple[Instruction, int]]], computations: dict[str, list[Instruction]],
              updated: frozenset[str] = frozenset()) -> float | None:
     """Bytes the uses of `name` in a fused computation read of it: a slice its size, an in-place update (one of
     `updated`), a collective or the result tuple nothing, a nested fusion what its own uses read; None when some
     use reads it whole."""
     total = 0.0
-    for user, position in _users(body).get(name, []):
+    for user, position in users.get(name, []):
         inner: float | None = None
         if user.opcode == "bitcast":
-            inner = _read_of(user.name, body, computations, updated)
+            inner = _read_of(user.name, users, computations, updated)
         elif user.opcode == "fusion" and (nested := computations.get(_attribute(user.attributes, "calls") or "")):
             parameter = next((i.name for i in nested if i.opcode == "parameter" and i.arguments == str(position)),
                              None)
-            inner = _read_of(parameter, nested, computations) if parameter else None
+            inner = _read_of(parameter, _users(nested), computations) if parameter else None
         elif position == 0 and user.opcode in _SLICING:
             inner = array_bytes(user.shape)
         elif (position == 0 and user.name in updated) or _COLLECTIVE.match(user.opcode) or \
@@ -212,10 +212,11 @@ def fusion_traffic(instruction: Instruction, computations: dict[str, list[Instru
     updated = frozenset(r.name for r in results
                         if r.opcode == _UPDATE and through_bitcasts(r.operands[0]).opcode == "parameter")
     parameters = {int(i.arguments): i.name for i in body if i.opcode == "parameter"}
+    users = _users(body)
     moved = 0.0
     for index, operand in enumerate(instruction.operands):
         shape = shapes.get(operand, "")
-        read = _read_of(parameters[index], body, computations, updated) if index in parameters and \
+        read = _read_of(parameters[index], users, computations, updated) if index in parameters and \
             not on_chip(shape) else None
         moved += hbm_bytes(shape) if read is None else min(read, array_bytes(shape))
     outer = [m.group(0) for m in _ARRAY.finditer(instruction.shape)]
