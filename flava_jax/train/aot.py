@@ -262,7 +262,7 @@ def format_projection(reports: Sequence[StepReport], total_steps: int) -> str:
             ("compiled / model FLOPs", [f"{r.compiled_flops / r.model_flops:.2f}x" for r in reports]),
             ("XLA cost_analysis FLOPs", [_flops(r.xla_costs.get("flops", math.nan)) for r in reports]),
             ("HBM bytes per step (HLO)", [_size(r.hbm_bytes) for r in reports]),
-            ("collective bytes per step", [_size(r.collective_bytes) for r in reports]),
+            ("collective bytes received per step", [_size(r.collective_bytes) for r in reports]),
             ("libtpu optimal_seconds", [_seconds(r.xla_costs.get("optimal_seconds")) for r in reports]),
             ("compute and HBM (roofline)", [_seconds(r.roofline_seconds) for r in reports]),
             ("  of which FLOP-bound", [_seconds(r.flops_bound_seconds) for r in reports]),

@@ -11,7 +11,8 @@ FLOPs are those of matrix products and convolutions (TPU programs express both a
 window taps that fall on real input; element-wise work is not counted, as it rarely bounds a step that is not
 already bound by its bytes. Bytes are HBM traffic as the TPU program moves it: arrays that memory-space assignment
 placed in on-chip memory cost nothing, slices and in-place updates move only their slices, and a collective's
-transfers (fused with compute or not) count as collective bytes.
+transfers (fused with compute or not) count as collective bytes: what one device receives over a ring of its group
+(`received_bytes`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ _UPDATE = "dynamic-update-slice"
 _TARGET = re.compile(r'custom_call_target="(AllocateBuffer|ConcatBitcast)"')
 _COLLECTIVE = re.compile(r"^(all-gather|all-reduce|reduce-scatter|collective-permute|all-to-all|collective-broadcast)")
 _ASYNC_DONE = re.compile(r"-done$")
+# Replica groups as XLA prints them: named mesh axes, explicit device lists, or an iota of [groups, size]
+_MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\] \{([^}]*)\}")
+_LISTED_GROUPS = re.compile(r"replica_groups=\{\{([\d,]*)\}")
+_IOTA_GROUPS = re.compile(r"replica_groups=\[\d+,(\d+)\]<=")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +88,51 @@ def on_chip(shape: str) -> bool:
     """Whether an array type's layout places it in on-chip memory."""
     match = _ARRAY.search(shape)
     return bool(match and _ON_CHIP.search(match.group(3) or ""))
+
+
+def _tuple_elements(shape: str) -> list[str]:
+    """The top-level elements of a tuple type string."""
+    elements, depth, start = [], 0, 1
+    for i, char in enumerate(shape):
+        depth += {"(": 1, "{": 1, "[": 1, ")": -1, "}": -1, "]": -1}.get(char, 0)
+        if (char == "," and depth == 1) or (char == ")" and depth == 0):
+            elements.append(shape[start:i].strip())
+            start = i + 1
+    return elements
+
+
+def group_size(attributes: str) -> int | None:
+    """Devices in each replica group of a collective; None where the groups are not printed (all devices)."""
+    if match := _MESH_GROUPS.search(attributes):
+        sizes = {axis: int(size) for axis, size in re.findall(r"'([^']+)'=(\d+)", match.group(1))}
+        return math.prod(sizes[axis] for axis in re.findall(r"'([^']+)'", match.group(2)))
+    if match := _LISTED_GROUPS.search(attributes):
+        return len(match.group(1).split(","))
+    if match := _IOTA_GROUPS.search(attributes):
+        return int(match.group(1))
+    return None
+
+
+def received_bytes(instruction: Instruction, scatter: bool = False) -> float:
+    """Bytes one device receives for a collective over a group of n, on a ring (as ICI collectives run): an
+    all-gather or all-to-all the other n-1 shards of its result, a reduce-scatter n-1 partial results, an all-reduce
+    a reduce-scatter then an all-gather of its result, a permute its result. `scatter`: an all-reduce that a TPU
+    "all-reduce-scatter" fusion slices at once, a reduce-scatter in all but name. Without printed groups, the
+    result's bytes once."""
+    shape = instruction.shape
+    if instruction.opcode in ("all-gather-start", "collective-permute-start"):  # (operands, results, [contexts])
+        shape = _tuple_elements(shape)[1]
+    result = array_bytes(shape)
+    if instruction.opcode.startswith("collective-"):
+        return result
+    n = group_size(instruction.attributes)
+    if n is None:
+        return result
+    if instruction.opcode.startswith("reduce-scatter"):
+        return (n - 1) * result
+    if instruction.opcode.startswith("all-reduce") and not scatter:
+        return 2 * (n - 1) / n * result
+    return (n - 1) / n * result
 
 
 def dims_of(dims: str) -> tuple[int, ...]:
@@ -376,7 +426,7 @@ class Roofline:
         if op in _FREE or _ASYNC_DONE.search(op):
             return Cost(), 1
         if _COLLECTIVE.match(op):
-            return Cost(collective_bytes=array_bytes(instruction.shape)), 1
+            return Cost(collective_bytes=received_bytes(instruction)), 1
         called = _attribute(instruction.attributes, "calls") if op == "fusion" else None
         moved = fusion_traffic(instruction, self.computations, shapes) if called else traffic(instruction, shapes)
         # TPU programs fuse collectives with the compute they overlap ("async collective fusions"): count both.
@@ -404,7 +454,7 @@ class Roofline:
                     inner = self._fused(called)
                     flops, collective = flops + inner[0], collective + inner[1]
                 elif _COLLECTIVE.match(i.opcode):
-                    collective += array_bytes(i.shape)
+                    collective += received_bytes(i, scatter=computation.startswith("all-reduce-scatter"))
                 else:
                     flops += self._op_flops(i, shapes)
             self._fused_costs[computation] = (flops, collective)

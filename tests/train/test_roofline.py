@@ -8,7 +8,7 @@ import math
 import pytest
 
 from flava_jax.train import chips
-from flava_jax.train.roofline import Roofline, array_bytes, parse_module, trip_count, valid_taps
+from flava_jax.train.roofline import Roofline, array_bytes, group_size, parse_module, trip_count, valid_taps
 
 # A scan of 7 steps whose body holds a fused 64x128 @ 128x32 product and an all-gather; the entry adds a plain
 # dot (16x8 @ 8x4) and a copy. Layouts and metadata as XLA prints them.
@@ -80,7 +80,7 @@ def test_costs_by_hand() -> None:
     dot_bytes = (16 * 8 + 8 * 4 + 16 * 4) * 4
     compare = 0  # the condition is not costed
     assert cost.bytes == 7 * (fusion_bytes + add_bytes) + broadcast_bytes + copy_bytes + dot_bytes + compare
-    assert cost.collective_bytes == 7 * 128 * 32 * 2
+    assert cost.collective_bytes == 7 * 128 * 32 * 2 / 2  # each step, the other device's half of the gather
     # Every op here is bound by its bytes at 1 TFLOP/s against 1 GB/s.
     assert cost.flops_bound_seconds == 0
     assert math.isclose(cost.seconds, cost.bytes / bandwidth)
@@ -188,7 +188,61 @@ def test_tpu_program_by_hand() -> None:
     prefetch = 256 * 128 * 2  # read from HBM into on-chip memory
     window = 16 * 1024 * 4  # the slice read; written on chip
     assert cost.bytes == 3 * (row + update + pair + counter) + prefetch + window
-    assert cost.collective_bytes == 128 * 128 * 2
+    assert cost.collective_bytes == 7 * 16 * 128 * 2  # the 7 other devices' shards
+
+
+# Collectives as TPU programs print them, each with what one device receives over a ring of its group, by hand.
+COLLECTIVES = """HloModule jit_collectives, entry_computation_layout={(f32[64,32]{1,0})->f32[64,32]{1,0}}
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %sum = f32[] add(%a, %b)
+}
+
+%all-reduce-scatter.1 (input: f32[512,32]) -> f32[64,32] {
+  %input = f32[512,32]{1,0:T(8,128)S(1)} parameter(0)
+  %all-reduce.1 = f32[512,32]{1,0:T(8,128)} all-reduce(%input), channel_id=1, replica_groups={{0,1,2,3,4,5,6,7}}, to_apply=%add
+  %partition-id = u32[] partition-id()
+  %rows = u32[] constant(64)
+  %offset = u32[] multiply(%partition-id, %rows)
+  %zero = u32[] constant(0)
+  ROOT %slice = f32[64,32]{1,0:T(8,128)S(1)} dynamic-slice(%all-reduce.1, %offset, %zero), dynamic_slice_sizes={64,32}
+}
+
+ENTRY %main (p: f32[64,32], q: f32[512,32], w: bf16[4,8,32]) -> f32[64,32] {
+  %p = f32[64,32]{1,0} parameter(0)
+  %q = f32[512,32]{1,0} parameter(1)
+  %w = bf16[4,8,32]{2,1,0} parameter(2)
+  %gathered = bf16[32,8,32]{2,1,0:T(4,128)} all-gather(%w), channel_id=2, replica_groups=mesh['axis_0'=2,'axis_1'=8] {'axis_1'}, dimensions={0}
+  %unsplit = bf16[4,8,32]{2,1,0} all-gather(%w), channel_id=3, replica_groups=mesh['axis_0'=1,'axis_1'=8] {'axis_0'}, dimensions={0}
+  %summed = (f32[64,32]{1,0}, f32[512,32]{1,0}) all-reduce(%p, %q), channel_id=4, replica_groups=mesh['axis_0'=2,'axis_1'=8] {'axis_0','axis_1'}, to_apply=%add
+  %scattered = f32[16,32]{1,0} reduce-scatter(%p), channel_id=5, replica_groups=[4,4]<=[16], dimensions={0}, to_apply=%add
+  %shifted = (f32[64,32]{1,0}, f32[64,32]{1,0:S(1)}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%p), channel_id=6, source_target_pairs={{0,1},{1,0}}
+  %shifted.1 = f32[64,32]{1,0:S(1)} collective-permute-done(%shifted)
+  %async = ((bf16[4,8,32]{2,1,0}), (bf16[32,8,32]{2,1,0})) all-gather-start(%w), channel_id=7, replica_groups={{0,1,2,3,4,5,6,7}}, dimensions={0}
+  %async.1 = bf16[32,8,32]{2,1,0} all-gather-done(%async)
+  %fused = f32[64,32]{1,0} fusion(%q), kind=kCustom, calls=%all-reduce-scatter.1
+  ROOT %out = f32[64,32]{1,0} add(%p, %shifted.1)
+}
+"""  # noqa: E501 (XLA's lines, whole)
+
+
+def test_collectives_by_hand() -> None:
+    assert group_size("replica_groups=mesh['axis_0'=2,'axis_1'=8] {'axis_0','axis_1'}, to_apply=%add") == 16
+    assert group_size("replica_groups=[4,4]<=[16], dimensions={0}") == 4
+    assert group_size("replica_groups={{0,1,2}}, dimensions={0}") == 3
+    assert group_size("dimensions={0}") is None
+    gathered = 7 / 8 * 32 * 8 * 32 * 2  # the 7 other shards of the gather over axis_1's 8 devices
+    unsplit = 0  # a group of one device receives nothing
+    summed = 2 * 15 / 16 * (64 * 32 + 512 * 32) * 4  # reduce-scatter and all-gather of both arrays over 16
+    scattered = 3 * 16 * 32 * 4  # 3 other devices' partial sums of this device's 16 rows
+    shifted = 64 * 32 * 4  # the neighbour's array, once
+    asynchronous = 7 / 8 * 32 * 8 * 32 * 2  # as the synchronous gather, from the start's result half
+    fused = 7 / 8 * 512 * 32 * 4  # the all-reduce a TPU fusion slices at once: a reduce-scatter's traffic
+    cost = Roofline(COLLECTIVES, 1e12, 1e9).total()
+    assert cost.collective_bytes == pytest.approx(gathered + unsplit + summed + scattered + shifted + asynchronous
+                                                  + fused, rel=1e-12)
 
 
 def test_valid_taps_by_hand() -> None:
