@@ -25,6 +25,13 @@ from flava_jax.common.progress import duration
 from flava_jax.model.config import EncoderConfig, FlavaConfig
 from flava_jax.train import chips
 
+try:
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.proto.summary_pb2 import Summary
+except ImportError:  # pragma: no cover - tensorboardX is a dependency
+    EventsWriter = None
+
 log = logging.getLogger("flava_jax")
 
 def device_peak_flops(device: Any = None) -> tuple[float, str]:
@@ -145,7 +152,11 @@ def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 class MetricWriter:
-    """metrics.jsonl + TensorBoard, written by process 0 only."""
+    """metrics.jsonl + TensorBoard, written by process 0 only.
+
+    TensorBoard events are written and flushed in the caller's thread, not by tensorboardX's SummaryWriter: its
+    background thread outlived a run stopped by a full disk and printed a torn traceback after the error line.
+    """
 
     def __init__(self, workdir: str | os.PathLike, resume_step: int = 0) -> None:
         self.active = jax.process_index() == 0
@@ -159,12 +170,12 @@ class MetricWriter:
             partial = self.path.with_name(self.path.name + ".partial")
             partial.write_text("".join(row + "\n" for row in rows))
             os.replace(partial, self.path)  # a kill mid-write leaves the old file, not half of it
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:  # pragma: no cover - tensorboardX is a dependency; keep training without it
+        if EventsWriter is None:  # pragma: no cover - tensorboardX is a dependency; keep training without it
             log.warning("tensorboardX is not installed: no TensorBoard events")
         else:
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            events = Path(workdir) / "tensorboard"
+            events.mkdir(parents=True, exist_ok=True)
+            self._tb = EventsWriter(str(events / "events"))
 
     def write(self, step: int, values: Mapping[str, Any], timings: Mapping[str, Any] | None = None) -> None:
         """A metrics.jsonl row (`values`) and TensorBoard scalars (`values` and `timings`)."""
@@ -174,13 +185,15 @@ class MetricWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:
-            for key, value in {**values, **(timings or {})}.items():
-                self._tb.add_scalar(key, _scalar(value), step)
+            scalars = [Summary.Value(tag=key, simple_value=_scalar(value))
+                       for key, value in {**values, **(timings or {})}.items()]
+            self._tb.write_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=scalars)))
             self._tb.flush()
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
+            tb, self._tb = self._tb, None
+            tb.close()
 
 
 class Throughput:

@@ -109,7 +109,7 @@ def test_cli_fakes_devices_and_writes_json(tmp_path: Path) -> None:
         [sys.executable, "-m", "flava_jax.aot", "--config=configs/debug.py", "--devices=4", "--meshes=data,2x2",
          f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[2x2] compiling" in result.stderr
+    assert "[2x2] lowered in" in result.stderr and "[2x2] lowered and compiled in" in result.stderr
     report = json.loads(out.read_text())
     assert report["devices"] == 4 and report["device_memory"] is None
     assert [m["mesh_shape"] for m in report["meshes"]] == [{"data": 4, "fsdp": 1, "tensor": 1},

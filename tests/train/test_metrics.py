@@ -16,6 +16,8 @@ import json
 import logging
 import math
 import re
+import struct
+import threading
 from pathlib import Path
 
 import jax
@@ -330,3 +332,31 @@ def test_a_bad_line_before_the_last_is_an_error_naming_file_and_line(tmp_path: P
     with pytest.raises(metrics.MetricsFileError, match=rf"^{re.escape(str(path))}:2: not a metrics row"):
         metrics.MetricWriter(tmp_path, resume_step=3)
     assert path.read_text() == "\n".join([ROWS[0], bad, ROWS[2]]) + "\n"  # left as it was
+
+
+def _tfrecords(path: Path) -> list[bytes]:
+    """The records of a TFRecord file, read by its layout (u64 length, u32 CRC, data, u32 CRC) with no writer code."""
+    data, out, at = path.read_bytes(), [], 0
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at:at + 8])
+        out.append(data[at + 12:at + 12 + length])
+        at += 12 + length + 4
+    return out
+
+
+def test_tensorboard_events_are_on_disk_after_each_write_with_no_thread_left(tmp_path: Path) -> None:
+    """Each write's scalars are in the events file when write returns (nothing waits in a queue for a background
+    thread, which could outlive a run stopped by a full disk), values and timings alike."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    threads = threading.active_count()
+    writer = metrics.MetricWriter(tmp_path)
+    writer.write(5, {"loss": 2.5}, {"perf/steps_per_s": 0.25})
+    writer.write(10, {"loss": 1.5})
+    assert threading.active_count() == threads
+    (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    parsed = [Event.FromString(record) for record in _tfrecords(events)]
+    assert parsed[0].file_version == "brain.Event:2"
+    assert [(e.step, {v.tag: v.simple_value for v in e.summary.value}) for e in parsed[1:]] == [
+        (5, {"loss": 2.5, "perf/steps_per_s": 0.25}), (10, {"loss": 1.5})]
+    writer.close()
