@@ -8,6 +8,7 @@ more) and libtpu's own run-time estimate (`optimal_seconds`, sound for a bare pr
 
     python benchmarks/tpu_projection.py --grid readme   # 10M_0, 10M_4M x full, half x v4-8, v5e-8, v5p-8
     python benchmarks/tpu_projection.py --grid levers   # 10M_4M full on v5e-8, one tuning lever at a time
+    python benchmarks/tpu_projection.py --grid buckets  # the minus-waste recipe: text-only batches in length buckets
         [--only v5e-8,full] [--set model.remat_policy=dots_saveable ...] [--out PATH]
     python benchmarks/tpu_projection.py --render A.json B.json --out PATH   # merge runs split with --only
 
@@ -37,20 +38,27 @@ from flava_jax.train.aot import collective_seconds, step_seconds  # noqa: E402
 # Slices a user rents: v4-8 and v5p-8 are 4 chips (one device per chip), v5e-8 is 8.
 TOPOLOGIES = {"v4-8": "v4:2x2x1", "v5e-8": "v5e:2x4", "v5p-8": "v5p:2x2x1"}
 # Each lever row adds one change to the row above it: from f32 with unrolled layers (the "before") to the configs
-# as shipped, then larger micro-batches (which also widen the paper's contrastive negatives, so not shipped).
-LEVERS = (("f32, unrolled layers (before)", ("model.dtype=float32", "model.scan_layers=False")),
-          ("+ scanned layers", ("model.dtype=float32",)),
-          ("+ bf16 compute (the configs' default)", ()),
-          ("+ micro-batches of 144 (28 micro-steps)", ("train.micro_batch_size=144",)))
+# as shipped.
+LEVERS = (("f32, unrolled layers (before)", ("model.dtype=float32", "model.scan_layers=False",
+                                             "sharding.gather_weights=micro_step")),
+          ("+ scanned layers", ("model.dtype=float32", "sharding.gather_weights=micro_step")),
+          ("+ bf16 compute, kernels cast once a step", ("sharding.gather_weights=micro_step",)),
+          ("+ weights gathered once a step (the configs' default)", ()))
+# The minus-waste recipe pads text-only batches to the smallest of data.length_buckets that fits; a step's program
+# is the paper's with its text-only stream at that length.
+BUCKETS = (256, 128)
 
 
 def cells(grid: str, only: list[str]) -> list[dict[str, Any]]:
-    """(config, size, slice, recipe label, overrides) of every compile the grid asks for."""
+    """(config, size, slice, recipe label, overrides, text-only length) of every compile the grid asks for."""
     if grid == "readme":  # the paper's size first, then the thesis size
-        rows = [dict(config=c, size=s, slice=t, recipe="configs as shipped", overrides=())
+        rows = [dict(config=c, size=s, slice=t, recipe="configs as shipped", overrides=(), text_length=None)
                 for s in ("full", "half") for t in TOPOLOGIES for c in ("10M_4M", "10M_0")]
+    elif grid == "buckets":
+        rows = [dict(config=c, size="full", slice=t, recipe=f"text in the {length} bucket", overrides=(),
+                     text_length=length) for t in ("v5e-8", "v4-8") for c in ("10M_4M", "10M_0") for length in BUCKETS]
     else:
-        rows = [dict(config="10M_4M", size="full", slice="v5e-8", recipe=label, overrides=overrides)
+        rows = [dict(config="10M_4M", size="full", slice="v5e-8", recipe=label, overrides=overrides, text_length=None)
                 for label, overrides in LEVERS]
     return [row for row in rows if set(only) <= {row["config"], row["size"], row["slice"], row["recipe"]}]
 
@@ -62,6 +70,7 @@ def compile_cell(cell: dict[str, Any], extra: list[str], scratch: Path) -> dict[
     for mesh in ("fsdp", f"2x{chips // 2}"):
         command = [sys.executable, "-m", "flava_jax.aot", f"--config=configs/{cell['config']}.py:model={cell['size']}",
                    f"--topology={TOPOLOGIES[cell['slice']]}", f"--meshes={mesh}", f"--out={out}",
+                   *([f"--text_length={cell['text_length']}"] if cell["text_length"] else []),
                    *(f"--config.{o}" for o in (*cell["overrides"], *extra))]
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                                 env={"JAX_PLATFORMS": "cpu", **os.environ, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"})
@@ -127,7 +136,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", choices=("readme", "levers"), default="readme")
+    parser.add_argument("--grid", choices=("readme", "levers", "buckets"), default="readme")
     parser.add_argument("--only", default="", help="keep the cells matching all of these comma-separated configs, "
                         "sizes, slices or recipe labels")
     parser.add_argument("--set", action="append", default=[], help="extra config override, e.g. model.x=y")
@@ -164,8 +173,10 @@ def write(rows: list[dict[str, Any]], stem: Path) -> None:
     plot(rows, stem.with_suffix(".png"))
 
 
-def _order(row: dict[str, Any]) -> tuple[int, int, str]:
-    return ("full", "half").index(row["size"]), list(TOPOLOGIES).index(row["slice"]), row["config"]
+def _order(row: dict[str, Any]) -> tuple[int, int, str, int]:
+    """Size, slice, config, then the paper's text-only length before the buckets, longest first."""
+    return (("full", "half").index(row["size"]), list(TOPOLOGIES).index(row["slice"]), row["config"],
+            -(row.get("text_length") or 10**6))
 
 
 if __name__ == "__main__":

@@ -112,8 +112,11 @@ def sharding_config() -> ConfigDict:
     )
     # Examples split as batches are; heads and the MLP's hidden units over "tensor", as the tensor rules split weights.
     activation_rules = (("batch", ("data", "fsdp")), ("heads", "tensor"), ("mlp", "tensor"))
+    # With fsdp, when the weights are gathered: "step" once an optimizer step, before its micro-steps (a gathered
+    # copy per device, in the compute dtype: the micro-steps' collectives are then their gradients' reduce-scatters
+    # only), "micro_step" again at every micro-step (the least memory).
     return ConfigDict(dict(mesh=dict(data=-1, fsdp=1, tensor=1), fsdp=False, fsdp_min_size=2**16,
-                           rules=tensor_rules, activation_rules=activation_rules))
+                           gather_weights="step", rules=tensor_rules, activation_rules=activation_rules))
 
 
 def eval_config() -> ConfigDict:
@@ -180,6 +183,8 @@ def grid_config(text_words: int, images: int, arg: str | None = None) -> ConfigD
     config.model.dtype = "bfloat16"
     # One compiled layer per encoder, looped: the full step compiles for a TPU slice in minutes, not tens of minutes.
     config.model.scan_layers = True
+    # On TPUs, attention over lengths that are multiples of 128 (text-only batches) as one Pallas kernel.
+    config.model.attention = "auto"
     config.data.text_words = text_words
     config.data.images = images
     return config

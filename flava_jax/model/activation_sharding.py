@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import jax
 from jax.sharding import Mesh, PartitionSpec
@@ -60,3 +60,16 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
     if not rules or mesh.empty or mesh.size == 1:
         return x
     return jax.lax.with_sharding_constraint(x, activation_spec(x.shape, names, rules, mesh))
+
+
+def map_shards(fn: Callable[..., jax.Array], args: Sequence[jax.Array], names: Sequence[Sequence[str | None]]
+               ) -> jax.Array:
+    """`fn(*args)` run on each device's block of `args` (activations whose dimensions have the logical `names`),
+    under `jax.shard_map`: for kernels XLA cannot split itself (a Pallas call would otherwise be run whole, its inputs
+    gathered to every device). The result is laid out as the first argument. `fn(*args)` itself where `constrain`
+    is a no-op."""
+    rules, mesh = _RULES.get(), jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty or mesh.size == 1:
+        return fn(*args)
+    specs = tuple(activation_spec(a.shape, n, rules, mesh) for a, n in zip(args, names, strict=True))
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=specs[0], check_vma=False)(*args)

@@ -174,7 +174,8 @@ _HF_MODEL_TYPES = {
     "image_codebook_config": "flava_image_codebook",
 }
 # Fields of FlavaConfig that exist only in flava_jax: how to run the model, not what it is.
-RUNTIME_FIELDS = ("multimodal_attention_mask", "dtype", "param_dtype", "remat_policy", "scan_layers")
+RUNTIME_FIELDS = ("multimodal_attention_mask", "dtype", "param_dtype", "remat_policy", "scan_layers", "attention")
+ATTENTION = ("xla", "pallas", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +192,9 @@ class FlavaConfig:
       `jax.checkpoint_policies` policy (e.g. ``"nothing_saveable"``); None keeps activations.
     * ``scan_layers``: run each encoder's layers with `nn.scan` (parameters stacked on a leading layer axis),
       which compiles one layer instead of N. `from_pretrained`/`save_pretrained` convert the layout.
+    * ``attention``: ``"xla"`` (jnp operations), ``"pallas"`` (the TPU kernel of `attention_kernel.py` for
+      sequences whose length it takes, a multiple of 128; XLA for the rest), or ``"auto"``: the trainer picks
+      ``"pallas"`` on a TPU mesh and ``"xla"`` elsewhere (a model built with ``"auto"`` outside it runs ``"xla"``).
     """
 
     text_config: TextConfig = dataclasses.field(default_factory=TextConfig)
@@ -219,6 +223,7 @@ class FlavaConfig:
     param_dtype: str = "float32"
     remat_policy: str | None = None
     scan_layers: bool = False
+    attention: str = "xla"
 
     def __post_init__(self) -> None:
         for key, cls in _SUBCONFIGS.items():
@@ -259,6 +264,7 @@ class FlavaConfig:
         _check(self.initializer_range > 0, "initializer_range", "must be > 0")
         for key in ("dtype", "param_dtype"):
             _check(getattr(self, key) in DTYPES, key, f"{getattr(self, key)!r} is not one of {DTYPES}")
+        _check(self.attention in ATTENTION, "attention", f"{self.attention!r} is not one of {ATTENTION}")
         if self.remat_policy is not None:
             policies = sorted(p for p in dir(jax.checkpoint_policies) if not p.startswith("_"))
             _check(self.remat_policy in policies, "remat_policy",

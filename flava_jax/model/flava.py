@@ -119,10 +119,11 @@ class _Runtime(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat_policy: str | None = None
     scan_layers: bool = False
+    attention: str = "xla"
 
     def _encoder(self, config: EncoderConfig, deterministic: bool) -> FlavaEncoder:
         return FlavaEncoder(config, self.dtype, self.param_dtype, deterministic, self.remat_policy,
-                            self.scan_layers, name="encoder")
+                            self.scan_layers, self.attention, name="encoder")
 
     def _layer_norm(self, eps: float, name: str) -> nn.LayerNorm:
         return layer_norm(eps, self.dtype, self.param_dtype, name)
@@ -298,7 +299,7 @@ class FlavaModel(_Runtime):
     def setup(self) -> None:
         c = self.config
         runtime = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat_policy=self.remat_policy,
-                       scan_layers=self.scan_layers)
+                       scan_layers=self.scan_layers, attention=self.attention)
         self.text_model = FlavaTextModel(config=c.text_config, **runtime)
         self.image_model = FlavaImageModel(config=c.image_config, **runtime)
         self.multimodal_model = FlavaMultimodalModel(config=c.multimodal_config, **runtime)
@@ -469,7 +470,8 @@ class FlavaForPreTraining(nn.Module):
     def setup(self) -> None:
         c = self.config
         policy = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
-        self.flava = FlavaModel(config=c, remat_policy=c.remat_policy, scan_layers=c.scan_layers, **policy)
+        self.flava = FlavaModel(config=c, remat_policy=c.remat_policy, scan_layers=c.scan_layers,
+                                attention=c.attention, **policy)
         if c.init_codebook:
             self.image_codebook = FlavaImageCodebook(c.image_codebook_config, **policy)
         head = functools.partial(FlavaMaskedPredictionHead, init_range=c.initializer_range, **policy)

@@ -20,7 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flava_jax.model.activation_sharding import constrain
+from flava_jax.model import attention_kernel
+from flava_jax.model.activation_sharding import constrain, map_shards
 from flava_jax.model.config import EncoderConfig
 
 Dtype = Any
@@ -120,10 +121,12 @@ class _LayerPart(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     deterministic: bool
+    attention: str = "xla"  # FlavaConfig.attention
 
 
 class SelfAttention(_LayerPart):
-    """Multi-head self-attention (HF `FlavaSelfAttention`), softmax in f32."""
+    """Multi-head self-attention (HF `FlavaSelfAttention`), softmax in f32; with `attention="pallas"`, one TPU
+    kernel (`attention_kernel`) where the length allows and no dropout applies to the probabilities."""
 
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:
@@ -145,6 +148,17 @@ class SelfAttention(_LayerPart):
             # sqrt(head_dim) is a power of two (64 -> 8): scaling the query is exact and gives HF's bits, at a
             # (B, L, H, D) multiply instead of a (B, H, L, L) divide forward and backward.
             query = query * jnp.asarray(1 / root, query.dtype)
+        no_dropout = self.deterministic or c.attention_probs_dropout_prob == 0
+        if self.attention == "pallas" and attention_kernel.supported(length) and no_dropout:
+            heads_first = ("batch", "heads", "length", "head_dim")
+            inputs = [jnp.swapaxes(x, 1, 2) for x in (query, key, value)]
+            names = [heads_first] * 3
+            if bias is not None:
+                inputs.append(bias)
+                names.append(("batch", None, None, None))
+            kernel = functools.partial(_kernel_attention, divisor=None if exact else root)
+            context = jnp.swapaxes(map_shards(kernel, inputs, names), 1, 2)
+            return constrain(context, "batch", "length", "heads", "head_dim").reshape(batch, length, c.hidden_size)
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=acc)
         if not exact:
             scores = scores / jnp.asarray(root, acc)
@@ -156,13 +170,19 @@ class SelfAttention(_LayerPart):
         return context.reshape(batch, length, c.hidden_size)
 
 
+def _kernel_attention(query: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array | None = None, *,
+                      divisor: float | None) -> jax.Array:
+    return attention_kernel.attention(query, key, value, bias, divisor)
+
+
 class Attention(_LayerPart):
     """HF `FlavaAttention`: self-attention (`attention`) and its output projection (`output`)."""
 
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:
         c = self.config
-        context = SelfAttention(c, self.dtype, self.param_dtype, self.deterministic, name="attention")(x, bias)
+        context = SelfAttention(c, self.dtype, self.param_dtype, self.deterministic, self.attention,
+                                name="attention")(x, bias)
         return DenseBlock(c.hidden_size, c.initializer_range, c.hidden_dropout_prob, self.dtype, self.param_dtype,
                           self.deterministic, name="output")(context)
 
@@ -178,7 +198,7 @@ class FlavaLayer(_LayerPart):
         ln = functools.partial(layer_norm, c.layer_norm_eps, self.dtype, self.param_dtype)
         block = functools.partial(DenseBlock, init_range=c.initializer_range, dropout=c.hidden_dropout_prob,
                                   dtype=self.dtype, param_dtype=self.param_dtype, deterministic=self.deterministic)
-        x = x + Attention(c, self.dtype, self.param_dtype, self.deterministic, name="attention")(
+        x = x + Attention(c, self.dtype, self.param_dtype, self.deterministic, self.attention, name="attention")(
             ln("layernorm_before")(x), bias)
         x = constrain(x, *residual)
         hidden = block(c.intermediate_size, act=c.hidden_act, name="intermediate")(ln("layernorm_after")(x))
@@ -216,6 +236,7 @@ class FlavaEncoder(nn.Module):
     deterministic: bool
     remat_policy: str | None = None
     scan_layers: bool = False
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:
@@ -224,7 +245,7 @@ class FlavaEncoder(nn.Module):
             layer_cls = nn.remat(FlavaLayer, policy=getattr(jax.checkpoint_policies, self.remat_policy),
                                  prevent_cse=not self.scan_layers)
         kwargs = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype,
-                      deterministic=self.deterministic)
+                      deterministic=self.deterministic, attention=self.attention)
         if not self.scan_layers:
             return _LayerStack(layer_cls, self.config.num_hidden_layers, tuple(kwargs.items()), name="layer")(x, bias)
         scan = nn.scan(_scan_body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},

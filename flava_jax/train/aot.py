@@ -2,7 +2,8 @@
 compiled program costs, to project its step time and MFU on chips that are not here.
 
     python -m flava_jax.aot --config=configs/10M_4M.py [--config.key=value ...]
-        [--devices=8 | --topology=v5e:4x4] [--meshes=data,fsdp,2x4] [--out=memory.json]
+        [--devices=8 | --topology=v5e:4x4] [--meshes=data,fsdp,2x4] [--text_length=256] [--out=memory.json]
+        [--hlo_dir=DIR]
 
 For each mesh it builds the trainer's own jitted step (`train.build`: same shardings, same donation) and lowers it
 on abstract values only: `jax.eval_shape` gives the state's shapes, `jax.ShapeDtypeStruct`s with shardings stand in
@@ -59,6 +60,7 @@ class StepReport:
     mesh_shape: dict[str, int]
     examples_per_step: int
     micro_steps: int
+    text_length: int  # text-only batches' padded length
     parameters: int
     optimizer_state: int
     arguments: int  # state + batch + weights, as the program receives them
@@ -126,10 +128,11 @@ def mesh_config(config: ConfigDict, mesh: str, device_count: int) -> ConfigDict:
     return config
 
 
-def batch_spec(config: ConfigDict, run: Plan, sharding: jax.sharding.Sharding) -> dict[str, dict[str, Any]]:
+def batch_spec(config: ConfigDict, run: Plan, sharding: jax.sharding.Sharding,
+               text_length: int | None = None) -> dict[str, dict[str, Any]]:
     """ShapeDtypeStructs of one step's stacked batch, (micro_steps, examples, ...) per stream, as the pipeline
-    makes it: text padded to its longest length (length buckets compile smaller programs too), images as stored
-    uint8 pixels, patch masks over the model's grid."""
+    makes it: text padded to its longest length, or text-only batches to `text_length` (a length bucket's step),
+    images as stored uint8 pixels, patch masks over the model's grid."""
     data, image = config.data, config.model.image_config
     patches = (image.image_size // image.patch_size) ** 2
 
@@ -143,7 +146,7 @@ def batch_spec(config: ConfigDict, run: Plan, sharding: jax.sharding.Sharding) -
         return {"pixels": spec(n, data.image_size, data.image_size, 3, dtype=jnp.uint8),
                 "bool_masked_pos": spec(n, patches, dtype=jnp.bool_)}
 
-    makers = {"text": lambda n: text(n, data.text_max_length), "image": images,
+    makers = {"text": lambda n: text(n, text_length or data.text_max_length), "image": images,
               "pairs": lambda n: {**text(n, data.pair_max_length), **images(n), "itm_labels": spec(n)}}
     return {stream: makers[stream](n) for stream, n in run.micro_batch.items()}
 
@@ -154,9 +157,11 @@ def shard_bytes(tree: Any) -> int:
                for leaf in jax.tree.leaves(tree))
 
 
-def compile_step(config: ConfigDict, mesh: str, devices: Sequence[Any]) -> tuple[StepReport, Any]:
+def compile_step(config: ConfigDict, mesh: str, devices: Sequence[Any],
+                 text_length: int | None = None) -> tuple[StepReport, Any]:
     """Lower and compile the trainer's step for `mesh` over `devices` (real, faked or compile-only); returns its
-    report and the compiled program. Every data stream is assumed present, the most a run of this config can hold."""
+    report and the compiled program. Every data stream is assumed present, the most a run of this config can hold;
+    `text_length`: text-only batches padded to it (one of `data.length_buckets`), not to `data.text_max_length`."""
     config = mesh_config(config, mesh, len(devices))
     device_mesh = sharding_lib.make_mesh(config.sharding.mesh, devices)
     run = plan(config, list(STREAM_KEYS), device_mesh)
@@ -166,7 +171,7 @@ def compile_step(config: ConfigDict, mesh: str, devices: Sequence[Any]) -> tuple
                            MultimodalScheduler.from_config(run.weights, config.scheduler).weights())
     key = jax.eval_shape(lambda: jax.random.key(0))
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
-    batch = batch_spec(config, run, parts.batch_sharding)
+    batch = batch_spec(config, run, parts.batch_sharding, text_length)
     log.info("[%s] mesh %s, %d examples per step (%s x %d micro-steps): lowering", mesh, dict(device_mesh.shape),
              run.examples_per_step, run.micro_batch, run.accumulation)
     started = time.perf_counter()
@@ -184,12 +189,14 @@ def compile_step(config: ConfigDict, mesh: str, devices: Sequence[Any]) -> tuple
     timed = peak is not None and bandwidth is not None
     report = StepReport(
         mesh=mesh, mesh_shape=dict(device_mesh.shape), examples_per_step=run.examples_per_step,
-        micro_steps=run.accumulation, parameters=shard_bytes(parts.abstract_state.params),
+        micro_steps=run.accumulation, text_length=text_length or config.data.text_max_length,
+        parameters=shard_bytes(parts.abstract_state.params),
         optimizer_state=shard_bytes(parts.abstract_state.opt_state), arguments=stats.argument_size_in_bytes,
         outputs=stats.output_size_in_bytes, aliased=stats.alias_size_in_bytes, temporaries=stats.temp_size_in_bytes,
         generated_code=stats.generated_code_size_in_bytes, compile_seconds=seconds,
         lower_seconds=lower_seconds,
-        model_flops=step_flops(config, model_config(config), run) / len(devices), compiled_flops=cost.flops,
+        model_flops=step_flops(config, model_config(config), run, text_length) / len(devices),
+        compiled_flops=cost.flops,
         hbm_bytes=cost.bytes, collective_bytes=cost.collective_bytes,
         xla_costs=cost_summary(compiled.cost_analysis()), roofline_seconds=cost.seconds if timed else None,
         flops_bound_seconds=cost.flops_bound_seconds if timed else None,
@@ -238,6 +245,7 @@ def format_table(reports: Sequence[StepReport], capacity: int | None, capacity_s
     rows = [("mesh (data x fsdp x tensor)", [f"{r.mesh} {'x'.join(str(v) for v in r.mesh_shape.values())}"
                                              for r in reports]),
             ("examples per step", [f"{r.examples_per_step} ({r.micro_steps} micro-steps)" for r in reports]),
+            ("text-only batches padded to", [f"{r.text_length} tokens" for r in reports]),
             ("compile time here", [f"{r.compile_seconds:.0f} s ({r.lower_seconds:.0f} s lowering)"
                                    for r in reports]),
             ("parameters (analytic)", [_size(r.parameters) for r in reports]),
@@ -300,6 +308,10 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "Compile for a TPU slice, e.g.
                                 "libtpu).")
 _MESHES = flags.DEFINE_list("meshes", ["data", "fsdp"], "Meshes to compare: data, fsdp, config, DxF or DxFxT.")
 _OUT = flags.DEFINE_string("out", None, "Also write the measurements to this JSON file.")
+_TEXT_LENGTH = flags.DEFINE_integer("text_length", None, "Pad text-only batches to this length, as a length bucket "
+                                   "does (data.length_buckets), not to data.text_max_length.")
+_HLO_DIR = flags.DEFINE_string("hlo_dir", None, "Also write each mesh's optimized HLO to DIR/MESH.hlo.txt (what the "
+                               "projection reads; `benchmarks/tpu_breakdown.py` splits its cost by source).")
 
 
 def main(argv: list[str]) -> None:
@@ -310,6 +322,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--config is required")
     if _DEVICES.value is not None and _TOPOLOGY.value:
         raise app.UsageError("give --devices or --topology, not both")
+    if _TEXT_LENGTH.value is not None and not 2 < _TEXT_LENGTH.value <= _CONFIG.value.data.text_max_length:
+        raise app.UsageError(f"--text_length={_TEXT_LENGTH.value}: a bucket holds [CLS], [SEP] and text, at most "
+                             f"data.text_max_length ({_CONFIG.value.data.text_max_length})")
     if _DEVICES.value is not None:
         # Faked CPU devices must be asked for before JAX creates its CPU client, which happens at the first
         # device query, not at import. Nothing imported above queries one, so this option (the current form of
@@ -328,7 +343,11 @@ def main(argv: list[str]) -> None:
         reports, failed = [], {}
         for mesh in _MESHES.value:
             try:
-                reports.append(compile_step(_CONFIG.value, mesh, devices)[0])
+                report, compiled = compile_step(_CONFIG.value, mesh, devices, _TEXT_LENGTH.value)
+                reports.append(report)
+                if _HLO_DIR.value:
+                    Path(_HLO_DIR.value).mkdir(parents=True, exist_ok=True)
+                    (Path(_HLO_DIR.value) / f"{mesh}.hlo.txt").write_text(compiled.as_text())
             except sharding_lib.ShardingError as e:  # e.g. a width FSDP cannot split; the other meshes still run
                 log.error("[%s] %s", mesh, e)
                 failed[mesh] = str(e)

@@ -8,11 +8,11 @@ is a lower bound on the step's time if nothing overlaps and every op ran at a ro
 (they use the interconnect, and XLA overlaps most of them with compute).
 
 FLOPs are those of matrix products and convolutions (TPU programs express both as `convolution`), counting only
-window taps that fall on real input; element-wise work is not counted, as it rarely bounds a step that is not
-already bound by its bytes. Bytes are HBM traffic as the TPU program moves it: arrays that memory-space assignment
-placed in on-chip memory cost nothing, slices and in-place updates move only their slices, and a collective's
-transfers (fused with compute or not) count as collective bytes: what one device receives over a ring of its group
-(`received_bytes`).
+window taps that fall on real input, and of Pallas kernels as their cost estimate states them; element-wise work is
+not counted, as it rarely bounds a step that is not already bound by its bytes. Bytes are HBM traffic as the TPU
+program moves it: arrays that memory-space assignment placed in on-chip memory cost nothing, slices and in-place
+updates move only their slices, and a collective's transfers (fused with compute or not) count as collective bytes:
+what one device receives over a ring of its group (`received_bytes`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ _SLICING = frozenset({"dynamic-slice", "slice", "gather"})
 _UPDATE = "dynamic-update-slice"
 # TPU custom calls that only reserve or reinterpret a buffer
 _TARGET = re.compile(r'custom_call_target="(AllocateBuffer|ConcatBitcast)"')
+# A Pallas TPU kernel's FLOPs, from the cost estimate its pallas_call gave (in the custom call's backend config)
+_KERNEL_FLOPS = re.compile(r'custom_call_target="tpu_custom_call".*"cost_estimate":\{"flops":"(\d+)"')
 _COLLECTIVE = re.compile(r"^(all-gather|all-reduce|reduce-scatter|collective-permute|all-to-all|collective-broadcast)")
 _ASYNC_DONE = re.compile(r"-done$")
 # Replica groups as XLA prints them: named mesh axes, explicit device lists, or an iota of [groups, size]
@@ -403,30 +405,36 @@ class Roofline:
         return self.cost(self.entry)
 
     def cost(self, computation: str) -> Cost:
-        """The roofline cost of running `computation` once, instruction by instruction."""
-        instructions = self.computations[computation]
-        shapes = {i.name: i.shape for i in instructions}
+        """The roofline cost of running `computation` once."""
         total = Cost()
-        for instruction in instructions:
-            total.add(*self._instruction(instruction, shapes, instructions))
+        for _, cost, times in self.ops(computation):
+            total.add(cost, times)
         return total
 
-    def _instruction(self, instruction: Instruction, shapes: dict[str, str],
-                     caller: list[Instruction]) -> tuple[Cost, float]:
-        """(cost of one execution, times it runs) of a top-level instruction of the computation `caller`."""
+    def ops(self, computation: str | None = None, times: float = 1.0) -> Iterator[tuple[Instruction, Cost, float]]:
+        """(op, cost of one execution, executions per run of `computation`) of every op that costs anything, loop
+        bodies and calls entered (a conditional's costliest branch): the terms `cost` sums, for a breakdown."""
+        instructions = self.computations[computation or self.entry]
+        shapes = {i.name: i.shape for i in instructions}
+        for instruction in instructions:
+            op = instruction.opcode
+            if op == "while":
+                trips = trip_count(instruction, self.computations, instructions)
+                yield from self.ops(_attribute(instruction.attributes, "body"), times * trips)
+            elif op in ("call", "async-start") and (called := _attribute(instruction.attributes, "calls")):
+                yield from self.ops(called, times)
+            elif op == "conditional":
+                branches = re.findall(r"%([\w.\-]+)", _attribute(instruction.attributes, "branch_computations") or "")
+                if branches:
+                    yield from self.ops(max(branches, key=lambda b: self.cost(b).seconds), times)
+            elif not (op in _FREE or _ASYNC_DONE.search(op)):
+                yield instruction, self._leaf(instruction, shapes), times
+
+    def _leaf(self, instruction: Instruction, shapes: dict[str, str]) -> Cost:
+        """One execution of an op that is neither a loop, a call nor a conditional."""
         op = instruction.opcode
-        if op == "while":
-            trips = trip_count(instruction, self.computations, caller)
-            return self.cost(_attribute(instruction.attributes, "body")), trips
-        if op in ("call", "async-start") and (called := _attribute(instruction.attributes, "calls")):
-            return self.cost(called), 1
-        if op == "conditional":
-            branches = re.findall(r"%([\w.\-]+)", _attribute(instruction.attributes, "branch_computations") or "")
-            return max((self.cost(b) for b in branches), key=lambda c: c.seconds, default=Cost()), 1
-        if op in _FREE or _ASYNC_DONE.search(op):
-            return Cost(), 1
         if _COLLECTIVE.match(op):
-            return Cost(collective_bytes=received_bytes(instruction)), 1
+            return Cost(collective_bytes=received_bytes(instruction))
         called = _attribute(instruction.attributes, "calls") if op == "fusion" else None
         moved = fusion_traffic(instruction, self.computations, shapes) if called else traffic(instruction, shapes)
         # TPU programs fuse collectives with the compute they overlap ("async collective fusions"): count both.
@@ -434,13 +442,15 @@ class Roofline:
         compute, memory = flops / self.peak, moved / self.bandwidth
         seconds = max(compute, memory)
         return Cost(flops=flops, bytes=moved, collective_bytes=collective, seconds=seconds,
-                    flops_bound_seconds=seconds if compute >= memory else 0.0), 1
+                    flops_bound_seconds=seconds if compute >= memory else 0.0)
 
     def _op_flops(self, instruction: Instruction, shapes: dict[str, str]) -> float:
         if instruction.opcode == "convolution":
             return convolution_flops(instruction, shapes)
         if instruction.opcode == "dot":
             return dot_flops(instruction, shapes)
+        if instruction.opcode == "custom-call" and (match := _KERNEL_FLOPS.search(instruction.attributes)):
+            return float(match.group(1))
         return 0.0
 
     def _fused(self, computation: str) -> tuple[float, float]:

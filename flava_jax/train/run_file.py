@@ -27,6 +27,7 @@ FREE_KEYS = ("config.total_steps", "config.checkpoint_every_steps", "config.keep
              "config.allow_config_change", "config.data.stage_dir", "config.data.cache_dir", "config.data.download",
              "config.data.fetch.*", "config.data.prepare_workers", "config.data.workers", "config.data.worker_buffer",
              "config.data.read_threads", "config.data.read_buffer", "config.model.remat_policy",
+             "config.model.attention", "config.sharding.gather_weights",
              "config.eval.every_steps", "config.eval.evaluators.*.every_steps", "config.eval.evaluators.*.dir",
              "config.eval.evaluators.*.limit", "config.eval.evaluators.*.paradigms")
 

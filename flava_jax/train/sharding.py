@@ -128,8 +128,16 @@ def shard_activations(fn: Callable[..., Any], mesh: Mesh, rules: ActivationRules
     return traced
 
 
+def without_fsdp(specs: Any) -> Any:
+    """`specs` with the fsdp axis taken out of every dimension: the parameters gathered, other axes kept."""
+    def drop(axes: Any) -> Any:
+        if isinstance(axes, tuple):
+            kept = tuple(a for a in axes if a != "fsdp")
+            return kept or None
+        return None if axes == "fsdp" else axes
 
-
+    return jax.tree.map(lambda spec: PartitionSpec(*map(drop, spec)), specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def named(specs: Any, mesh: Mesh) -> Any:

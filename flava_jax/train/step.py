@@ -18,12 +18,14 @@ encoders. That costs one more forward pass of the text and image encoders on the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
 from typing import Any
 
 import flax.struct
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import optax
@@ -34,6 +36,7 @@ from flava_jax.model.flava import LOGIT_SCALE_CLAMP_MAX, LOGIT_SCALE_CLAMP_MIN, 
 from flava_jax.train.scheduler import STREAM_OF
 
 Batch = dict[str, dict[str, jax.Array]]
+_STREAMS = tuple(sorted(set(STREAM_OF.values())))  # image, pairs, text
 Weights = dict[str, dict[str, jax.Array]]
 
 
@@ -68,8 +71,9 @@ def make_loss_fn(model: FlavaForPreTraining, mlm_probability: float, image_mask_
                 contrastive: dict[str, Any] | None = None) -> tuple[jax.Array, dict]:
         total = jnp.zeros((), jnp.float32)
         metrics: dict[str, jax.Array] = {}
-        for i, stream in enumerate(sorted(micro)):
-            rngs = {} if deterministic else {"dropout": jax.random.fold_in(rng, i)}
+        for stream in sorted(micro):
+            # One dropout stream per data stream, the same whether or not the others are in `micro`.
+            rngs = {} if deterministic else {"dropout": jax.random.fold_in(rng, _STREAMS.index(stream))}
             batch = micro[stream]
             text_capacity = mask_capacity(batch["input_ids"].shape[-1], mlm_probability) if "input_ids" in batch \
                 else None
@@ -140,13 +144,45 @@ def _clamp_logit_scale(params: Any) -> Any:
     return {**params, "flava": flava}
 
 
+@dataclasses.dataclass(frozen=True)
+class ParamRead:
+    """The copy of the parameters a step's micro-steps read, made once a step rather than at every micro-step.
+
+    `kernel_dtype`: matrix-product and convolution kernels cast to the compute dtype (the model casts them at every
+    use; reading the cast copy moves half the bytes). Within a stream's forward pass a kernel used twice (the pairs'
+    masked and unmasked passes) sums its two gradients in that dtype, as torch autocast's cached weight casts do;
+    each stream's gradient is converted to the parameters' dtype before the streams' are added, as the reference
+    accumulates the gradients of its one-stream micro-batches.
+
+    `gathered`, `stored`: partition specs; the micro-steps read the parameters laid out as `gathered` (FSDP's shards
+    gathered once a step) and reduce each micro-step's gradient into the `stored` layout. Trace a step with
+    `gathered` under a mesh.
+    """
+
+    kernel_dtype: Any = None
+    gathered: Any = None
+    stored: Any = None
+
+    def view(self, params: Any) -> Any:
+        if self.kernel_dtype is not None:
+            params = flax.traverse_util.path_aware_map(
+                lambda path, x: x.astype(self.kernel_dtype) if path[-1] == "kernel" else x, params)
+        return params if self.gathered is None else jax.lax.with_sharding_constraint(params, self.gathered)
+
+    def stored_layout(self, grads: Any) -> Any:
+        """A micro-step's gradient, reduced into the layout the stored parameters have."""
+        return grads if self.stored is None else jax.lax.with_sharding_constraint(grads, self.stored)
+
+
 def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformation,
-                    contrastive_cache: Callable[..., dict[str, Any]] | None = None) -> Callable[..., Any]:
+                    contrastive_cache: Callable[..., dict[str, Any]] | None = None,
+                    read: ParamRead = ParamRead()) -> Callable[..., Any]:
     """train_step(state, batch, weights, rng) -> (state, metrics), pure; jit it with shardings and donation.
 
     With `contrastive_cache` (from `make_contrastive_cache`), the contrastive negatives are every pair of the step.
     `tx.update` gets the gradient's global norm as the extra argument `grad_norm` (`optim.clip_by_global_norm`
-    uses it; transformations without extra arguments ignore it).
+    uses it; transformations without extra arguments ignore it). `read`: the copy of the parameters the
+    micro-steps read (see ParamRead).
     """
     tx = optax.with_extra_args_support(tx)
 
@@ -154,9 +190,10 @@ def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformatio
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         micro_steps = jax.tree.leaves(batch)[0].shape[0]
         rng = jax.random.fold_in(rng, state.step)
+        view = read.view(state.params)
         cache = None
         if contrastive_cache is not None and "pairs" in batch and micro_steps > 1:
-            cache = contrastive_cache(state.params, batch["pairs"])
+            cache = contrastive_cache(view, batch["pairs"])
         per_micro = None if cache is None else {"image": cache["image"], "text": cache["text"]}
 
         def contrastive(k_slice: Any) -> dict[str, Any] | None:
@@ -164,9 +201,14 @@ def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformatio
 
         def micro(carry: Any, xs: Any) -> tuple[Any, None]:
             micro_batch, k, k_slice = xs
-            (loss, metrics), grads = grad_fn(state.params, micro_batch, weights, jax.random.fold_in(rng, k),
-                                             contrastive(k_slice))
-            out = (grads, {**metrics, "loss": loss})
+            key, loss, metrics, grads = jax.random.fold_in(rng, k), 0.0, {}, None
+            for stream in sorted(micro_batch):  # each stream's gradient apart, in the parameters' dtype (ParamRead)
+                (stream_loss, stream_metrics), stream_grads = grad_fn(view, {stream: micro_batch[stream]}, weights,
+                                                                      key, contrastive(k_slice))
+                stream_grads = jax.tree.map(lambda g, p: g.astype(p.dtype), stream_grads, state.params)
+                grads = stream_grads if grads is None else jax.tree.map(jnp.add, grads, stream_grads)
+                loss, metrics = loss + stream_loss, {**metrics, **stream_metrics}
+            out = (read.stored_layout(grads), {**metrics, "loss": loss})
             return (out if carry is None else jax.tree.map(jnp.add, carry, out)), None
 
         xs = (batch, jnp.arange(micro_steps), per_micro)

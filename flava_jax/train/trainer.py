@@ -38,7 +38,14 @@ from flava_jax.train import optim, run_file
 from flava_jax.train import sharding as sharding_lib
 from flava_jax.train.config_check import check_config
 from flava_jax.train.scheduler import MultimodalScheduler, micro_batch_sizes, stream_weights
-from flava_jax.train.step import TrainState, make_contrastive_cache, make_loss_fn, make_train_step, mask_capacity
+from flava_jax.train.step import (
+    ParamRead,
+    TrainState,
+    make_contrastive_cache,
+    make_loss_fn,
+    make_train_step,
+    mask_capacity,
+)
 
 log = logging.getLogger("flava_jax")
 STAGE_TIMEOUT_S = 24 * 3600  # copying a 4M-image grid cell to a slow host disk can take hours
@@ -185,8 +192,30 @@ def _contrastive_cache(config: ConfigDict, model: FlavaForPreTraining) -> Any:
     return make_contrastive_cache(model)
 
 
+def _param_read(config: ConfigDict, model_cfg: FlavaConfig, specs: Any) -> ParamRead:
+    """Kernels cast to the compute dtype once a step (where it differs from the parameters'), and FSDP's shards
+    gathered once a step with `sharding.gather_weights="step"`."""
+    dtype = jnp.dtype(model_cfg.dtype)
+    read = ParamRead(kernel_dtype=dtype if dtype != jnp.dtype(model_cfg.param_dtype) else None)
+    if config.sharding.fsdp and config.sharding.gather_weights == "step":
+        read = dataclasses.replace(read, gathered=sharding_lib.without_fsdp(specs), stored=specs)
+    return read
+
+
+def _attention_for(model_cfg: FlavaConfig, mesh: jax.sharding.Mesh) -> FlavaConfig:
+    """`model.attention` for this mesh: "auto" is the Pallas kernel on TPUs, XLA elsewhere."""
+    platform = mesh.devices.flat[0].platform
+    if model_cfg.attention == "auto":
+        return model_cfg.replace(attention="pallas" if platform == "tpu" else "xla")
+    if model_cfg.attention == "pallas" and platform != "tpu":
+        raise ConfigError(f"config.model.attention='pallas' is a TPU kernel and this mesh is {platform}: use "
+                          f"'auto' (the kernel on TPUs) or 'xla'")
+    return model_cfg
+
+
 def build(config: ConfigDict, model_cfg: FlavaConfig, mesh: jax.sharding.Mesh) -> Parts:
     """Everything about the model a run needs, sharded over `mesh` as `config.sharding` says."""
+    model_cfg = _attention_for(model_cfg, mesh)
     model = FlavaForPreTraining(model_cfg)
     abstract_params = jax.eval_shape(model.init_params, jax.random.key(config.seed))
     specs = sharding_lib.param_specs(abstract_params, mesh, config.sharding.rules, config.sharding.fsdp,
@@ -206,8 +235,9 @@ def build(config: ConfigDict, model_cfg: FlavaConfig, mesh: jax.sharding.Mesh) -
     loss_fn = make_loss_fn(model, config.data.mlm_probability, config.data.mask_patches)
     batch_sharding = sharding_lib.batch_sharding(mesh, leading=1)
     # Metrics replicated: every process reads them (a multi-process run cannot read a sharded array locally).
-    step = sharding_lib.shard_activations(make_train_step(loss_fn, tx, _contrastive_cache(config, model)), mesh,
-                                          config.sharding.activation_rules)
+    step = sharding_lib.shard_activations(
+        make_train_step(loss_fn, tx, _contrastive_cache(config, model), _param_read(config, model_cfg, specs)),
+        mesh, config.sharding.activation_rules)
     train_step = jax.jit(step, in_shardings=(state_shardings, batch_sharding, None, None),
                          out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
     abstract_state = checkpoint_lib.abstract(TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract_params,
@@ -233,11 +263,11 @@ def _tokenizer(data_dir: Path, manifest: dict[str, Any], model_cfg: FlavaConfig,
     return tokenizer, path, sha256
 
 
-def step_flops(config: ConfigDict, model_cfg: FlavaConfig, run: Plan) -> float:
+def step_flops(config: ConfigDict, model_cfg: FlavaConfig, run: Plan, text_length: int | None = None) -> float:
     """Model FLOPs of one optimizer step, all devices together (MLM at its masked capacity, MIM at its masked
-    patches)."""
+    patches), text-only batches padded to `text_length` (default `data.text_max_length`)."""
     data = config.data
-    lengths = {"text": data.text_max_length, "pairs": data.pair_max_length, "image": 0}
+    lengths = {"text": text_length or data.text_max_length, "pairs": data.pair_max_length, "image": 0}
     return run.accumulation * sum(
         metrics_lib.train_flops(model_cfg, s, n, lengths[s],
                                 mask_capacity(lengths[s], data.mlm_probability) if lengths[s] else 0, data.mask_patches)

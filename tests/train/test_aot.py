@@ -70,6 +70,27 @@ def test_batch_spec_matches_the_pipeline(debug_data: Path) -> None:
     assert {s: {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} for s, batch in spec.items()} == real
 
 
+def test_batch_spec_of_a_length_bucket_matches_the_pipeline(debug_data: Path) -> None:
+    """With length buckets, a step's text-only micro-batches share a bucket's length: `text_length` gives the
+    abstract batch of that bucket. The first step whose texts fit a bucket below text_max_length is compared."""
+    config = debug_config(data__dir=str(debug_data), train__batch_size=48, data__length_buckets=(16, 32, 48, 64),
+                          data__bucket_window=4)
+    mesh = sharding_lib.make_mesh(config.sharding.mesh)
+    run = plan(config, list(pipeline.STREAM_KEYS), mesh)
+    settings = pipeline.PipelineSettings.from_config(config)
+    iterator = pipeline.MultitaskIterator(settings, run.micro_batch, Tokenizer.load(debug_data / "tokenizer.model"),
+                                          process=(0, 1), group=run.accumulation)
+    for _ in range(32):
+        micro = [next(iterator)["text"] for _ in range(run.accumulation)]
+        real = {k: np.stack([m[k] for m in micro]).shape for k in micro[0]}
+        if real["input_ids"][-1] < config.data.text_max_length:
+            break
+    length = real["input_ids"][-1]
+    assert length in (16, 32, 48), real
+    spec = aot.batch_spec(config, run, sharding_lib.batch_sharding(mesh, leading=1), text_length=length)["text"]
+    assert {k: v.shape for k, v in spec.items()} == real
+
+
 def test_mesh_choices_and_errors() -> None:
     config = load_config("10M_4M", "model=half")
     assert dict(aot.mesh_config(config, "2x4", 8).sharding.mesh) == {"data": 2, "fsdp": 4, "tensor": 1}

@@ -60,14 +60,15 @@ THIRDS = {"pairs": 1 / 3, "image": 1 / 3, "text": 1 / 3}
 def test_grid_configs_carry_the_papers_budgets_and_weights(name: str, words: int, images: int,
                                                            expected: dict[str, float]) -> None:
     """Each grid config: its budgets, the stream weights of the table in docs/reference.md#sampling, 4096 examples per
-    step, full size by default and half size with `:model=half`, computed in bf16 over scanned layers."""
+    step, full size by default and half size with `:model=half`, computed in bf16 over scanned layers, attention as
+    the platform's best ("auto")."""
     config = load_config(name)
     assert (config.data.text_words, config.data.images) == (words, images)
     mesh = make_mesh({"data": 1}, jax.devices()[:1])
     run = plan(config, ["text", "image", "pairs"] if images else ["text"], mesh)
     assert run.weights == pytest.approx(expected)
     assert abs(run.examples_per_step - 4096) <= 64
-    tpu = dict(dtype="bfloat16", scan_layers=True)
+    tpu = dict(dtype="bfloat16", scan_layers=True, attention="auto")
     full, half = (dataclasses.replace(FlavaConfig.from_preset(size), **tpu) for size in ("full", "half"))
     assert model_config(config) == full
     assert model_config(load_config(name, "model=half")) == half != full

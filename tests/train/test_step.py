@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flava_jax.train.step import TrainState, make_train_step
+from flava_jax.train.step import ParamRead, TrainState, make_train_step
 
 LR = 0.01
 
@@ -59,3 +59,36 @@ def test_a_non_finite_loss_keeps_the_previous_state() -> None:
         for kept, before in zip(jax.tree.leaves((new.params, new.opt_state)),
                                 jax.tree.leaves((state.params, state.opt_state)), strict=True):
             np.testing.assert_array_equal(kept, before)
+
+
+def bf16_loss(params: dict, micro: dict, weights: dict, rng: jax.Array, contrastive: object = None) -> tuple:
+    """A layer as the model computes one in bf16: the kernel cast at use, the product in bf16, the loss in f32."""
+    x, y = micro["text"]["x"], micro["text"]["y"]
+    kernel = params["flava"]["dense"]["kernel"]
+    out = (x.astype(jnp.bfloat16) @ kernel.astype(jnp.bfloat16)).astype(jnp.float32) + params["flava"]["scale"]
+    loss = jnp.mean((out[:, 0] - y) ** 2)
+    return loss, {"loss/mlm": loss}
+
+
+def test_kernels_cast_once_a_step_give_the_same_update_as_cast_at_use() -> None:
+    """ParamRead(kernel_dtype=bf16): the micro-steps read a bf16 copy of the kernels (not the other leaves) and
+    their f32 gradients are what casting at every use gives, bit for bit, over 3 micro-steps of Adam."""
+    tx = optax.adam(LR)
+    rng = np.random.default_rng(0)
+    params = {"flava": {"dense": {"kernel": jnp.asarray(rng.standard_normal((3, 2)), jnp.float32)},
+                        "scale": jnp.asarray(0.25), "logit_scale": jnp.asarray(2.0)}}
+    read = ParamRead(kernel_dtype=jnp.bfloat16)
+    view = read.view(params)
+    assert view["flava"]["dense"]["kernel"].dtype == jnp.bfloat16
+    assert view["flava"]["scale"].dtype == view["flava"]["logit_scale"].dtype == jnp.float32
+    micro = jax.tree.map(lambda a: a[0], batch(1, X))
+    grads = jax.grad(lambda p: bf16_loss(p, micro, {}, jax.random.key(0))[0])(view)
+    assert grads["flava"]["dense"]["kernel"].dtype == jnp.bfloat16
+
+    state = TrainState(step=jnp.asarray(0), params=params, opt_state=tx.init(params))
+    at_use, _ = jax.jit(make_train_step(bf16_loss, tx))(state, batch(3, X), {}, jax.random.key(0))
+    once, _ = jax.jit(make_train_step(bf16_loss, tx, read=read))(state, batch(3, X), {}, jax.random.key(0))
+    for a, b in zip(jax.tree.leaves(at_use.params), jax.tree.leaves(once.params), strict=True):
+        assert a.dtype == b.dtype == jnp.float32
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(at_use.params["flava"]["dense"]["kernel"], params["flava"]["dense"]["kernel"])

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import re
 
+import jax
 import pytest
+from flax.traverse_util import flatten_dict
 
+from flava_jax.model.flava import FlavaForPreTraining
 from flava_jax.train import aot
-from flava_jax.train.roofline import array_bytes, instructions
+from flava_jax.train.roofline import Roofline, array_bytes, dims_of, instructions
+from flava_jax.train.trainer import model_config
 from tests.configs import debug_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("libtpu")]
@@ -63,3 +67,20 @@ def test_compiled_flops_match_the_model_count() -> None:
     assert 0.97 < report.compiled_flops / report.model_flops < 1.03
     assert report.compiled_flops > 4 * report.xla_costs["flops"]
     assert report.roofline_seconds > 0 and report.collective_seconds > 0 and 0 < report.mfu < 1
+
+
+def test_fsdp_gathers_weights_at_every_micro_step_or_once_a_step() -> None:
+    """sharding.gather_weights: "micro_step" gathers each weight inside the accumulation loop (once per micro-step),
+    "step" once before it, for fewer collective bytes a step."""
+    config = debug_config(train__batch_size=48)
+    params = jax.eval_shape(FlavaForPreTraining(model_config(config)).init_params, jax.random.key(0))
+    weights = {tuple(leaf.shape) for leaf in flatten_dict(params).values()}
+    runs, received = {}, {}
+    for mode in ("micro_step", "step"):
+        report, hlo, _ = _compile("v5e:2x2", "fsdp", train__batch_size=48, sharding__gather_weights=mode)
+        assert report.micro_steps == 4
+        runs[mode] = {times for op, _, times in Roofline(hlo, 1.0, 1.0).ops() if op.opcode.startswith("all-gather")
+                      and tuple(dims_of(re.findall(r"\[([\d,]*)\]", op.shape)[-1])) in weights}
+        received[mode] = report.collective_bytes
+    assert runs == {"micro_step": {4}, "step": {1}}, runs
+    assert received["step"] < received["micro_step"] / 2, received

@@ -78,10 +78,13 @@ def test_multitask_gradient_matches_transformers(debug_data: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sharded_steps_match_one_device(debug_data: Path) -> None:
-    """Three steps on a 2x4 (data x fsdp) mesh of 8 faked devices, FSDP on, against one device."""
+@pytest.mark.parametrize("gather_weights", ["micro_step", "step"])
+def test_sharded_steps_match_one_device(debug_data: Path, gather_weights: str) -> None:
+    """Three steps on a 2x4 (data x fsdp) mesh of 8 faked devices, FSDP on (the weights gathered at every micro-step,
+    or once a step), against one device."""
     assert jax.device_count() == 8, "conftest fakes 8 CPU devices"
-    config = debug_config(data__dir=str(debug_data), sharding__fsdp=True, sharding__fsdp_min_size=512)
+    config = debug_config(data__dir=str(debug_data), sharding__fsdp=True, sharding__fsdp_min_size=512,
+                          sharding__gather_weights=gather_weights)
     model_cfg = model_config(config)
     mesh8 = sharding_lib.make_mesh({"data": 2, "fsdp": 4})
     run = plan(config, ["text", "image", "pairs"], mesh8)
@@ -225,26 +228,39 @@ def _final_params(workdir: Path) -> Any:
 @pytest.mark.slow
 def test_bf16_losses_track_the_f32_run_over_60_steps(debug_data: Path, tmp_path: Path) -> None:
     """model.dtype="bfloat16" (bf16 matmuls, f32 parameters, softmax, LayerNorm and losses) against f32, the debug
-    run's 60 steps. Stated tolerance: the total loss within 3% at every step, and each objective's mean over the
-    last 10 steps within 3% (the per-step contrastive loss of 8 pairs swings by up to 30% between the two)."""
-    processes = {dtype: _spawn(_command(tmp_path / dtype, debug_data, f"--config.model.dtype={dtype}",
-                                        "--config.eval.every_steps=100", "--config.eval.evaluators.pppl.texts=0"),
-                               tmp_path / f"{dtype}.log") for dtype in ("float32", "bfloat16")}
+    run's 60 steps. The tiny model's runs are chaotic (its 8 pairs' text embeddings start nearly collinear, so the
+    contrastive loss turns on rounding, and the shared encoders with it): an f32 run with scanned layers, the same
+    arithmetic in another order, parts from the f32 run by up to 4% a step and 67% in the contrastive loss's last
+    10 steps (2026-12-06). That run is the yardstick. Stated tolerance: the total loss within 1% over the first 5
+    steps, before rounding has parted the runs; then the total at every step and each objective's mean over the last
+    10 steps at most twice as far from f32 as the yardstick is, or 3%."""
+    runs = {"float32": (), "scanned": ("--config.model.scan_layers=True",), "bfloat16": ()}
+    processes = {name: _spawn(_command(tmp_path / name, debug_data, *extra, "--config.eval.every_steps=100",
+                                       "--config.eval.evaluators.pppl.texts=0",
+                                       f"--config.model.dtype={'bfloat16' if name == 'bfloat16' else 'float32'}"),
+                              tmp_path / f"{name}.log") for name, extra in runs.items()}
     losses = {}
-    for dtype, process in processes.items():
-        assert process.wait(timeout=1800) == 0, (tmp_path / f"{dtype}.log").read_text()[-3000:]
-        rows = [json.loads(line) for line in (tmp_path / dtype / "metrics.jsonl").read_text().splitlines()]
-        losses[dtype] = {row["step"]: {k: v for k, v in row.items() if k.startswith("loss")} for row in rows
-                         if "loss" in row}
-    f32, bf16 = losses["float32"], losses["bfloat16"]
-    assert sorted(f32) == sorted(bf16) == list(range(1, 61))
+    for name, process in processes.items():
+        assert process.wait(timeout=1800) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = {row["step"]: {k: v for k, v in row.items() if k.startswith("loss")} for row in rows
+                        if "loss" in row}
+    f32, bf16, yardstick = losses["float32"], losses["bfloat16"], losses["scanned"]
+    assert sorted(f32) == sorted(bf16) == sorted(yardstick) == list(range(1, 61))
     assert f32[60]["loss"] < 0.75 * f32[1]["loss"]  # it learns, so tracking means something
     assert f32 != bf16  # bf16 did change the arithmetic
-    for step in f32:
-        assert abs(bf16[step]["loss"] - f32[step]["loss"]) <= 0.03 * f32[step]["loss"], step
+
+    def apart(run: dict, step: int, key: str = "loss") -> float:
+        return abs(run[step][key] - f32[step][key]) / f32[step][key]
+
+    for step in range(1, 6):
+        assert apart(bf16, step) <= 0.01, step
+    allowed = max(0.03, 2 * max(apart(yardstick, step) for step in f32))
+    assert max(apart(bf16, step) for step in f32) <= allowed
     for key in f32[1]:
-        last = [np.mean([run[step][key] for step in range(51, 61)]) for run in (f32, bf16)]
-        assert abs(last[1] - last[0]) <= 0.03 * last[0], (key, last)
+        last = {name: np.mean([run[step][key] for step in range(51, 61)]) for name, run in losses.items()}
+        allowed = max(0.03, 2 * abs(last["scanned"] - last["float32"]) / last["float32"])
+        assert abs(last["bfloat16"] - last["float32"]) <= allowed * last["float32"], (key, last)
 
 
 @pytest.mark.slow
