@@ -7,8 +7,9 @@ context, and recomputes the probabilities in the backward pass from the query an
 for the traffic. The numerics are the model's: f32 scores, softmax and its backward (torch's formula,
 `layers.softmax`), probabilities cast to the compute dtype for the product with the values.
 
-Lengths must be multiples of 128 (the TPU's lane width, for the in-kernel transposes); the model keeps XLA's
-attention elsewhere. Off a TPU, run it under `jax.experimental.pallas.tpu.force_tpu_interpret_mode()`.
+Any length up to 512 (Mosaic masks the partial tiles of other lengths itself; longer sequences would need the
+scores in blocks, flash-attention style, to fit VMEM): the model keeps XLA's attention above it. Off a TPU, run it
+under `jax.experimental.pallas.tpu.force_tpu_interpret_mode()`.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-LANES = 128
+MAX_LENGTH = 512  # a backward step holds four (length x length) f32 arrays: 4 MiB at 512
 
 
 def supported(length: int) -> bool:
     """Whether the kernel takes sequences of `length`."""
-    return length % LANES == 0
+    return length <= MAX_LENGTH
+
 
 
 def _probabilities(q: jax.Array, k: jax.Array, bias_ref: pltpu.MemoryRef | None, divisor: float | None) -> jax.Array:
@@ -113,10 +115,10 @@ def attention(query: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Arra
               divisor: float | None) -> jax.Array:
     """softmax(query key^T / divisor + bias) value, per example and head.
 
-    query, key, value: (batch, heads, length, head_dim), length a multiple of 128; bias: (batch, 1, 1, length) f32
-    (0 or a large negative per key) or None; divisor: a static scale of the scores, or None when the query is
+    query, key, value: (batch, heads, length, head_dim), length at most MAX_LENGTH; bias: (batch, 1, 1, length)
+    f32 (0 or a large negative per key) or None; divisor: a static scale of the scores, or None when the query is
     already scaled. Returns (batch, heads, length, head_dim) in the query's dtype.
     """
     if not supported(query.shape[2]):
-        raise ValueError(f"attention_kernel: length {query.shape[2]} is not a multiple of {LANES}")
+        raise ValueError(f"attention_kernel: length {query.shape[2]} is over {MAX_LENGTH}")
     return _attention(query, key, value, bias, divisor)

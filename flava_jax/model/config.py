@@ -192,9 +192,9 @@ class FlavaConfig:
       `jax.checkpoint_policies` policy (e.g. ``"nothing_saveable"``); None keeps activations.
     * ``scan_layers``: run each encoder's layers with `nn.scan` (parameters stacked on a leading layer axis),
       which compiles one layer instead of N. `from_pretrained`/`save_pretrained` convert the layout.
-    * ``attention``: ``"xla"`` (jnp operations), ``"pallas"`` (the TPU kernel of `attention_kernel.py` for
-      sequences whose length it takes, a multiple of 128; XLA for the rest), or ``"auto"``: the trainer picks
-      ``"pallas"`` on a TPU mesh and ``"xla"`` elsewhere (a model built with ``"auto"`` outside it runs ``"xla"``).
+    * ``attention``: ``"xla"`` (jnp operations), ``"pallas"`` (the TPU kernel of `attention_kernel.py`, scores
+      kept on chip), or ``"auto"``: the trainer picks ``"pallas"`` on a TPU mesh and ``"xla"`` elsewhere (a model
+      built with ``"auto"`` outside it runs ``"xla"``).
     """
 
     text_config: TextConfig = dataclasses.field(default_factory=TextConfig)

@@ -126,7 +126,7 @@ class _LayerPart(nn.Module):
 
 class SelfAttention(_LayerPart):
     """Multi-head self-attention (HF `FlavaSelfAttention`), softmax in f32; with `attention="pallas"`, one TPU
-    kernel (`attention_kernel`) where the length allows and no dropout applies to the probabilities."""
+    kernel (`attention_kernel`) where no dropout applies to the probabilities."""
 
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:
@@ -149,7 +149,7 @@ class SelfAttention(_LayerPart):
             # (B, L, H, D) multiply instead of a (B, H, L, L) divide forward and backward.
             query = query * jnp.asarray(1 / root, query.dtype)
         no_dropout = self.deterministic or c.attention_probs_dropout_prob == 0
-        if self.attention == "pallas" and attention_kernel.supported(length) and no_dropout:
+        if self.attention == "pallas" and no_dropout and attention_kernel.supported(length):
             heads_first = ("batch", "heads", "length", "head_dim")
             inputs = [jnp.swapaxes(x, 1, 2) for x in (query, key, value)]
             names = [heads_first] * 3

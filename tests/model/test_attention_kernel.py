@@ -23,29 +23,33 @@ def _numpy_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarr
     return np.einsum("bhqk,bhkd->bhqd", probs / probs.sum(-1, keepdims=True), v)
 
 
-def test_kernel_matches_float64_attention() -> None:
+@pytest.mark.parametrize(("length", "masked"), [(128, True), (77, True), (197, False)])
+def test_kernel_matches_float64_attention(length: int, masked: bool) -> None:
+    """Any length up to 512, multiples of the TPU's 128 lanes or not."""
     rng = np.random.default_rng(0)
-    q, k, v = (rng.standard_normal((2, 3, 128, 48)) for _ in range(3))
-    mask = np.ones((2, 128), bool)
-    mask[0, 77:] = mask[1, 9:] = False
-    bias = attention_bias(jnp.asarray(mask))
+    q, k, v = (rng.standard_normal((2, 3, length, 48)) for _ in range(3))
+    mask = np.ones((2, length), bool)
+    if masked:
+        mask[0, 70:] = mask[1, 9:] = False
+    bias = attention_bias(jnp.asarray(mask)) if masked else None
     with pltpu.force_tpu_interpret_mode():
         out = attention_kernel.attention(*(jnp.asarray(x, jnp.float32) for x in (q, k, v)), bias, np.sqrt(48.0))
     np.testing.assert_allclose(np.asarray(out), _numpy_attention(q, k, v, mask, np.sqrt(48.0)), rtol=0, atol=2e-6)
 
 
-@pytest.mark.parametrize(("dtype", "head_dim", "masked"), [("float32", 64, True), ("float32", 48, False),
-                                                          ("bfloat16", 64, True)])
-def test_model_attention_with_the_kernel_matches_xla(dtype: str, head_dim: int, masked: bool) -> None:
+@pytest.mark.parametrize(("dtype", "head_dim", "length", "masked"), [("float32", 64, 128, True),
+                                                                    ("float32", 48, 100, False),
+                                                                    ("bfloat16", 64, 128, True)])
+def test_model_attention_with_the_kernel_matches_xla(dtype: str, head_dim: int, length: int, masked: bool) -> None:
     """`Attention` (projections included) with attention="pallas" against "xla": the output and the gradient of
     every parameter and of the input, to f32 rounding in f32 and to bf16's in bf16 (the kernel keeps the
     probabilities' gradient in f32 where XLA's product rounds it to bf16)."""
     config = dataclasses.replace(TextConfig(), hidden_size=3 * head_dim, num_attention_heads=3,
                                  intermediate_size=64)
     rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((2, 128, config.hidden_size)), jnp.float32)
-    mask = np.ones((2, 128), bool)
-    mask[1, 100:] = False
+    x = jnp.asarray(rng.standard_normal((2, length, config.hidden_size)), jnp.float32)
+    mask = np.ones((2, length), bool)
+    mask[1, 90:] = False
     bias = attention_bias(jnp.asarray(mask)) if masked else None
     weights = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
     layers = {name: Attention(config, jnp.dtype(dtype), jnp.float32, deterministic=False, attention=name)
@@ -67,9 +71,8 @@ def test_model_attention_with_the_kernel_matches_xla(dtype: str, head_dim: int, 
         assert float(jnp.abs(got - want).max()) <= tolerance * float(jnp.abs(want).max()), jax.tree_util.keystr(path)
 
 
-def test_lengths_the_kernel_takes() -> None:
-    assert attention_kernel.supported(512) and attention_kernel.supported(128)
-    assert not attention_kernel.supported(197) and not attention_kernel.supported(77)
-    q = jnp.zeros((1, 1, 77, 64))
-    with pytest.raises(ValueError, match="77 is not a multiple of 128"):
+def test_lengths_over_512_are_refused() -> None:
+    assert attention_kernel.supported(512) and not attention_kernel.supported(513)
+    q = jnp.zeros((1, 1, 513, 64))
+    with pytest.raises(ValueError, match="length 513 is over 512"):
         attention_kernel.attention(q, q, q, None, None)

@@ -191,6 +191,31 @@ def test_tpu_program_by_hand() -> None:
     assert cost.collective_bytes == 7 * 16 * 128 * 2  # the 7 other devices' shards
 
 
+# A Pallas kernel as XLA prints its custom call (backend config cut to the fields the roofline reads), and a
+# custom call without a cost estimate.
+KERNEL = """HloModule jit_kernel, entry_computation_layout={(bf16[8,512,64]{2,1,0})->bf16[8,512,64]{2,1,0}}
+
+ENTRY %main (q: bf16[8,512,64], k: bf16[8,512,64:S(1)]) -> bf16[8,512,64] {
+  %q = bf16[8,512,64]{2,1,0} parameter(0)
+  %k = bf16[8,512,64]{2,1,0:S(1)} parameter(1)
+  %attention = bf16[8,512,64]{2,1,0} custom-call(%q, %k), custom_call_target="tpu_custom_call", backend_config={"custom_call_config": {"body": "TUzvUgFNTElS", "cost_estimate":{"flops":"1073741824","transcendentals":"2097152","bytes_accessed":"1572864"},"needs_layout_passes":true}}
+  ROOT %other = bf16[8,512,64]{2,1,0} custom-call(%attention), custom_call_target="SomethingOpaque"
+}
+"""  # noqa: E501 (XLA's lines, whole)
+
+
+def test_kernel_flops_from_its_cost_estimate() -> None:
+    """A Pallas call costs the FLOPs its cost estimate states and the HBM bytes of its operands and result (the
+    on-chip operand nothing); a custom call without an estimate costs its bytes only. `ops` lists both."""
+    cost = Roofline(KERNEL, 1e12, 1e9).total()
+    array = 8 * 512 * 64 * 2
+    assert cost.flops == 1073741824
+    assert cost.bytes == (array + array) + (array + array)
+    assert cost.seconds == pytest.approx(max(1073741824 / 1e12, 2 * array / 1e9) + 2 * array / 1e9)
+    assert [(i.name, times) for i, _, times in Roofline(KERNEL, 1e12, 1e9).ops()] == [("attention", 1),
+                                                                                       ("other", 1)]
+
+
 # Collectives as TPU programs print them, each with what one device receives over a ring of its group, by hand.
 COLLECTIVES = """HloModule jit_collectives, entry_computation_layout={(f32[64,32]{1,0})->f32[64,32]{1,0}}
 
