@@ -40,10 +40,11 @@ TOPOLOGIES = {"v4-8": "v4:2x2x1", "v5e-8": "v5e:2x4", "v5p-8": "v5p:2x2x1"}
 # Each lever row adds one change to the row above it: from f32 with unrolled layers (the "before") to the configs
 # as shipped.
 LEVERS = (("f32, unrolled layers (before)", ("model.dtype=float32", "model.scan_layers=False",
-                                             "sharding.gather_weights=micro_step")),
-          ("+ scanned layers", ("model.dtype=float32", "sharding.gather_weights=micro_step")),
-          ("+ bf16 compute, kernels cast once a step", ("sharding.gather_weights=micro_step",)),
-          ("+ weights gathered once a step (the configs' default)", ()))
+                                             "sharding.gather_weights=micro_step", "model.attention=xla")),
+          ("+ scanned layers", ("model.dtype=float32", "sharding.gather_weights=micro_step", "model.attention=xla")),
+          ("+ bf16 compute; kernels cast once a step", ("sharding.gather_weights=micro_step", "model.attention=xla")),
+          ("+ weights gathered once a step", ("model.attention=xla",)),
+          ("+ attention as one Pallas kernel (the configs' default)", ()))
 # The minus-waste recipe pads text-only batches to the smallest of data.length_buckets that fits; a step's program
 # is the paper's with its text-only stream at that length.
 BUCKETS = (256, 128)

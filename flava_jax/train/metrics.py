@@ -197,8 +197,9 @@ class MetricWriter:
 
 
 class Throughput:
-    """Step rate, examples/s, data-wait share and MFU over the steps since the last report. `clock` (seconds) is
-    time.perf_counter unless a test injects a fake one."""
+    """Step rate, examples/s, data-wait share and MFU over the steps since the last report. A step does
+    `flops_per_step` unless `stepped` says otherwise (length buckets: each step's text at its own length). `clock`
+    (seconds) is time.perf_counter unless a test injects a fake one."""
 
     def __init__(self, flops_per_step: float, examples_per_step: int, peak_flops: float, devices: int,
                  clock: Callable[[], float] = time.perf_counter) -> None:
@@ -207,21 +208,22 @@ class Throughput:
         self.reset()
 
     def reset(self) -> None:
-        self.start, self.steps, self.data_wait = self.clock(), 0, 0.0
+        self.start, self.steps, self.data_wait, self.done = self.clock(), 0, 0.0, 0.0
 
     def waited(self, seconds: float) -> None:
         """Host time spent waiting for a batch, counted in the window where the wait happened."""
         self.data_wait += seconds
 
-    def stepped(self, steps: int = 1) -> None:
-        """Steps completed (read back from the device)."""
+    def stepped(self, steps: int = 1, flops: float | None = None) -> None:
+        """Steps completed (read back from the device), of `flops` model FLOPs each (default `flops_per_step`)."""
         self.steps += steps
+        self.done += steps * (self.flops if flops is None else flops)
 
     def report(self) -> dict[str, float]:
         elapsed = max(self.clock() - self.start, 1e-9)
         out = {"perf/steps_per_s": self.steps / elapsed, "perf/examples_per_s": self.steps * self.examples / elapsed,
                "perf/data_wait_fraction": self.data_wait / elapsed,
-               "perf/tflops_per_s_per_device": self.steps * self.flops / elapsed / self.devices / 1e12}
+               "perf/tflops_per_s_per_device": self.done / elapsed / self.devices / 1e12}
         out["perf/mfu"] = out["perf/tflops_per_s_per_device"] * 1e12 / self.peak if self.peak > 0 else float("nan")
         self.reset()
         return out
@@ -234,30 +236,30 @@ class NonFiniteLoss(ArithmeticError):
 class StepLog:
     """The loop's metrics, read one step late so the host never waits on the device between steps.
 
-    `push(step, device_metrics)` reads the previous step's metrics and holds this one's; `flush()` reads the held
-    ones. Each step's values are checked (NonFiniteLoss names the objectives); every `log_every` steps, and at the
-    last, a row goes to `writer` with `context(step)` (learning rates, weights) and a console line with losses,
-    rates, MFU and ETA.
+    `push(step, device_metrics, flops)` reads the previous step's metrics and holds this one's (and its model
+    FLOPs, None: the meter's per-step figure); `flush()` reads the held ones. Each step's values are checked
+    (NonFiniteLoss names the objectives); every `log_every` steps, and at the last, a row goes to `writer` with
+    `context(step)` (learning rates, weights) and a console line with losses, rates, MFU and ETA.
     """
 
     def __init__(self, writer: MetricWriter, throughput: Throughput, total_steps: int, log_every: int,
                  context: Callable[[int], Mapping[str, float]]) -> None:
         self.writer, self.throughput, self.context = writer, throughput, context
         self.total_steps, self.log_every = total_steps, log_every
-        self.pending: tuple[int, Any] | None = None
+        self.pending: tuple[int, Any, float | None] | None = None
         self.last: dict[str, float] = {}
 
-    def push(self, step: int, device_metrics: Any) -> None:
+    def push(self, step: int, device_metrics: Any, flops: float | None = None) -> None:
         self.flush()
-        self.pending = (step, device_metrics)
+        self.pending = (step, device_metrics, flops)
 
     def flush(self) -> None:
         if self.pending is None:
             return
-        step, device_metrics = self.pending
+        step, device_metrics, flops = self.pending
         self.pending = None
         values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-        self.throughput.stepped()
+        self.throughput.stepped(flops=flops)
         bad = sorted(k[5:] for k, v in values.items() if k.startswith("loss/") and not math.isfinite(v))
         if not values.pop("finite") or bad:
             raise NonFiniteLoss(f"step {step}: non-finite loss for {', '.join(bad) or 'the gradient'} "

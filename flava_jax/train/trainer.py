@@ -203,10 +203,13 @@ def _param_read(config: ConfigDict, model_cfg: FlavaConfig, specs: Any) -> Param
 
 
 def _attention_for(model_cfg: FlavaConfig, mesh: jax.sharding.Mesh) -> FlavaConfig:
-    """`model.attention` for this mesh: "auto" is the Pallas kernel on TPUs, XLA elsewhere."""
-    platform = mesh.devices.flat[0].platform
+    """`model.attention` for this mesh: "auto" is the Pallas kernel on TPUs from v4 on, XLA elsewhere."""
+    device = mesh.devices.flat[0]
+    platform = device.platform
     if model_cfg.attention == "auto":
-        return model_cfg.replace(attention="pallas" if platform == "tpu" else "xla")
+        # The kernel is compiled and checked (deviceless) for v4 and newer only.
+        kernel = platform == "tpu" and device.device_kind not in ("TPU v2", "TPU v3")
+        return model_cfg.replace(attention="pallas" if kernel else "xla")
     if model_cfg.attention == "pallas" and platform != "tpu":
         raise ConfigError(f"config.model.attention='pallas' is a TPU kernel and this mesh is {platform}: use "
                           f"'auto' (the kernel on TPUs) or 'xla'")
@@ -343,9 +346,19 @@ class Trainer:
                                 run_file.change_log(previous, changes, self.step))
         context = evaluators_lib.Context(config, self.parts.model, tokenizer, data_dir, mesh, list(self.plan.weights))
         self.evaluators = evaluators_lib.build(config, context)
+        self._bucket_flops: dict[int, float] = {}
         self.log = metrics_lib.StepLog(metrics_lib.MetricWriter(self.workdir, resume_step=self.step),
                                        _throughput(config, model_cfg, self.plan), config.total_steps,
                                        config.log_every_steps, self._step_context)
+
+    def _flops(self, batch: Any) -> float | None:
+        """The step's model FLOPs where length buckets give its text-only batches a length of their own."""
+        if not self.config.data.length_buckets or "text" not in batch:
+            return None
+        length = batch["text"]["input_ids"].shape[-1]
+        if length not in self._bucket_flops:
+            self._bucket_flops[length] = step_flops(self.config, self.parts.model.config, self.plan, length)
+        return self._bucket_flops[length]
 
     def _restore(self) -> tuple[TrainState, int, int]:
         """(state, step, the step last saved): the latest checkpoint's, with the data and scheduler positions, or a
@@ -423,7 +436,8 @@ class Trainer:
             weights = jax.tree.map(lambda w: jnp.asarray(w, jnp.float32), self.scheduler.weights())
             self.state, device_metrics = self.parts.train_step(self.state, batch, weights, base_rng)
             self.step += 1
-            self.log.push(self.step, device_metrics)  # reads the previous step's metrics while this one runs
+            # Reads the previous step's metrics while this one runs.
+            self.log.push(self.step, device_metrics, self._flops(batch))
             due = [e for e in self.evaluators if e.due(self.step, config.total_steps)]
             if preemption.reached(self.step) or due or self.step % config.checkpoint_every_steps == 0:
                 self.log.flush()

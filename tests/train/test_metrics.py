@@ -282,6 +282,20 @@ def test_throughput_reset_drops_the_window_so_far() -> None:
                                  "perf/mfu": 0.1}, rel=1e-12)
 
 
+def test_throughput_counts_each_steps_own_flops() -> None:
+    """Steps of other model FLOPs (length buckets) count theirs: 2 steps at the default 1e12 and 2 at 4e11 over
+    2 s on one device of 1e13 peak: (2e12 + 8e11) / 2 = 1.4 TFLOP/s, MFU 14%."""
+    clock = FakeClock()
+    meter = metrics.Throughput(1e12, 4, 1e13, 1, clock=clock)
+    meter.stepped(2)
+    meter.stepped(flops=4e11)
+    meter.stepped(flops=4e11)
+    clock.advance(2.0)
+    out = meter.report()
+    assert out["perf/tflops_per_s_per_device"] == pytest.approx(1.4)
+    assert out["perf/mfu"] == pytest.approx(0.14)
+
+
 def test_throughput_without_a_known_peak_or_elapsed_time() -> None:
     """No peak (NaN from device_peak_flops, or 0) gives MFU NaN and the other rates still; a report with no time
     elapsed divides by 1 ns rather than by zero."""
