@@ -31,9 +31,9 @@ PARTS = (("codebook", r"image_codebook"), ("text encoder", r"text_model"), ("ima
          ("multimodal encoder", r"multimodal_model"), ("heads and losses", r"_head|_itm|_mmm|_unimodal_heads|"
                                                                           r"_global_contrastive|contrastive|loss"),
          ("optimizer update", r"^jit\(train_step\)/cond"))
-PIECES = (("attention scores, softmax, context", r"attention/attention/(einsum|softmax|.*_softmax|add|mul|div|"
-                                                 r"reduce|exp|sub|max|convert)"),
+PIECES = (("attention kernel (Pallas)", r"pallas_call"),
           ("q/k/v projections", r"attention/attention/(query|key|value)"),
+          ("attention scores, softmax, context", r"attention/attention/"),
           ("attention output", r"attention/output"), ("MLP", r"/(intermediate|output)/"),
           ("LayerNorm", r"layernorm|LayerNorm"), ("embeddings", r"embeddings"),
           ("scan bookkeeping", r"dynamic_(update_)?(index_in_dim|slice)"))

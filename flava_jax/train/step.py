@@ -36,8 +36,8 @@ from flava_jax.model.flava import LOGIT_SCALE_CLAMP_MAX, LOGIT_SCALE_CLAMP_MIN, 
 from flava_jax.train.scheduler import STREAM_OF
 
 Batch = dict[str, dict[str, jax.Array]]
-_STREAMS = tuple(sorted(set(STREAM_OF.values())))  # image, pairs, text
 Weights = dict[str, dict[str, jax.Array]]
+_STREAMS = tuple(sorted(set(STREAM_OF.values())))  # image, pairs, text
 
 
 @flax.struct.dataclass
