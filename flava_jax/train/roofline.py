@@ -115,6 +115,11 @@ def group_size(attributes: str) -> int | None:
     return None
 
 
+def _channel(instruction: Instruction) -> str | None:
+    """A collective's channel id, which the pieces of one collective split over fusions share."""
+    return _attribute(instruction.attributes, "channel_id")
+
+
 def received_bytes(instruction: Instruction, scatter: bool = False) -> float:
     """Bytes one device receives for a collective over a group of n, on a ring (as ICI collectives run): an
     all-gather or all-to-all the other n-1 shards of its result, a reduce-scatter n-1 partial results, an all-reduce
@@ -399,7 +404,7 @@ class Roofline:
     def __init__(self, hlo_text: str, peak_flops: float, bandwidth: float) -> None:
         self.computations, self.entry = parse_module(hlo_text)
         self.peak, self.bandwidth = peak_flops, bandwidth
-        self._fused_costs: dict[str, tuple[float, float]] = {}
+        self._fused_costs: dict[str, tuple[float, tuple[tuple[str | None, float], ...]]] = {}
 
     def total(self) -> Cost:
         return self.cost(self.entry)
@@ -416,6 +421,9 @@ class Roofline:
         bodies and calls entered (a conditional's costliest branch): the terms `cost` sums, for a breakdown."""
         instructions = self.computations[computation or self.entry]
         shapes = {i.name: i.shape for i in instructions}
+        # TPU programs split one collective over a chain of fusions that each carry a copy of it (the same channel):
+        # its bytes count once per run of this computation.
+        counted: set[str] = set()
         for instruction in instructions:
             op = instruction.opcode
             if op == "while":
@@ -428,17 +436,22 @@ class Roofline:
                 if branches:
                     yield from self.ops(max(branches, key=lambda b: self.cost(b).seconds), times)
             elif not (op in _FREE or _ASYNC_DONE.search(op)):
-                yield instruction, self._leaf(instruction, shapes), times
+                yield instruction, self._leaf(instruction, shapes, counted), times
 
-    def _leaf(self, instruction: Instruction, shapes: dict[str, str]) -> Cost:
-        """One execution of an op that is neither a loop, a call nor a conditional."""
+    def _leaf(self, instruction: Instruction, shapes: dict[str, str], counted: set[str]) -> Cost:
+        """One execution of an op that is neither a loop, a call nor a conditional; `counted`: the collectives
+        (by channel) whose bytes earlier ops of the same computation already carry."""
         op = instruction.opcode
-        if _COLLECTIVE.match(op):
-            return Cost(collective_bytes=received_bytes(instruction))
         called = _attribute(instruction.attributes, "calls") if op == "fusion" else None
-        moved = fusion_traffic(instruction, self.computations, shapes) if called else traffic(instruction, shapes)
         # TPU programs fuse collectives with the compute they overlap ("async collective fusions"): count both.
-        flops, collective = self._fused(called) if called else (self._op_flops(instruction, shapes), 0.0)
+        flops, collectives = self._fused(called) if called else (self._op_flops(instruction, shapes), ())
+        if _COLLECTIVE.match(op):
+            collectives = ((_channel(instruction), received_bytes(instruction)),)
+        collective = sum(size for channel, size in collectives if channel is None or channel not in counted)
+        counted.update(channel for channel, _ in collectives if channel is not None)
+        if _COLLECTIVE.match(op):
+            return Cost(collective_bytes=collective)
+        moved = fusion_traffic(instruction, self.computations, shapes) if called else traffic(instruction, shapes)
         compute, memory = flops / self.peak, moved / self.bandwidth
         seconds = max(compute, memory)
         return Cost(flops=flops, bytes=moved, collective_bytes=collective, seconds=seconds,
@@ -453,21 +466,23 @@ class Roofline:
             return float(match.group(1))
         return 0.0
 
-    def _fused(self, computation: str) -> tuple[float, float]:
-        """(FLOPs, collective bytes) inside a fused computation, nested fusions included."""
+    def _fused(self, computation: str) -> tuple[float, tuple[tuple[str | None, float], ...]]:
+        """(FLOPs, (channel, bytes) of each collective) inside a fused computation, nested fusions included."""
         if computation not in self._fused_costs:
             instructions = self.computations[computation]
             shapes = {i.name: i.shape for i in instructions}
-            flops = collective = 0.0
+            flops, collectives = 0.0, []
             for i in instructions:
                 if i.opcode == "fusion" and (called := _attribute(i.attributes, "calls")):
-                    inner = self._fused(called)
-                    flops, collective = flops + inner[0], collective + inner[1]
+                    inner_flops, inner = self._fused(called)
+                    flops += inner_flops
+                    collectives.extend(inner)
                 elif _COLLECTIVE.match(i.opcode):
-                    collective += received_bytes(i, scatter=computation.startswith("all-reduce-scatter"))
+                    scatter = computation.startswith("all-reduce-scatter")
+                    collectives.append((_channel(i), received_bytes(i, scatter=scatter)))
                 else:
                     flops += self._op_flops(i, shapes)
-            self._fused_costs[computation] = (flops, collective)
+            self._fused_costs[computation] = (flops, tuple(collectives))
         return self._fused_costs[computation]
 
 

@@ -59,11 +59,14 @@ def test_constraints_are_no_ops_without_a_mesh() -> None:
 
 
 @pytest.mark.slow
-def test_fsdp_step_gathers_only_weights_in_transformer_layers() -> None:
+@pytest.mark.parametrize("gather", ["micro_step", "step"])
+def test_fsdp_step_gathers_only_weights_in_transformer_layers(gather: str) -> None:
     """The trainer's FSDP step on 8 devices (the tiny model, every weight sharded): inside the encoder layers every
-    all-gather is of a weight. Without activation constraints XLA gathers every example's tokens there instead,
-    or replicates the batch to re-split attention heads over fsdp ("Involuntary full rematerialization")."""
-    config = aot.mesh_config(debug_config(sharding__fsdp_min_size=256), "fsdp", jax.device_count())
+    all-gather is of a weight (with weights gathered at every micro-step; gathered once a step, the layers hold
+    none). Without activation constraints XLA gathers every example's tokens there instead, or replicates the batch
+    to re-split attention heads over fsdp ("Involuntary full rematerialization")."""
+    config = aot.mesh_config(debug_config(sharding__fsdp_min_size=256, sharding__gather_weights=gather), "fsdp",
+                             jax.device_count())
     mesh = sharding_lib.make_mesh(config.sharding.mesh)
     run, parts = plan(config, list(STREAM_KEYS), mesh), build(config, model_config(config), mesh)
     weights = jax.tree.map(jnp.float32, MultimodalScheduler.from_config(run.weights, config.scheduler).weights())
@@ -72,8 +75,9 @@ def test_fsdp_step_gathers_only_weights_in_transformer_layers() -> None:
 
     layer_shapes = {tuple(leaf.shape) for keys, leaf in flatten_dict(parts.abstract_state.params).items()
                     if "layer" in keys}
-    gathers = re.findall(r"= f32\[([\d,]*)\]\S* all-gather\(.*op_name=\"([^\"]*/encoder/layer/[^\"]*)\"", hlo)
-    assert gathers, "no weight all-gather in the layers: is FSDP on?"
+    gathers = re.findall(r"= \w+\[([\d,]*)\]\S* all-gather\(.*op_name=\"([^\"]*/encoder/layer/[^\"]*)\"", hlo)
+    if gather == "micro_step":
+        assert gathers, "no weight all-gather in the layers: is FSDP on?"
     activations = [(shape, op) for shape, op in gathers
                    if tuple(int(d) for d in shape.split(",") if d) not in layer_shapes]
     assert not activations, activations[:5]

@@ -235,6 +235,16 @@ COLLECTIVES = """HloModule jit_collectives, entry_computation_layout={(f32[64,32
   ROOT %slice = f32[64,32]{1,0:T(8,128)S(1)} dynamic-slice(%all-reduce.1, %offset, %zero), dynamic_slice_sizes={64,32}
 }
 
+%async_collective_fusion.1 (piece: bf16[4,8,32]) -> bf16[32,8,32] {
+  %piece = bf16[4,8,32]{2,1,0} parameter(0)
+  ROOT %all-gather.1 = bf16[32,8,32]{2,1,0:T(4,128)} all-gather(%piece), channel_id=8, replica_groups={{0,1,2,3,4,5,6,7}}, dimensions={0}, backend_config={"async_collective_fusion_config":{"flag_start":"-1","flag_end":"-1"}}
+}
+
+%async_collective_fusion.2 (piece: bf16[4,8,32]) -> bf16[32,8,32] {
+  %piece.1 = bf16[4,8,32]{2,1,0} parameter(0)
+  ROOT %all-gather.2 = bf16[32,8,32]{2,1,0:T(4,128)} all-gather(%piece.1), channel_id=8, replica_groups={{0,1,2,3,4,5,6,7}}, dimensions={0}, backend_config={"async_collective_fusion_config":{"flag_start":"2","flag_end":"8"}}
+}
+
 ENTRY %main (p: f32[64,32], q: f32[512,32], w: bf16[4,8,32]) -> f32[64,32] {
   %p = f32[64,32]{1,0} parameter(0)
   %q = f32[512,32]{1,0} parameter(1)
@@ -248,6 +258,8 @@ ENTRY %main (p: f32[64,32], q: f32[512,32], w: bf16[4,8,32]) -> f32[64,32] {
   %async = ((bf16[4,8,32]{2,1,0}), (bf16[32,8,32]{2,1,0})) all-gather-start(%w), channel_id=7, replica_groups={{0,1,2,3,4,5,6,7}}, dimensions={0}
   %async.1 = bf16[32,8,32]{2,1,0} all-gather-done(%async)
   %fused = f32[64,32]{1,0} fusion(%q), kind=kCustom, calls=%all-reduce-scatter.1
+  %chain.1 = bf16[32,8,32]{2,1,0} fusion(%w), kind=kCustom, calls=%async_collective_fusion.1
+  %chain.2 = bf16[32,8,32]{2,1,0} fusion(%w), kind=kCustom, calls=%async_collective_fusion.2
   ROOT %out = f32[64,32]{1,0} add(%p, %shifted.1)
 }
 """  # noqa: E501 (XLA's lines, whole)
@@ -265,9 +277,10 @@ def test_collectives_by_hand() -> None:
     shifted = 64 * 32 * 4  # the neighbour's array, once
     asynchronous = 7 / 8 * 32 * 8 * 32 * 2  # as the synchronous gather, from the start's result half
     fused = 7 / 8 * 512 * 32 * 4  # the all-reduce a TPU fusion slices at once: a reduce-scatter's traffic
+    chain = 7 / 8 * 32 * 8 * 32 * 2  # one gather split over two fusions (one channel): once, not twice
     cost = Roofline(COLLECTIVES, 1e12, 1e9).total()
     assert cost.collective_bytes == pytest.approx(gathered + unsplit + summed + scattered + shifted + asynchronous
-                                                  + fused, rel=1e-12)
+                                                  + fused + chain, rel=1e-12)
 
 
 def test_valid_taps_by_hand() -> None:
