@@ -11,8 +11,8 @@ FLOPs are those of matrix products and convolutions (TPU programs express both a
 window taps that fall on real input, and of Pallas kernels as their cost estimate states them; element-wise work is
 not counted, as it rarely bounds a step that is not already bound by its bytes. Bytes are HBM traffic as the TPU
 program moves it: arrays that memory-space assignment placed in on-chip memory cost nothing, slices and in-place
-updates move only their slices, and a collective's transfers (fused with compute or not) count as collective bytes:
-what one device receives over a ring of its group (`received_bytes`).
+updates move only their slices, and a collective's transfers (fused with compute or not, once however many fusions
+it was split over) count as collective bytes: what one device receives over a ring of its group (`received_bytes`).
 """
 
 from __future__ import annotations
@@ -115,9 +115,12 @@ def group_size(attributes: str) -> int | None:
     return None
 
 
-def _channel(instruction: Instruction) -> str | None:
-    """A collective's channel id, which the pieces of one collective split over fusions share."""
-    return _attribute(instruction.attributes, "channel_id")
+def _piece_of(instruction: Instruction) -> str | None:
+    """What names the collective that `instruction` is a piece of, where a TPU program split one collective over a
+    chain of "async collective fusions" (each piece a copy of it: its channel id and result); None for a whole one."""
+    if "async_collective_fusion_config" not in instruction.attributes:
+        return None
+    return f"{_attribute(instruction.attributes, 'channel_id')} {re.sub(r'{[^}]*}', '', instruction.shape)}"
 
 
 def received_bytes(instruction: Instruction, scatter: bool = False) -> float:
@@ -421,8 +424,8 @@ class Roofline:
         bodies and calls entered (a conditional's costliest branch): the terms `cost` sums, for a breakdown."""
         instructions = self.computations[computation or self.entry]
         shapes = {i.name: i.shape for i in instructions}
-        # TPU programs split one collective over a chain of fusions that each carry a copy of it (the same channel):
-        # its bytes count once per run of this computation.
+        # The pieces of a collective that a TPU program split over a chain of fusions (`_piece_of`) count once per
+        # run of this computation.
         counted: set[str] = set()
         for instruction in instructions:
             op = instruction.opcode
@@ -440,15 +443,15 @@ class Roofline:
 
     def _leaf(self, instruction: Instruction, shapes: dict[str, str], counted: set[str]) -> Cost:
         """One execution of an op that is neither a loop, a call nor a conditional; `counted`: the collectives
-        (by channel) whose bytes earlier ops of the same computation already carry."""
+        (`_piece_of`) whose bytes earlier ops of the same computation already carry."""
         op = instruction.opcode
         called = _attribute(instruction.attributes, "calls") if op == "fusion" else None
         # TPU programs fuse collectives with the compute they overlap ("async collective fusions"): count both.
         flops, collectives = self._fused(called) if called else (self._op_flops(instruction, shapes), ())
         if _COLLECTIVE.match(op):
-            collectives = ((_channel(instruction), received_bytes(instruction)),)
-        collective = sum(size for channel, size in collectives if channel is None or channel not in counted)
-        counted.update(channel for channel, _ in collectives if channel is not None)
+            collectives = ((_piece_of(instruction), received_bytes(instruction)),)
+        collective = sum(size for piece, size in collectives if piece is None or piece not in counted)
+        counted.update(piece for piece, _ in collectives if piece is not None)
         if _COLLECTIVE.match(op):
             return Cost(collective_bytes=collective)
         moved = fusion_traffic(instruction, self.computations, shapes) if called else traffic(instruction, shapes)
@@ -467,7 +470,7 @@ class Roofline:
         return 0.0
 
     def _fused(self, computation: str) -> tuple[float, tuple[tuple[str | None, float], ...]]:
-        """(FLOPs, (channel, bytes) of each collective) inside a fused computation, nested fusions included."""
+        """(FLOPs, (`_piece_of`, bytes) of each collective) inside a fused computation, nested fusions included."""
         if computation not in self._fused_costs:
             instructions = self.computations[computation]
             shapes = {i.name: i.shape for i in instructions}
@@ -479,7 +482,7 @@ class Roofline:
                     collectives.extend(inner)
                 elif _COLLECTIVE.match(i.opcode):
                     scatter = computation.startswith("all-reduce-scatter")
-                    collectives.append((_channel(i), received_bytes(i, scatter=scatter)))
+                    collectives.append((_piece_of(i), received_bytes(i, scatter=scatter)))
                 else:
                     flops += self._op_flops(i, shapes)
             self._fused_costs[computation] = (flops, tuple(collectives))

@@ -250,6 +250,7 @@ ENTRY %main (p: f32[64,32], q: f32[512,32], w: bf16[4,8,32]) -> f32[64,32] {
   %q = f32[512,32]{1,0} parameter(1)
   %w = bf16[4,8,32]{2,1,0} parameter(2)
   %gathered = bf16[32,8,32]{2,1,0:T(4,128)} all-gather(%w), channel_id=2, replica_groups=mesh['axis_0'=2,'axis_1'=8] {'axis_1'}, dimensions={0}
+  %regathered = bf16[32,8,32]{2,1,0:T(4,128)} all-gather(%w), channel_id=2, replica_groups=mesh['axis_0'=2,'axis_1'=8] {'axis_1'}, dimensions={0}
   %unsplit = bf16[4,8,32]{2,1,0} all-gather(%w), channel_id=3, replica_groups=mesh['axis_0'=1,'axis_1'=8] {'axis_0'}, dimensions={0}
   %summed = (f32[64,32]{1,0}, f32[512,32]{1,0}) all-reduce(%p, %q), channel_id=4, replica_groups=mesh['axis_0'=2,'axis_1'=8] {'axis_0','axis_1'}, to_apply=%add
   %scattered = f32[16,32]{1,0} reduce-scatter(%p), channel_id=5, replica_groups=[4,4]<=[16], dimensions={0}, to_apply=%add
@@ -277,10 +278,11 @@ def test_collectives_by_hand() -> None:
     shifted = 64 * 32 * 4  # the neighbour's array, once
     asynchronous = 7 / 8 * 32 * 8 * 32 * 2  # as the synchronous gather, from the start's result half
     fused = 7 / 8 * 512 * 32 * 4  # the all-reduce a TPU fusion slices at once: a reduce-scatter's traffic
+    regathered = gathered  # a whole collective that reuses another's channel id (XLA's clones do) is another one
     chain = 7 / 8 * 32 * 8 * 32 * 2  # one gather split over two fusions (one channel): once, not twice
     cost = Roofline(COLLECTIVES, 1e12, 1e9).total()
     assert cost.collective_bytes == pytest.approx(gathered + unsplit + summed + scattered + shifted + asynchronous
-                                                  + fused + chain, rel=1e-12)
+                                                  + fused + regathered + chain, rel=1e-12)
 
 
 def test_valid_taps_by_hand() -> None:
