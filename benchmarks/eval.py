@@ -19,6 +19,11 @@ scores. One torch thread by default: on a shared machine, torch's thread pool sl
 when other processes hold the cores.
 
     python benchmarks/eval.py [--sizes tiny,half] [--pairs 16] [--every 4] [--repeats 3] [--threads 1]
+
+`--full_blimp` instead runs `python -m flava_jax.evaluate`'s BLiMP task on every pair of all 67 paradigms (the
+tiny model, weights spread out, saved with a tokenizer trained on BLiMP) and checks what the test suite checks on
+3 pairs a paradigm: every line scored, 12 phenomena, a headline that is their mean; it prints the evaluator's
+pairs/s.
 """
 
 from __future__ import annotations
@@ -167,6 +172,40 @@ def bench_size(size: str, per_paradigm: int, every: int, repeats: int, blimp: Pa
     return row
 
 
+def full_blimp(blimp: Path, out: Path) -> dict[str, Any]:
+    """Every BLiMP pair through the evaluator on the tiny model, checked; its pairs/s."""
+    import jax
+
+    from flava_jax import FlavaForPreTraining, save_pretrained
+    from flava_jax.common.blimp import PHENOMENA
+    from flava_jax.eval.cli import evaluate
+
+    config = FlavaConfig.from_preset("tiny")
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda x: np.asarray(x) + 0.1 * rng.standard_normal(x.shape).astype(np.float32),
+                          FlavaForPreTraining(config).init_params(jax.random.key(0)))
+    everything, _ = read_blimp(blimp)
+    tokenizer = Tokenizer.train((p.good for p in everything), config.text_config.vocab_size)
+    save_pretrained(config, params, out / "export", tokenizer=tokenizer)
+    lines = sum(1 for f in blimp.glob("*.jsonl") for _ in f.open())
+    print(f"tiny model, all of BLiMP: {lines} pairs ...", flush=True)
+    start = time.perf_counter()
+    results = evaluate(out / "export", ["blimp"], blimp, out / "eval")["blimp"]
+    seconds = time.perf_counter() - start
+    checks = {"every line scored": results["pairs"] == lines, "67 paradigms": len(results["paradigms"]) == 67,
+              "12 phenomena": set(results["phenomena"]) == set(PHENOMENA),
+              "headline = mean of phenomena": abs(results["accuracy"] - np.mean(list(results["phenomena"].values())))
+              < 1e-9}
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed:
+        raise SystemExit(f"full BLiMP: {', '.join(failed)} failed")
+    row = {"pairs": results["pairs"], "seconds": seconds, "pairs_per_s": results["pairs"] / seconds,
+           "accuracy": results["accuracy"], "checks": list(checks)}
+    print(f"full BLiMP on the tiny model: {row['pairs']} pairs in {seconds:.0f} s ({row['pairs_per_s']:.1f} "
+          f"pairs/s), accuracy {row['accuracy']:.4f}; checks passed: {', '.join(checks)}", flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="tiny,half")
@@ -176,6 +215,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--blimp", default=str(BLIMP), help="BLiMP's 67 <paradigm>.jsonl")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results") / "eval.json"))
+    parser.add_argument("--full_blimp", action="store_true", help="score every BLiMP pair with the evaluator and "
+                                                                  "check the results, instead of the comparison")
     args = parser.parse_args()
 
     import torch
@@ -183,6 +224,16 @@ def main() -> None:
     if not any(Path(args.blimp).glob("*.jsonl")):
         raise SystemExit(f"skipped: no BLiMP *.jsonl in {args.blimp} (the shared data folder; pass --blimp)")
     torch.set_num_threads(args.threads)
+    if args.full_blimp:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as work:
+            row = full_blimp(Path(args.blimp), Path(work))
+        out = Path(args.out).with_name("eval_full_blimp.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"torch": torch.__version__, "threads": args.threads, **row}, indent=1) + "\n")
+        print(f"wrote {out}")
+        return
     print(f"torch {torch.__version__}, {args.threads} thread(s); reference chunks of {CHUNK} sentences", flush=True)
     rows = [bench_size(size, args.pairs, args.every, args.repeats, Path(args.blimp)) for size in args.sizes.split(",")]
     print(f"\n{'size':5} {'pairs':>5} {'ours pairs/s':>13} {'reference pairs/s':>18} {'ratio':>6} {'FLOP ratio':>10} "

@@ -20,7 +20,8 @@ from flava_jax.train import checkpoint as checkpoint_lib
 from flava_jax.train.trainer import train
 from tests.configs import REPO, debug_config
 
-pytestmark = pytest.mark.slow  # every test here trains the debug model first
+# Every test here reads one short debug run, trained once on the xdist worker that runs them all.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("export_run")]
 
 
 @pytest.fixture(scope="module")

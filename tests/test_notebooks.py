@@ -16,7 +16,7 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
 from tests.configs import REPO
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, xla_flags
 
 NOTEBOOKS = REPO / "notebooks"
 QUICKSTART_STEPS = 4
@@ -34,7 +34,7 @@ def _execute(name: str, parameters: dict[str, Any], tmp_path: Path) -> nbformat.
     manager = AsyncKernelManager(kernel_name="flava_jax_test",
                                  kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernels)]))
     # A user's run sees one CPU device, not the 8 that conftest fakes for the sharding tests.
-    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags()}
     NotebookClient(nb, km=manager, timeout=1200, resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(env=env)
     return nb
 

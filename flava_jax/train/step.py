@@ -208,21 +208,19 @@ def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformatio
                 stream_grads = jax.tree.map(lambda g, p: g.astype(p.dtype), stream_grads, state.params)
                 grads = stream_grads if grads is None else jax.tree.map(jnp.add, grads, stream_grads)
                 loss, metrics = loss + stream_loss, {**metrics, **stream_metrics}
-            out = (read.stored_layout(grads), {**metrics, "loss": loss})
-            return (out if carry is None else jax.tree.map(jnp.add, carry, out)), None
+            grads = read.stored_layout(grads)
+            return (grads if carry is None else jax.tree.map(jnp.add, carry, grads)), {**metrics, "loss": loss}
 
         xs = (batch, jnp.arange(micro_steps), per_micro)
-        first = jax.tree.map(lambda x: x[0], xs)
         if micro_steps == 1:
             # No loop: no zero-initialised carry to add into, no copies into and out of a loop body.
-            (grads, metrics), _ = micro(None, first)
+            grads, metrics = micro(None, jax.tree.map(lambda x: x[0], xs))
         else:
-            metric_shapes = jax.eval_shape(
-                lambda: {**loss_fn(state.params, first[0], weights, rng, contrastive(first[2]))[1], "loss": 0.0})
-            init = (jax.tree.map(jnp.zeros_like, state.params),
-                    jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metric_shapes))
-            (grads, metrics), _ = jax.lax.scan(micro, init, xs)
+            # The scalar metrics leave the loop stacked rather than carried: a carry would need their shapes up
+            # front, and tracing the loss once more to get them costs a quarter of the step's trace.
+            grads, metrics = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, state.params), xs)
             grads = jax.tree.map(lambda g: g / micro_steps, grads)
+            metrics = jax.tree.map(lambda m: m.sum(0), metrics)
         if cache is not None:
             # The logit scale's share is not in any micro-step's: add it once, weighted as the loss is.
             flava = dict(grads["flava"])

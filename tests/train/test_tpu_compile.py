@@ -4,6 +4,7 @@ with the model's own count. CI installs libtpu; elsewhere these skip, saying how
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -16,13 +17,16 @@ from flava_jax.train.roofline import Roofline, array_bytes, dims_of, instruction
 from flava_jax.train.trainer import model_config
 from tests.configs import debug_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("libtpu")]
+# One xdist worker runs them all, so the compiles they share (_compile's cache) are made once.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("libtpu"), pytest.mark.xdist_group("tpu_compile")]
 
 # Host round trips a TPU step must not hold: Python callbacks, infeed/outfeed, host send/recv.
 _HOST_OPS = re.compile(r"^(infeed|outfeed|send|recv|send-done|recv-done)$")
 
 
+@functools.cache
 def _compile(topology: str, mesh: str, **overrides):
+    """(report, optimized HLO, HBM per chip) of the debug step with `overrides`, compiled once per test run."""
     # A low FSDP threshold shards the tiny model's weights, so its FSDP program holds real gathers and scatters.
     config = debug_config(sharding__fsdp_min_size=256, **overrides)
     devices = aot.topology_devices(topology)
@@ -45,12 +49,16 @@ def _collectives(hlo: str) -> dict[str, float]:
                             for i in program)}
 
 
+# 4 micro-steps on 4 chips: the step test_fsdp_gathers_weights_at_every_micro_step_or_once_a_step compares.
+_BATCH = 48
+
+
 @pytest.mark.parametrize("topology", ["v5e:2x2", "v4:2x2x1"])
 def test_debug_step_compiles_for_tpu(topology: str) -> None:
     """Both meshes lower and fit. Data parallel all-reduces gradients and gathers only the contrastive loss's
     embeddings; FSDP scatters gradients and gathers weights, many times the bytes."""
-    data_report, data_hlo, capacity = _compile(topology, "data")
-    fsdp_report, fsdp_hlo, _ = _compile(topology, "fsdp")
+    data_report, data_hlo, capacity = _compile(topology, "data", train__batch_size=_BATCH)
+    fsdp_report, fsdp_hlo, _ = _compile(topology, "fsdp", train__batch_size=_BATCH)
     assert 0 < data_report.total < capacity and 0 < fsdp_report.total < capacity
     data, fsdp = _collectives(data_hlo), _collectives(fsdp_hlo)
     assert data["reduces"] > 0 and data["scatters"] == 0
@@ -77,12 +85,14 @@ def test_fsdp_gathers_weights_at_every_micro_step_or_once_a_step() -> None:
     """sharding.gather_weights: "micro_step" gathers each weight inside the accumulation loop (once per micro-step),
     "step" once before it: over 4 micro-steps, under a third of the weight bytes gathered, and fewer collective
     bytes in all (the gradients' reductions are the same in both)."""
-    config = debug_config(train__batch_size=48)
+    config = debug_config(train__batch_size=_BATCH)
+    assert config.sharding.gather_weights == "step"  # the default, compiled by test_debug_step_compiles_for_tpu
     params = jax.eval_shape(FlavaForPreTraining(model_config(config)).init_params, jax.random.key(0))
     weights = {tuple(leaf.shape) for leaf in flatten_dict(params).values()}
     runs, gathered, received = {}, {}, {}
     for mode in ("micro_step", "step"):
-        report, hlo, _ = _compile("v5e:2x2", "fsdp", train__batch_size=48, sharding__gather_weights=mode)
+        overrides = {"sharding__gather_weights": mode} if mode != "step" else {}
+        report, hlo, _ = _compile("v5e:2x2", "fsdp", train__batch_size=_BATCH, **overrides)
         assert report.micro_steps == 4
         ops = [(cost, times) for op, cost, times in Roofline(hlo, 1.0, 1.0).ops() if op.opcode.startswith("all-gather")
                and tuple(dims_of(re.findall(r"\[([\d,]*)\]", op.shape)[-1])) in weights]
