@@ -32,6 +32,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -225,8 +226,6 @@ def main() -> None:
         raise SystemExit(f"skipped: no BLiMP *.jsonl in {args.blimp} (the shared data folder; pass --blimp)")
     torch.set_num_threads(args.threads)
     if args.full_blimp:
-        import tempfile
-
         with tempfile.TemporaryDirectory() as work:
             row = full_blimp(Path(args.blimp), Path(work))
         out = Path(args.out).with_name("eval_full_blimp.json")

@@ -5,7 +5,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# XLA:CPU compiles the suite's many small programs 2.4x faster with LLVM at -O0 and the elemental emitters instead
+# XLA:CPU compiles the suite's many small programs much faster with LLVM at -O0 and the elemental emitters instead
 # of the fusion emitters: the same HLO, and the tiny model's steps run as fast. For the tests only; runs that the
 # tests start get them too (xla_flags).
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
@@ -41,6 +41,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         pass
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -58,7 +59,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Slow tests first (in their order): xdist then starts the long ones early, not as a tail on one worker."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture

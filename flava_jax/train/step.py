@@ -217,7 +217,7 @@ def make_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformatio
             grads, metrics = micro(None, jax.tree.map(lambda x: x[0], xs))
         else:
             # The scalar metrics leave the loop stacked rather than carried: a carry would need their shapes up
-            # front, and tracing the loss once more to get them costs a quarter of the step's trace.
+            # front, and getting them means tracing the loss's forward pass once more.
             grads, metrics = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, state.params), xs)
             grads = jax.tree.map(lambda g: g / micro_steps, grads)
             metrics = jax.tree.map(lambda m: m.sum(0), metrics)

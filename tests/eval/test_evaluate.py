@@ -192,9 +192,9 @@ def test_bad_exports_fail_with_a_clear_message(export: Path, debug_data: Path, b
 
 @pytest.mark.slow
 def test_full_blimp_on_the_tiny_model(export: Path, shared_data: Path, tmp_path: Path) -> None:
-    """All 67 paradigms: every line of every file read, then 3 pairs of each scored (the whole 67,000 pairs, an
-    hour on one core, is `python benchmarks/eval.py --full_blimp`): 12 phenomena and a headline that is their mean,
-    not the paradigms'."""
+    """All 67 paradigms: every line of every file read, then 3 pairs of each scored (every pair is
+    `python benchmarks/eval.py --full_blimp`): 12 phenomena and a headline that is their mean, not the
+    paradigms'."""
     from flava_jax.common.blimp import PHENOMENA, read_blimp
 
     files = sorted((shared_data / "blimp").glob("*.jsonl"))
