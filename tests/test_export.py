@@ -24,12 +24,12 @@ from tests.configs import REPO, debug_config
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("export_run")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: pytest would train again after other modules' tests
 def workdir(debug_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six debug steps, evaluated and checkpointed every two."""
     out = tmp_path_factory.mktemp("run")
     train(debug_config(data__dir=str(debug_data), total_steps=6, eval__every_steps=2, checkpoint_every_steps=2,
-                       keep_checkpoints=1, compilation_cache_dir=""), out)
+                       keep_checkpoints=1, compilation_cache_dir=""), out, jax.devices()[:1])
     return out
 
 

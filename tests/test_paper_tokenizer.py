@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import pytest
 
 from flava_jax.common.settings import ConfigError
@@ -26,12 +27,12 @@ def _bert_config(**overrides: object) -> object:
                            "total_steps": 4, "checkpoint_every_steps": 4, "eval__every_steps": 4, **overrides})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: pytest would train again after other modules' tests
 def bert_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """(workdir, train's result) of 4 debug steps prepared and trained with BERT's vocabulary; the tests only read
     it (a refused resume rewrites nothing there)."""
     workdir = tmp_path_factory.mktemp("bert") / "run"
-    return workdir, train(_bert_config(), workdir)
+    return workdir, train(_bert_config(), workdir, jax.devices()[:1])
 
 
 def test_prepare_train_export_and_evaluate_with_berts_vocabulary(bert_run: tuple[Path, dict], tmp_path: Path) -> None:

@@ -133,3 +133,13 @@ def test_readme_results_table_is_the_papers() -> None:
         full, half = PAPER["full"][f"{text}/{images}"], PAPER["half"][f"{text}/{images}"]
         assert (full.pppl, full.blimp, half.pppl, half.blimp) == tuple(
             map(float, (full_pppl, full_blimp, half_pppl, half_blimp))), (text, images)
+
+
+@pytest.mark.xdist_group("repo")
+def test_xdist_groups_reach_the_scheduler(request: pytest.FixtureRequest) -> None:
+    """Tests marked xdist_group share one worker, and with it the runs and compiles their fixtures make once, only
+    when pytest-xdist can tag their ids with the group: pytest 9.2 stopped that without a word, and each worker
+    then trained those runs again."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("runs under README's test command (pytest -n 2, --dist=loadgroup from pytest.ini)")
+    assert request.node.nodeid.endswith("@repo"), request.node.nodeid

@@ -114,9 +114,12 @@ def device_resize(pixels: jax.Array, size: int, kind: str) -> jax.Array:
         if x.shape[axis] == size:
             continue
         index, weight = resample_weights(x.shape[axis], size, kind)
-        taps = [jnp.take(x, jnp.asarray(index[:, k]), axis=axis) * jnp.asarray(weight[:, k]).reshape(
-            (-1, 1) if axis == 2 else (-1, 1, 1)) for k in range(index.shape[1])]
-        total = sum(taps) + (1 << (_PRECISION_BITS - 1))
+        # Every tap in one gather, (..., out, taps, ...), weighted and summed over taps: a few ops to trace, not a
+        # few per tap. Integer sums, so the order of the taps cannot change a bit.
+        taps = jnp.take(x, jnp.asarray(index.reshape(-1)), axis=axis)
+        taps = taps.reshape(x.shape[:axis] + index.shape + x.shape[axis + 1:])
+        total = (taps * jnp.asarray(weight).reshape(index.shape + (1,) * (x.ndim - axis - 1))).sum(axis + 1) \
+            + (1 << (_PRECISION_BITS - 1))
         x = jnp.clip(jnp.right_shift(total, _PRECISION_BITS), 0, 255)
     return x.astype(jnp.uint8)
 

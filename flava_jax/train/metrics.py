@@ -23,14 +23,7 @@ import numpy as np
 
 from flava_jax.common.progress import duration
 from flava_jax.model.config import EncoderConfig, FlavaConfig
-from flava_jax.train import chips
-
-try:
-    from tensorboardX.event_file_writer import EventsWriter
-    from tensorboardX.proto.event_pb2 import Event
-    from tensorboardX.proto.summary_pb2 import Summary
-except ImportError:  # pragma: no cover - tensorboardX is a dependency
-    EventsWriter = None
+from flava_jax.train import chips, tensorboard
 
 log = logging.getLogger("flava_jax")
 
@@ -154,8 +147,8 @@ def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
 class MetricWriter:
     """metrics.jsonl + TensorBoard, written by process 0 only.
 
-    TensorBoard events are written and flushed in the caller's thread, not by tensorboardX's SummaryWriter: its
-    background thread outlived a run stopped by a full disk and printed a torn traceback after the error line.
+    TensorBoard events are written and flushed in the caller's thread: a background writer's thread could outlive
+    a run stopped by a full disk and print a torn traceback after the error line.
     """
 
     def __init__(self, workdir: str | os.PathLike, resume_step: int = 0) -> None:
@@ -170,12 +163,9 @@ class MetricWriter:
             partial = self.path.with_name(self.path.name + ".partial")
             partial.write_text("".join(row + "\n" for row in rows))
             os.replace(partial, self.path)  # a kill mid-write leaves the old file, not half of it
-        if EventsWriter is None:  # pragma: no cover - tensorboardX is a dependency; keep training without it
-            log.warning("tensorboardX is not installed: no TensorBoard events")
-        else:
-            events = Path(workdir) / "tensorboard"
-            events.mkdir(parents=True, exist_ok=True)
-            self._tb = EventsWriter(str(events / "events"))
+        events = Path(workdir) / "tensorboard"
+        events.mkdir(parents=True, exist_ok=True)
+        self._tb = tensorboard.EventsFile(events)
 
     def write(self, step: int, values: Mapping[str, Any], timings: Mapping[str, Any] | None = None) -> None:
         """A metrics.jsonl row (`values`) and TensorBoard scalars (`values` and `timings`)."""
@@ -185,10 +175,8 @@ class MetricWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:
-            scalars = [Summary.Value(tag=key, simple_value=_scalar(value))
-                       for key, value in {**values, **(timings or {})}.items()]
-            self._tb.write_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=scalars)))
-            self._tb.flush()
+            scalars = {key: _scalar(value) for key, value in {**values, **(timings or {})}.items()}
+            self._tb.write(tensorboard.scalars_event(int(step), scalars))
 
     def close(self) -> None:
         if self._tb is not None:

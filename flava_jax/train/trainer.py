@@ -14,6 +14,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -299,19 +300,21 @@ def _has_checkpoint(workdir: Path) -> bool:
     return directory.is_dir() and any(path.name.isdigit() for path in directory.iterdir())
 
 
-def _throughput(config: ConfigDict, model_cfg: FlavaConfig, run: Plan) -> metrics_lib.Throughput:
-    """Model FLOPs per step against the device's peak."""
-    peak, peak_source = metrics_lib.device_peak_flops()
+def _throughput(config: ConfigDict, model_cfg: FlavaConfig, run: Plan,
+                mesh: jax.sharding.Mesh) -> metrics_lib.Throughput:
+    """Model FLOPs per step against the peak of the mesh's devices."""
+    peak, peak_source = metrics_lib.device_peak_flops(mesh.devices.flat[0])
     flops = step_flops(config, model_cfg, run)
     log.info("%.3g model FLOPs per step; MFU against %s (%.3g FLOP/s per device)", flops, peak_source, peak)
-    return metrics_lib.Throughput(flops, run.examples_per_step, peak, jax.device_count())
+    return metrics_lib.Throughput(flops, run.examples_per_step, peak, mesh.size)
 
 
 class Trainer:
     """One run in a workdir. Construction sets it up (mesh, data, model, optimiser, checkpoints, evaluators) and
-    restores the latest checkpoint if there is one; `run()` trains to `total_steps`, a scheduler stop or SIGTERM."""
+    restores the latest checkpoint if there is one; `run()` trains to `total_steps`, a scheduler stop or SIGTERM.
+    `devices`: the devices `config.sharding.mesh` spans (default: all of them)."""
 
-    def __init__(self, config: ConfigDict, workdir: str | Path) -> None:
+    def __init__(self, config: ConfigDict, workdir: str | Path, devices: Sequence[Any] | None = None) -> None:
         check_config(config)
         evaluators_lib.specs(config)
         self.config, self.workdir = config, Path(workdir)
@@ -322,7 +325,7 @@ class Trainer:
         if any(key.startswith("config.model.") for key, _, _ in changes):
             _check_shapes(previous, model_cfg)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        mesh = sharding_lib.make_mesh(config.sharding.mesh)
+        mesh = sharding_lib.make_mesh(config.sharding.mesh, devices)
         data_dir = prepared_data(config, self.workdir)
         manifest = pipeline.manifest(data_dir)
         streams = [s for s, key in pipeline.STREAM_KEYS.items() if manifest["shards"].get(key)]
@@ -348,7 +351,7 @@ class Trainer:
         self.evaluators = evaluators_lib.build(config, context)
         self._bucket_flops: dict[int, float] = {}
         self.log = metrics_lib.StepLog(metrics_lib.MetricWriter(self.workdir, resume_step=self.step),
-                                       _throughput(config, model_cfg, self.plan), config.total_steps,
+                                       _throughput(config, model_cfg, self.plan, mesh), config.total_steps,
                                        config.log_every_steps, self._step_context)
 
     def _flops(self, batch: Any) -> float | None:
@@ -445,6 +448,7 @@ class Trainer:
                 self.log.throughput.reset()  # evaluation and saving are not training throughput
 
 
-def train(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Train as `config` says, in `workdir` (resuming if it holds checkpoints); returns the last metrics."""
-    return Trainer(config, workdir).run()
+def train(config: ConfigDict, workdir: str | Path, devices: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Train as `config` says, in `workdir` (resuming if it holds checkpoints), on `devices` (default: all);
+    returns the last metrics."""
+    return Trainer(config, workdir, devices).run()

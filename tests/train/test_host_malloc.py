@@ -17,13 +17,13 @@ from tests.configs import REPO
 
 glibc_only = pytest.mark.skipif(not host_malloc.wants_keep("keep", 0), reason="glibc's malloc tunables only")
 
-# Bytes faulted in by calls 3 to 8 of a jitted function of two 4096 x 4096 products (64 MiB each; XLA's
-# temporaries or its matmul library's packing buffers).
+# Bytes faulted in by calls 3 to 8 of a jitted function whose two 4096 x 4096 products (64 MiB each) are XLA
+# temporaries: each is consumed by a product with a thin matrix, so the output is small (and the work is ~1 GFLOP).
 _PROBE = """
 import resource
 import jax, jax.numpy as jnp
-x = jnp.ones((4096, 4096), jnp.float32)
-f = jax.jit(lambda x: (x @ x).sum() + (x @ x.T).sum())
+x = jnp.ones((4096, 16), jnp.float32)
+f = jax.jit(lambda x: ((x @ x.T) @ x).sum() + (((2 * x) @ x.T) @ x).sum())
 for call in range(8):
     if call == 2:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -71,11 +71,14 @@ def test_the_trainer_restarts_itself_with_it(tmp_path: Path) -> None:
     assert "not a multiple of text_config.num_attention_heads=5" in out.stderr
 
 
-def test_main_imports_start_no_jax_backend() -> None:
-    code = "import jax._src.xla_bridge as xb, flava_jax.main; print(xb.backends_are_initialized())"
+def test_main_imports_start_no_jax_backend_and_no_torch() -> None:
+    """No backend before host_malloc has its say; no torch, which would add seconds to every start where the
+    evaluator's packages are installed too (it came in through tensorboardX)."""
+    code = ("import sys, jax._src.xla_bridge as xb, flava_jax.main; "
+            "print(xb.backends_are_initialized(), sorted({'torch', 'tensorboardX'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
                          check=True)
-    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert out.stdout.strip().splitlines()[-1] == "False []"
 
 
 def test_a_bad_value_is_refused_naming_the_key(tmp_path: Path) -> None:

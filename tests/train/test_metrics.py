@@ -18,6 +18,7 @@ import math
 import re
 import struct
 import threading
+import time
 from pathlib import Path
 
 import jax
@@ -25,7 +26,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from flava_jax import FlavaConfig, FlavaForPreTraining
-from flava_jax.train import metrics
+from flava_jax.train import metrics, tensorboard
 
 # Both counts are exact integers up to float64 rounding (~1e-16 per operation). The smallest term, the ITM
 # classifier's 2 B 2 D, is ~1e-10 of a full-size pairs step, so a 1e-9 tolerance would not see it missing.
@@ -349,28 +350,48 @@ def test_a_bad_line_before_the_last_is_an_error_naming_file_and_line(tmp_path: P
 
 
 def _tfrecords(path: Path) -> list[bytes]:
-    """The records of a TFRecord file, read by its layout (u64 length, u32 CRC, data, u32 CRC) with no writer code."""
+    """The records of a TFRecord file, read by its layout (u64 length, u32 masked CRC, data, u32 masked CRC) with
+    no writer code; each CRC checked with tensorboardX's CRC32C."""
+    from tensorboardX.crc32c import crc32c
+
+    def masked(data: bytes) -> int:
+        crc = crc32c(data)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
     data, out, at = path.read_bytes(), [], 0
     while at < len(data):
-        (length,) = struct.unpack("<Q", data[at:at + 8])
-        out.append(data[at + 12:at + 12 + length])
-        at += 12 + length + 4
+        header, (length,) = data[at:at + 8], struct.unpack("<Q", data[at:at + 8])
+        record = data[at + 12:at + 12 + length]
+        assert struct.unpack("<II", data[at + 8:at + 12] + data[at + 12 + length:at + 16 + length]) == (
+            masked(header), masked(record))
+        out.append(record)
+        at += 16 + length
     return out
+
+
+def test_crc32c_check_value() -> None:
+    """The CRC-32C catalogue's check value (the CRC of b"123456789") and the empty string's."""
+    assert tensorboard.crc32c(b"123456789") == 0xE3069283
+    assert tensorboard.crc32c(b"") == 0
 
 
 def test_tensorboard_events_are_on_disk_after_each_write_with_no_thread_left(tmp_path: Path) -> None:
     """Each write's scalars are in the events file when write returns (nothing waits in a queue for a background
-    thread, which could outlive a run stopped by a full disk), values and timings alike."""
+    thread, which could outlive a run stopped by a full disk), values and timings alike; read with tensorboardX's
+    protos (the test extras)."""
+    pytest.importorskip("tensorboardX")
     from tensorboardX.proto.event_pb2 import Event
 
     threads = threading.active_count()
     writer = metrics.MetricWriter(tmp_path)
     writer.write(5, {"loss": 2.5}, {"perf/steps_per_s": 0.25})
-    writer.write(10, {"loss": 1.5})
+    writer.write(10, {"loss": 1.5, "count": 3})
+    writer.write(2**40, {"a/b": -0.125})
     assert threading.active_count() == threads
     (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
     parsed = [Event.FromString(record) for record in _tfrecords(events)]
     assert parsed[0].file_version == "brain.Event:2"
     assert [(e.step, {v.tag: v.simple_value for v in e.summary.value}) for e in parsed[1:]] == [
-        (5, {"loss": 2.5, "perf/steps_per_s": 0.25}), (10, {"loss": 1.5})]
+        (5, {"loss": 2.5, "perf/steps_per_s": 0.25}), (10, {"loss": 1.5, "count": 3.0}), (2**40, {"a/b": -0.125})]
+    assert all(abs(e.wall_time - time.time()) < 600 for e in parsed)
     writer.close()
