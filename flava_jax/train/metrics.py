@@ -174,9 +174,8 @@ class MetricWriter:
         row = {"step": int(step), **{k: _scalar(v) for k, v in sorted(values.items())}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        if self._tb is not None:
-            scalars = {key: _scalar(value) for key, value in {**values, **(timings or {})}.items()}
-            self._tb.write(tensorboard.scalars_event(int(step), scalars))
+        scalars = {key: _scalar(value) for key, value in {**values, **(timings or {})}.items()}
+        self._tb.write(tensorboard.scalars_event(int(step), scalars))
 
     def close(self) -> None:
         if self._tb is not None:

@@ -61,11 +61,12 @@ def _event(wall_time: float, step: int, body: bytes) -> bytes:
     return b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step) + body
 
 
-def scalars_event(step: int, scalars: Mapping[str, float], wall_time: float | None = None) -> bytes:
-    """An Event whose `summary` (field 5) holds one Summary.Value{tag = 1, simple_value = 2 (float)} a scalar."""
+def scalars_event(step: int, scalars: Mapping[str, float]) -> bytes:
+    """An Event, stamped now, whose `summary` (field 5) holds one Summary.Value{tag = 1, simple_value = 2 (float)}
+    a scalar."""
     values = b"".join(_field(1, _field(1, tag.encode()) + b"\x15" + struct.pack("<f", value))
                       for tag, value in scalars.items())
-    return _event(time.time() if wall_time is None else wall_time, step, _field(5, values))
+    return _event(time.time(), step, _field(5, values))
 
 
 class EventsFile:

@@ -243,18 +243,18 @@ def _final_params(workdir: Path) -> Any:
     return step, state
 
 
-def _assert_same_state(a: Path, b: Path) -> None:
-    """Both workdirs' newest checkpoints hold the same step and the same bytes."""
+def _assert_same_state(a: Path, b: Path, step: int) -> None:
+    """Both workdirs' newest checkpoints are of `step` and hold the same bytes."""
     (step_a, state_a), (step_b, state_b) = _final_params(a), _final_params(b)
-    assert step_a == step_b
+    assert step_a == step_b == step
     for x, y in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
         assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
 
 
-def _wait_for(condition: Any, process: subprocess.Popen, alive: Any = lambda: True, timeout: float = 600) -> None:
-    """Until `condition()`, or `process` ends, or `alive()` is false, or `timeout` seconds pass."""
+def _wait_for(condition: Any, *processes: subprocess.Popen, timeout: float = 600) -> None:
+    """Until `condition()`, or one of `processes` ends, or `timeout` seconds pass."""
     deadline = time.time() + timeout
-    while not condition() and process.poll() is None and alive() and time.time() < deadline:
+    while not condition() and all(p.poll() is None for p in processes) and time.time() < deadline:
         time.sleep(0.05)
 
 
@@ -363,7 +363,7 @@ def test_sigkill_then_rerun_is_bit_identical_and_takes_the_compiled_step_from_th
     resumed = re.search(r"resumed from \S+ at step (\d+)", stderr)
     assert resumed and 4 <= int(resumed.group(1)) < 24, stderr[-3000:]
     assert (killed / "metrics.jsonl").read_text() == uninterrupted
-    _assert_same_state(reference_run, killed)
+    _assert_same_state(reference_run, killed, 24)
     first, second = _train_step_compiles(log.read_text()), _train_step_compiles(stderr)
     assert first and not any(first), first  # every train step compile missed the empty cache
     assert second and all(second), second
@@ -412,8 +412,7 @@ def test_two_processes_give_the_losses_of_one_and_a_sigterm_to_one_checkpoints_b
                         log, _env(2))
                  for i, log in enumerate(logs)]
     metrics = tmp_path / "two" / "metrics.jsonl"
-    _wait_for(lambda: metrics.exists() and metrics.read_text().count('"loss":') >= 4, processes[0],
-              lambda: processes[1].poll() is None)
+    _wait_for(lambda: metrics.exists() and metrics.read_text().count('"loss":') >= 4, *processes)
     processes[1].send_signal(signal.SIGTERM)
     for p in processes:
         p.wait(timeout=300)
@@ -528,7 +527,7 @@ def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the
     assert f"resumed from {workdir / 'checkpoints'} at step 16, the newest good checkpoint" in stderr
     assert "Traceback" not in stderr
     assert (workdir / "metrics.jsonl").read_text() == (reference_run / "metrics.jsonl").read_text()
-    _assert_same_state(reference_run, workdir)
+    _assert_same_state(reference_run, workdir, 24)
 
 
 _FULL_DISK_AT_STEP_8 = """
