@@ -40,6 +40,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     except ImportError:
         pass
 
+# The xdist group of the tests that keep both cores busy for a minute or more (runs of several processes, libtpu
+# and GPU compiles): one worker runs them one after another. Side by side, each took about twice as long, past
+# CI's 120 s a test.
+CPU_HEAVY = "cpu_heavy"
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

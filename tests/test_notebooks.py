@@ -16,7 +16,7 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
 from tests.configs import REPO
-from tests.conftest import SHARED_DATA, xla_flags
+from tests.conftest import CPU_HEAVY, SHARED_DATA, xla_flags
 
 NOTEBOOKS = REPO / "notebooks"
 QUICKSTART_STEPS = 4
@@ -54,6 +54,7 @@ def test_notebook_is_committed_clean(name: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group(CPU_HEAVY)
 def test_quickstart_trains_exports_and_scores_blimp(tmp_path: Path) -> None:
     """The quickstart's commands, with a 4-step training: metrics, an export, BLiMP results and both plots. BLiMP
     is ../shared/data/blimp where it exists (CI), else the notebook's demo pairs (a fresh clone)."""

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from tests.conftest import CPU_HEAVY, REPO, SHARED_DATA
 
 
 def _readme_blocks(language: str) -> list[str]:
@@ -61,6 +60,7 @@ def _tiny_blimp(out: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group(CPU_HEAVY)
 def test_readme_pipeline_on_the_bundled_sample(tmp_path: Path) -> None:
     """README's pipeline block as written (its first line is the newcomer's command): the sample is prepared, the
     tiny model trains and every objective's loss falls, then export, BLiMP + PPPL evaluation and the report."""

@@ -215,16 +215,20 @@ def stream_iterator(settings: PipelineSettings, stream: str, batch_size: int, to
                     process: tuple[int, int] | None = None, group: int = 1) -> grain.DatasetIterator:
     """Endless batches of one stream for this process, read ahead, as a checkpointable iterator. With length buckets,
     each run of `group` text batches from the start shares one length (see _BucketWindow)."""
-    dataset = _workers(stream_dataset(settings, stream, batch_size, tokenizer, process, group=group), settings)
-    if stream == "text" and settings.length_buckets:
-        dataset = _Unwindow(dataset)
-    return iter(dataset)
+    windows = stream == "text" and settings.length_buckets
+    element = batch_size * group * settings.bucket_window if windows else batch_size
+    dataset = _workers(stream_dataset(settings, stream, batch_size, tokenizer, process, group=group), settings,
+                       element)
+    return iter(_Unwindow(dataset) if windows else dataset)
 
 
-def _workers(dataset: grain.MapDataset, settings: PipelineSettings) -> grain.IterDataset:
-    """The iterable dataset, read ahead by threads and, with `workers`, by worker processes."""
-    dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=settings.read_threads,
-                                                        prefetch_buffer_size=settings.read_buffer))
+def _workers(dataset: grain.MapDataset, settings: PipelineSettings, element: int) -> grain.IterDataset:
+    """The iterable dataset of `element` examples an element, read ahead by threads (`read_buffer` examples' worth
+    of elements) and, with `workers`, by worker processes."""
+    # Grain buffers elements, which are batches or windows of them here, not examples.
+    buffer = -(-settings.read_buffer // element)
+    dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=min(settings.read_threads, buffer),
+                                                        prefetch_buffer_size=buffer))
     if settings.workers <= 0:
         return dataset
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app nobody parsed them

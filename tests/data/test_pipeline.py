@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,39 @@ def test_length_buckets_keep_every_example_and_cut_padding(data: Path) -> None:
             assert b["input_ids"].shape[1] < 16 or (b["attention_mask"].sum(1) > b["input_ids"].shape[1] // 2).any()
         assert sorted(expected) == sorted(got)  # the same masked examples, regrouped
     assert bucketed_tokens < plain_tokens
+
+
+class _CountingTokenizer:
+    """The tokenizer, counting the texts it encodes: each is one example read."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer, self.calls, self._lock = tokenizer, 0, threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+    def encode(self, text: str, max_length: int) -> list[int]:
+        with self._lock:  # the readers are threads
+            self.calls += 1
+        return self.tokenizer.encode(text, max_length)
+
+
+@pytest.mark.parametrize("changes", [dict(), dict(length_buckets=(16, 32, 48), bucket_window=4)])
+def test_read_ahead_stops_at_read_buffer_examples(data: Path, changes: dict[str, Any]) -> None:
+    """`read_buffer` counts examples: Grain buffers elements, which are batches here (windows of bucket_window x
+    group batches with length buckets), so a buffer of read_buffer elements read batch or window times too far (a
+    full-size run's image streams held gigabytes). 24 examples ahead: 8 batches of 3, or 1 window of 2 x 4 x 3."""
+    tokenizer = _CountingTokenizer(Tokenizer.load(data / "tokenizer.model"))
+    iterator = stream_iterator(_settings(data, read_buffer=24, read_threads=4, **changes), "text", 3, tokenizer,
+                               process=(0, 1), group=2)
+    next(iterator)
+    settled, deadline = -1, time.time() + 30
+    while settled != tokenizer.calls and time.time() < deadline:  # until the readers stop
+        settled = tokenizer.calls
+        time.sleep(0.5)
+    element = 24 if changes else 3
+    # The element taken, plus the buffer refilled behind it
+    assert 24 <= tokenizer.calls <= 24 + element, tokenizer.calls
 
 
 def test_length_buckets_pad_a_steps_micro_batches_alike(data: Path) -> None:

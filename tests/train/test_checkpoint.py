@@ -63,7 +63,9 @@ def test_flipped_bytes_are_found_moved_aside_and_the_previous_step_restored(tmp_
     assert (step, bad) == (1, [2])
     np.testing.assert_array_equal(np.asarray(saved["w"]), state(1)["w"])
     assert checkpoints.all_steps() == [1] and (tmp_path / "corrupt" / "2" / "sha256.json").is_file()
-    assert len(caplog.records) == 1 and "moved to" in caplog.records[0].getMessage()
+    # Ours only: a stray record of another library (a garbage-collected client's cleanup) may land here too.
+    (record,) = [r for r in caplog.records if r.name.startswith("flava_jax")]
+    assert "moved to" in record.getMessage()
     checkpoints.close()
 
 
