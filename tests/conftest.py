@@ -67,6 +67,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
+def cuda_compiler():
+    """The CUDA plugin and ptxas, which compile for NVIDIA GPUs without one, or a skip that says how to install them.
+    Compiling for a described GPU turns the persistent compilation cache off (aot.gpu_devices): later tests get it
+    back."""
+    import importlib.util
+
+    import jax
+
+    from flava_jax.train.aot import CUDA_PACKAGES
+
+    missing = [name for name, module in CUDA_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} for deviceless GPU compiles: pip install {' '.join(missing)} at the "
+                    "installed jax's version (.ci/run installs them)")
+    cache = jax.config.jax_enable_compilation_cache
+    yield
+    jax.config.update("jax_enable_compilation_cache", cache)
+
+
+@pytest.fixture
 def libtpu():
     """libtpu, which compiles for TPU slices without the chips, or a skip that says how to install it. Compiling for
     a topology turns the persistent compilation cache off (aot.topology_devices): later tests get it back."""

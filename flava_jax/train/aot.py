@@ -2,14 +2,16 @@
 compiled program costs, to project its step time and MFU on chips that are not here.
 
     python -m flava_jax.aot --config=configs/10M_4M.py [--config.key=value ...]
-        [--devices=8 | --topology=v5e:4x4] [--meshes=data,fsdp,2x4] [--text_length=256] [--out=memory.json]
-        [--hlo_dir=DIR]
+        [--devices=8 | --topology=v5e:4x4 | --gpu=h100x8] [--meshes=data,fsdp,2x4] [--text_length=256]
+        [--out=memory.json] [--hlo_dir=DIR]
 
 For each mesh it builds the trainer's own jitted step (`train.build`: same shardings, same donation) and lowers it
 on abstract values only: `jax.eval_shape` gives the state's shapes, `jax.ShapeDtypeStruct`s with shardings stand in
 for the batch, so no parameter is ever allocated. The compiled program's `memory_analysis()` then says what one
-device holds. The target is this machine's devices, N faked CPU devices (`--devices`), or a TPU topology
-(`--topology`, compiled by libtpu without the chips being there, as MaxText's train_compile.py does).
+device holds. The target is this machine's devices, N faked CPU devices (`--devices`), a TPU topology
+(`--topology`, compiled by libtpu without the chips being there, as MaxText's train_compile.py does), or N NVIDIA GPUs
+of one card (`--gpu`, or `--topology=h100x8`: compiled by XLA's CUDA backend with ptxas, no GPU or driver present;
+gpus.py holds the cards).
 
 Meshes: `data` (every device data parallel), `fsdp` (every device one FSDP group), `config` (as the config's
 `sharding` section says), or sizes `DxF` / `DxFxT` (data x fsdp x tensor, FSDP on when F > 1).
@@ -38,7 +40,7 @@ from ml_collections import ConfigDict, config_flags
 
 from flava_jax.common.settings import ConfigError
 from flava_jax.data.pipeline import STREAM_KEYS
-from flava_jax.train import chips
+from flava_jax.train import chips, gpus
 from flava_jax.train import sharding as sharding_lib
 from flava_jax.train.roofline import Roofline, cost_summary
 from flava_jax.train.scheduler import MultimodalScheduler
@@ -47,6 +49,9 @@ from flava_jax.train.trainer import Plan, build, model_config, plan, step_flops
 log = logging.getLogger("flava_jax")
 
 TEXT_KEYS = ("input_ids", "input_ids_masked", "mlm_labels", "attention_mask")
+# What compiling for NVIDIA GPUs without one takes: the CUDA plugin (its PJRT half included) and ptxas/libdevice
+CUDA_PACKAGES = {"jax-cuda12-plugin": "jax_cuda12_plugin", "jax-cuda12-pjrt": "jax_plugins.xla_cuda12",
+                  "nvidia-cuda-nvcc-cu12": "nvidia.cuda_nvcc"}
 _SIZES = re.compile(r"(\d+)x(\d+)(?:x(\d+))?")
 
 
@@ -178,7 +183,7 @@ def compile_step(config: ConfigDict, mesh: str, devices: Sequence[Any],
     lowered = parts.train_step.lower(parts.abstract_state, batch, weights, rng)
     lower_seconds = time.perf_counter() - started
     log.info("[%s] lowered in %.0f s; compiling (minutes on a CPU for the full size)", mesh, lower_seconds)
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options(devices))
     seconds = time.perf_counter() - started
     log.info("[%s] lowered and compiled in %.0f s", mesh, seconds)
     stats = compiled.memory_analysis()
@@ -202,6 +207,12 @@ def compile_step(config: ConfigDict, mesh: str, devices: Sequence[Any],
         flops_bound_seconds=cost.flops_bound_seconds if timed else None,
         collective_seconds=collective_seconds(cost.collective_bytes, known), peak_flops=peak)
     return report, compiled
+
+
+def compiler_options(devices: Sequence[Any]) -> dict[str, Any] | None:
+    """XLA options for compiling for `devices`: gpus.DEVICELESS for GPUs described rather than present."""
+    compile_only = type(devices[0].client).__name__ == "CompileOnlyPyClient"
+    return gpus.DEVICELESS if devices[0].platform == "gpu" and compile_only else None
 
 
 def device_memory(device: Any) -> tuple[int | None, str]:
@@ -274,7 +285,7 @@ def format_projection(reports: Sequence[StepReport], total_steps: int) -> str:
             ("libtpu optimal_seconds", [_seconds(r.xla_costs.get("optimal_seconds")) for r in reports]),
             ("compute and HBM (roofline)", [_seconds(r.roofline_seconds) for r in reports]),
             ("  of which FLOP-bound", [_seconds(r.flops_bound_seconds) for r in reports]),
-            ("collectives at ICI bandwidth", [_seconds(r.collective_seconds) for r in reports]),
+            ("collectives at ICI / NVLink bandwidth", [_seconds(r.collective_seconds) for r in reports]),
             ("estimated step time", [_seconds(r.step_seconds) for r in reports]),
             ("projected MFU", ["n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%" for r in reports]),
             (f"projected hours for {total_steps:,} steps",
@@ -300,12 +311,52 @@ def topology_devices(name: str) -> list[Any]:
                                         chips_per_host_bounds=(2, 2, 1), num_slices=1).devices
 
 
+def gpu_devices(target: str) -> list[Any]:
+    """Compile-only devices of N NVIDIA GPUs of one card, such as h100x8 or a100-40gb (gpus.py). XLA's CUDA backend
+    compiles for them here, with ptxas from PyPI and no GPU; must run before any JAX backend starts. Turns the
+    persistent compilation cache off for this process."""
+    gpu, count = gpus.parse(target)
+    missing = [p for p, module in CUDA_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ConfigError(f"--gpu={target} needs {', '.join(missing)} to compile for NVIDIA GPUs without one: "
+                          f"pip install {' '.join(missing)} (at the installed jax's version for the jax packages)")
+    from jax.experimental import topologies
+
+    # The CUDA plugin checks for a driver when its backend starts: with no GPU here, only the CPU backend starts,
+    # and the plugin compiles for the described card.
+    if jax.config.jax_platforms != "cpu":
+        jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_enable_compilation_cache", False)
+    return topologies.get_topology_desc(platform="cuda", target_config=gpu.target_config(),
+                                        topology=f"1x1x{count}").devices
+
+
+def target_devices(topology: str) -> list[Any]:
+    """--topology's devices: a GPU target (gpus.py's names, e.g. h100x8) or a TPU slice (e.g. v5e:4x4)."""
+    return topology_devices(topology) if ":" in topology else gpu_devices(topology)
+
+
+def warnings(config: ConfigDict, reports: Sequence[StepReport], device_kind: str, capacity: int | None) -> list[str]:
+    """One line for each way the target cannot run the step as configured, naming the key to change."""
+    lines = [f"[{r.mesh}] needs {_size(r.total)} per device of {_size(capacity)}: lower config.train.micro_batch_size"
+             f" (or shard more: --meshes=fsdp, config.model.remat_policy)" for r in reports
+             if capacity and r.total > capacity]
+    gpu = next((g for g in gpus.GPUS if g.device_name == device_kind), None)
+    if gpu and config.model.dtype == "bfloat16" and not gpu.architecture.bf16_tensor_cores:
+        lines.append(f"{gpu.name}: no bf16 tensor cores (compute capability {gpu.architecture.compute_capability}), "
+                     f"so config.model.dtype='bfloat16' runs its products on the FP32 units ({gpu.fp32_tflops} "
+                     f"TFLOPS) and no MFU is projected; config.model.dtype='float32' keeps the speed with f32 numerics")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------ command line
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. configs/10M_4M.py.",
                                           lock_config=True)
 _DEVICES = flags.DEFINE_integer("devices", None, "Compile for this many faked CPU devices.")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "Compile for a TPU slice, e.g. v5e:4x4 or v4:2x2x2 (needs "
-                                "libtpu).")
+                                "libtpu), or for NVIDIA GPUs as --gpu names them.")
+_GPU = flags.DEFINE_string("gpu", None, f"Compile for NVIDIA GPUs without one: NAME or NAMExCOUNT, NAME one of "
+                           f"{', '.join(g.name for g in gpus.GPUS)} (e.g. h100x8; needs the CUDA plugin and ptxas).")
 _MESHES = flags.DEFINE_list("meshes", ["data", "fsdp"], "Meshes to compare: data, fsdp, config, DxF or DxFxT.")
 _OUT = flags.DEFINE_string("out", None, "Also write the measurements to this JSON file.")
 _TEXT_LENGTH = flags.DEFINE_integer("text_length", None, "Pad text-only batches to this length, as a length bucket "
@@ -320,8 +371,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None:
         raise app.UsageError("--config is required")
-    if _DEVICES.value is not None and _TOPOLOGY.value:
-        raise app.UsageError("give --devices or --topology, not both")
+    if sum(flag.value is not None for flag in (_DEVICES, _TOPOLOGY, _GPU)) > 1:
+        raise app.UsageError("give one of --devices, --topology and --gpu")
     if _TEXT_LENGTH.value is not None and not 2 < _TEXT_LENGTH.value <= _CONFIG.value.data.text_max_length:
         raise app.UsageError(f"--text_length={_TEXT_LENGTH.value}: a bucket holds [CLS], [SEP] and text, at most "
                              f"data.text_max_length ({_CONFIG.value.data.text_max_length})")
@@ -337,7 +388,8 @@ def main(argv: list[str]) -> None:
     logging.getLogger("flava_jax").setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
-        devices = topology_devices(_TOPOLOGY.value) if _TOPOLOGY.value else jax.devices()
+        target = _GPU.value or _TOPOLOGY.value
+        devices = target_devices(target) if target else jax.devices()
         capacity, source = device_memory(devices[0])
         log.info("target: %d x %s", len(devices), devices[0].device_kind)
         reports, failed = [], {}
@@ -353,6 +405,8 @@ def main(argv: list[str]) -> None:
                 failed[mesh] = str(e)
     except ConfigError as e:
         raise app.UsageError(str(e)) from e
+    for line in warnings(_CONFIG.value, reports, devices[0].device_kind, capacity):
+        log.warning("%s", line)
     if reports:
         print(f"Per-device memory of one train step on {len(devices)} x {devices[0].device_kind}:")
         print(format_table(reports, capacity, source))

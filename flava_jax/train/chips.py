@@ -17,7 +17,7 @@ class Chip:
     memory_gib: float
     memory_gbps: float | None  # HBM bandwidth, GB/s
     source: str
-    ici_gbps: float | None = None  # bidirectional inter-chip interconnect bandwidth per chip, GB/s, where published
+    ici_gbps: float | None = None  # bidirectional interconnect (ICI, NVLink) bandwidth per chip, GB/s, where published
 
     @property
     def peak_flops(self) -> float | None:
@@ -34,6 +34,7 @@ class Chip:
 
 
 _GCP = "https://cloud.google.com/tpu/docs/"
+_A100 = "https://www.nvidia.com/en-us/data-center/a100/ (datasheet)"
 CHIPS = (
     Chip("TPU v2", None, 8, None, _GCP + "v2"),
     Chip("TPU v3", None, 16, None, _GCP + "v3"),
@@ -44,11 +45,16 @@ CHIPS = (
     Chip("TPU v5", 459, 95, 2765, _GCP + "v5p", ici_gbps=1200),  # v5p's device_kind
     Chip("TPU v6 lite", 918, 32, 1638, _GCP + "v6e", ici_gbps=800),  # v6e's device_kind
     Chip("TPU v6e", 918, 32, 1638, _GCP + "v6e", ici_gbps=800),
-    Chip("A100-SXM4-80GB", 312, 80, 2039, "https://www.nvidia.com/en-us/data-center/a100/ (datasheet)"),
-    Chip("A100 80GB", 312, 80, 2039, "https://www.nvidia.com/en-us/data-center/a100/ (datasheet)"),
-    Chip("A100", 312, 40, 1555, "https://www.nvidia.com/en-us/data-center/a100/ (datasheet)"),
-    Chip("H100", 989, 80, 3350, "https://www.nvidia.com/en-us/data-center/h100/ (SXM datasheet)"),
-    Chip("H200", 989, 141, 4800, "https://www.nvidia.com/en-us/data-center/h200/ (SXM datasheet)"),
+    # GPUs: ici_gbps is NVLink's bidirectional bandwidth per GPU (SXM boards)
+    Chip("A100-SXM4-80GB", 312, 80, 2039, _A100, ici_gbps=600),
+    Chip("A100 80GB", 312, 80, 2039, _A100, ici_gbps=600),
+    Chip("A100", 312, 40, 1555, _A100, ici_gbps=600),
+    Chip("H100", 989, 80, 3350, "https://www.nvidia.com/en-us/data-center/h100/ (SXM datasheet)", ici_gbps=900),
+    Chip("H200", 989, 141, 4800, "https://www.nvidia.com/en-us/data-center/h200/ (SXM datasheet)", ici_gbps=900),
+    Chip("L4", 121, 24, 300, "https://www.nvidia.com/en-us/data-center/l4/ (datasheet)"),
+    Chip("L40S", 362, 48, 864, "https://www.nvidia.com/en-us/data-center/l40s/ (datasheet)"),  # not "L4"
+    # No bf16 tensor cores (Turing): bf16 matmuls run on the FP32 units (gpus.py has their rate)
+    Chip("T4", None, 16, 320, "https://www.nvidia.com/en-us/data-center/tesla-t4/ (datasheet)"),
 )
 
 

@@ -7,8 +7,9 @@ count) costs the larger of its FLOPs at the chip's peak and its memory traffic a
 is a lower bound on the step's time if nothing overlaps and every op ran at a roofline; collectives are kept apart
 (they use the interconnect, and XLA overlaps most of them with compute).
 
-FLOPs are those of matrix products and convolutions (TPU programs express both as `convolution`), counting only
-window taps that fall on real input, and of Pallas kernels as their cost estimate states them; element-wise work is
+FLOPs are those of matrix products and convolutions (TPU programs express both as `convolution`; GPU programs call
+cuBLAS and cuDNN for them, or fuse them into Triton GEMMs), counting only window taps that fall on real input, and
+of Pallas kernels as their cost estimate states them; element-wise work is
 not counted, as it rarely bounds a step that is not already bound by its bytes. Bytes are HBM traffic as the TPU
 program moves it: arrays that memory-space assignment placed in on-chip memory cost nothing, slices and in-place
 updates move only their slices, and a collective's transfers (fused with compute or not, once however many fusions
@@ -40,6 +41,12 @@ _UPDATE = "dynamic-update-slice"
 _TARGET = re.compile(r'custom_call_target="(AllocateBuffer|ConcatBitcast)"')
 # A Pallas TPU kernel's FLOPs, from the cost estimate its pallas_call gave (in the custom call's backend config)
 _KERNEL_FLOPS = re.compile(r'custom_call_target="tpu_custom_call".*"cost_estimate":\{"flops":"(\d+)"')
+# GPU library calls: cuBLAS/cuBLASLt GEMMs (a dot whose dimension numbers are in the call's backend config) and cuDNN
+# convolutions (a convolution's window and dim_labels as attributes). Each returns (result, workspace): the workspace
+# is scratch, not traffic.
+_GEMM = re.compile(r'custom_call_target="__cublas\$(gemm|lt\$matmul)')
+_CUDNN_CONV = re.compile(r'custom_call_target="__cudnn\$conv')
+_LIBRARY = re.compile(r'custom_call_target="(__cublas|__cudnn)')
 _COLLECTIVE = re.compile(r"^(all-gather|all-reduce|reduce-scatter|collective-permute|all-to-all|collective-broadcast)")
 _ASYNC_DONE = re.compile(r"-done$")
 # Replica groups as XLA prints them: named mesh axes, explicit device lists, or an iota of [groups, size]
@@ -216,7 +223,16 @@ def traffic(instruction: Instruction, shapes: dict[str, str]) -> float:
         return (0 if on_chip(operands[0]) else array_bytes(arrays[1])) + hbm_bytes(arrays[1])
     if op == "custom-call" and _TARGET.search(instruction.attributes):
         return 0.0
+    if op == "custom-call" and _LIBRARY.search(instruction.attributes):
+        return hbm_bytes(library_result(instruction)) + sum(hbm_bytes(o) for o in operands)
     return hbm_bytes(instruction.shape) + sum(hbm_bytes(o) for o in operands)
+
+
+def library_result(instruction: Instruction) -> str:
+    """A cuBLAS or cuDNN call's result type without its workspace (the last element of its result tuple)."""
+    if not instruction.shape.startswith("("):
+        return instruction.shape
+    return _tuple_elements(instruction.shape)[0]
 
 
 def _users(body: list[Instruction]) -> dict[str, list[tuple[Instruction, int]]]:
@@ -391,13 +407,24 @@ def convolution_flops(instruction: Instruction, shapes: dict[str, str]) -> float
 
 def dot_flops(instruction: Instruction, shapes: dict[str, str]) -> float:
     """2 x output elements x the contracted size."""
+    contracting = _attribute(instruction.attributes, "lhs_contracting_dims")
+    return _product_flops(instruction, shapes, contracting.strip("{}").split(",") if contracting else None)
+
+
+def gemm_flops(instruction: Instruction, shapes: dict[str, str]) -> float:
+    """A cuBLAS GEMM's FLOPs, as dot_flops: its contracted dimensions are in its backend config."""
+    match = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', instruction.attributes)
+    return _product_flops(dataclasses.replace(instruction, shape=library_result(instruction)), shapes,
+                          re.findall(r"\d+", match.group(1)) if match else None)
+
+
+def _product_flops(instruction: Instruction, shapes: dict[str, str], contracting: list[str] | None) -> float:
     lhs = _ARRAY.search(shapes.get(instruction.operands[0], ""))
     out = _ARRAY.search(instruction.shape)
-    contracting = _attribute(instruction.attributes, "lhs_contracting_dims")
-    if not (lhs and out and contracting):
+    if not (lhs and out and contracting is not None):
         return 0.0
     lhs_dims = dims_of(lhs.group(2))
-    contracted = math.prod(lhs_dims[int(d)] for d in contracting.strip("{}").split(",") if d)
+    contracted = math.prod(lhs_dims[int(d)] for d in contracting if d)
     return 2.0 * math.prod(dims_of(out.group(2))) * contracted
 
 
@@ -467,6 +494,10 @@ class Roofline:
             return dot_flops(instruction, shapes)
         if instruction.opcode == "custom-call" and (match := _KERNEL_FLOPS.search(instruction.attributes)):
             return float(match.group(1))
+        if instruction.opcode == "custom-call" and _GEMM.search(instruction.attributes):
+            return gemm_flops(instruction, shapes)
+        if instruction.opcode == "custom-call" and _CUDNN_CONV.search(instruction.attributes):
+            return convolution_flops(dataclasses.replace(instruction, shape=library_result(instruction)), shapes)
         return 0.0
 
     def _fused(self, computation: str) -> tuple[float, tuple[tuple[str | None, float], ...]]:

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import jax
@@ -20,7 +21,7 @@ from flava_jax.data import pipeline
 from flava_jax.data.tokenizer import Tokenizer
 from flava_jax.model.config import FlavaConfig
 from flava_jax.model.flava import FlavaForPreTraining
-from flava_jax.train import aot
+from flava_jax.train import aot, chips, gpus
 from flava_jax.train import sharding as sharding_lib
 from flava_jax.train.trainer import plan
 from tests.configs import REPO, debug_config, load_config
@@ -119,6 +120,31 @@ def test_device_memory_table() -> None:
     assert aot.device_memory(Chip("NVIDIA A100-SXM4-80GB"))[0] == 80 * 2**30
     assert aot.device_memory(Chip("NVIDIA A100-SXM4-40GB"))[0] == 40 * 2**30
     assert aot.device_memory(jax.devices()[0])[0] is None
+
+
+def test_gpu_targets_and_what_a_card_cannot_run() -> None:
+    """--gpu names parse to a card and a count; each card's target config carries its datasheet facts; a step over a
+    card's memory, or bf16 on a card without bf16 tensor cores (T4), is one line naming the key to change."""
+    assert [(g.name, n) for g, n in map(gpus.parse, ("h100x8", "a100-40gb", "t4x1"))] == [
+        ("h100", 8), ("a100-40gb", 1), ("t4", 1)]
+    for bad in ("h100x0", "v100x8", "h100x"):
+        with pytest.raises(ConfigError, match="--gpu="):
+            gpus.parse(bad)
+    h100 = gpus.parse("h100")[0].target_config()
+    assert "core_count: 132" in h100 and "memory_bandwidth: 3350000000000" in h100 and "major: 9" in h100
+    assert "major: 7 minor: 5" in gpus.parse("t4")[0].target_config()
+    assert {g.chip.kind for g in gpus.GPUS} == {"H100", "A100-SXM4-80GB", "A100", "L4", "T4"}
+    assert chips.chip("NVIDIA L40S").kind == "L40S"  # not the L4's row
+
+    config = load_config("10M_4M")
+    report = types.SimpleNamespace(mesh="data", total=20 * 2**30)
+    assert aot.warnings(config, [report], "Tesla T4", 16 * 2**30) == [
+        "[data] needs 20.00 GiB per device of 16.00 GiB: lower config.train.micro_batch_size (or shard more: "
+        "--meshes=fsdp, config.model.remat_policy)",
+        "t4: no bf16 tensor cores (compute capability (7, 5)), so config.model.dtype='bfloat16' runs its products on "
+        "the FP32 units (8.1 TFLOPS) and no MFU is projected; config.model.dtype='float32' keeps the speed with f32 "
+        "numerics"]
+    assert aot.warnings(config, [report], "NVIDIA H100 80GB HBM3", 80 * 2**30) == []
 
 
 @pytest.mark.slow

@@ -12,18 +12,15 @@ from flax.traverse_util import flatten_dict
 
 from flava_jax.model.flava import FlavaForPreTraining
 from flava_jax.train import aot
-from flava_jax.train.roofline import Roofline, array_bytes, dims_of, instructions
+from flava_jax.train.roofline import Roofline, dims_of, instructions
 from flava_jax.train.trainer import model_config
 from tests.configs import debug_config
 from tests.conftest import CPU_HEAVY
+from tests.train.compiled import collectives
 
 # One xdist worker runs them all (with the suite's other heavy tests), so the compiles they share (_compile's cache)
 # are made once.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("libtpu"), pytest.mark.xdist_group(CPU_HEAVY)]
-
-# Host round trips a TPU step must not hold: Python callbacks, infeed/outfeed, host send/recv.
-_HOST_OPS = re.compile(r"^(infeed|outfeed|send|recv|send-done|recv-done)$")
-
 
 _COMPILED: dict[tuple[str, str, str], tuple] = {}
 
@@ -41,20 +38,6 @@ def _compile(topology: str, mesh: str, **overrides):
     return _COMPILED[key]
 
 
-def _collectives(hlo: str) -> dict[str, float]:
-    """Bytes all-gathered, count of all-reduces and of reduce-scatters (TPU programs scatter gradients either as
-    reduce-scatter ops or as fused all-reduce-scatter computations)."""
-    program = list(instructions(hlo))
-    assert not [i.name for i in program if "f64[" in i.shape], "f64 on a TPU runs in software"
-    assert not [i.name for i in program if _HOST_OPS.match(i.opcode)
-                or (i.opcode == "custom-call" and "callback" in i.attributes.lower())], "host round trips"
-    return {"gathered": sum(array_bytes(i.shape) for i in program if i.opcode.startswith("all-gather")),
-            "reduces": sum(i.opcode.startswith("all-reduce") for i in program),
-            "scatters": sum(i.opcode.startswith("reduce-scatter")
-                            or (i.opcode == "fusion" and "calls=%all-reduce-scatter" in i.attributes)
-                            for i in program)}
-
-
 # 4 micro-steps on 4 chips: the step test_fsdp_gathers_weights_at_every_micro_step_or_once_a_step compares.
 _BATCH = 48
 
@@ -68,12 +51,12 @@ def test_debug_step_compiles_for_tpu(topology: str, mesh: str) -> None:
     embeddings; FSDP scatters gradients and gathers weights, many times the bytes."""
     report, hlo, capacity = _compile(topology, mesh, train__batch_size=_BATCH)
     assert 0 < report.total < capacity
-    collectives = _collectives(hlo)
+    found = collectives(hlo)
     if mesh == "data":
-        assert collectives["reduces"] > 0 and collectives["scatters"] == 0
+        assert found["reduces"] > 0 and found["scatters"] == 0
     else:
-        data = _collectives(_compile(topology, "data", train__batch_size=_BATCH)[1])
-        assert collectives["scatters"] > 0 and collectives["gathered"] > 10 * data["gathered"], (data, collectives)
+        data = collectives(_compile(topology, "data", train__batch_size=_BATCH)[1])
+        assert found["scatters"] > 0 and found["gathered"] > 10 * data["gathered"], (data, found)
 
 
 def test_compiled_flops_match_the_model_count() -> None:
