@@ -40,9 +40,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     except ImportError:
         pass
 
-# The xdist group of the tests that keep both cores busy for a minute or more (runs of several processes, libtpu
-# and GPU compiles): one worker runs them one after another. Side by side, each took about twice as long, past
-# CI's 120 s a test.
+# The xdist group of the tests that keep a worker's core and more busy for a minute or more (runs of several
+# processes, libtpu compiles, the bf16 runs): one worker runs them one after another. Side by side, each took
+# about twice as long, past CI's 120 s a test.
 CPU_HEAVY = "cpu_heavy"
 
 REPO = Path(__file__).resolve().parents[1]

@@ -279,6 +279,7 @@ def _with_cache(command: list[str], cache: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group(CPU_HEAVY)  # three compiles and 180 steps: beside another heavy test, near CI's 120 s
 def test_bf16_losses_track_the_f32_run_over_60_steps(debug_data: Path, tmp_path: Path) -> None:
     """model.dtype="bfloat16" (bf16 matmuls, f32 parameters, softmax, LayerNorm and losses) against f32, the debug
     run's 60 steps (trained in this process, one after the other, without evaluators). The tiny model's runs are
