@@ -16,8 +16,6 @@ import re
 from flava_jax.common.settings import ConfigError
 from flava_jax.train import chips
 
-_GUIDE = "https://docs.nvidia.com/cuda/cuda-c-programming-guide/#features-and-technical-specifications"
-
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
@@ -74,8 +72,8 @@ class Gpu:
             "registers_per_core_limit": 65536, "registers_per_block_limit": 65536,
         }
         lines = [f"  {key}: {value}" for key, value in info.items()]
-        lines.insert(15, f"  cuda_compute_capability {{ {capability} }}")
-        return "\n".join(["gpu_device_info {", *lines, "}", 'platform_name: "CUDA"',
+        return "\n".join(["gpu_device_info {", *lines, f"  cuda_compute_capability {{ {capability} }}", "}",
+                          'platform_name: "CUDA"',
                           "dnn_version_info { major: 9 minor: 8 }",
                           f'device_description_str: "{self.device_name}"']) + "\n"
 
