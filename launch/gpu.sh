@@ -26,7 +26,12 @@ Options:
   -h, --help           this help
 
 Example:
-  $PROG --config configs/10M_4M.py --workdir runs/10M_4M --resume-loop -- --config.data.dir=data/10M
+  $PROG --config configs/10M_4M.py --workdir runs/10M_4M --resume-loop -- --config.data.dir=data/10M \
+      --config.model.scan_layers=False --config.train.micro_batch_size=2048
+
+Size a run before it starts (memory per GPU, the largest micro-batch, step time; no GPU needed, README's GPU
+table): python -m flava_jax.aot --config=configs/10M_4M.py --gpu=h100x8 --meshes=data \
+      --config.model.scan_layers=False --config.train.micro_batch_size=2048
 EOF
 }
 

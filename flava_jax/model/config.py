@@ -175,7 +175,7 @@ _HF_MODEL_TYPES = {
 }
 # Fields of FlavaConfig that exist only in flava_jax: how to run the model, not what it is.
 RUNTIME_FIELDS = ("multimodal_attention_mask", "dtype", "param_dtype", "remat_policy", "scan_layers", "attention")
-ATTENTION = ("xla", "pallas", "auto")
+ATTENTION = ("xla", "pallas_tpu", "pallas_gpu", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,9 +192,10 @@ class FlavaConfig:
       `jax.checkpoint_policies` policy (e.g. ``"nothing_saveable"``); None keeps activations.
     * ``scan_layers``: run each encoder's layers with `nn.scan` (parameters stacked on a leading layer axis),
       which compiles one layer instead of N. `from_pretrained`/`save_pretrained` convert the layout.
-    * ``attention``: ``"xla"`` (jnp operations), ``"pallas"`` (the TPU kernel of `attention_kernel.py`, scores
-      kept on chip), or ``"auto"``: the trainer picks ``"pallas"`` on a TPU mesh and ``"xla"`` elsewhere (a model
-      built with ``"auto"`` outside it runs ``"xla"``).
+    * ``attention``: ``"xla"`` (jnp operations), ``"pallas_tpu"`` (the TPU kernel of `attention_tpu.py`, scores
+      kept on chip), ``"pallas_gpu"`` (the Triton kernels of `attention_gpu.py`, flash-attention style), or
+      ``"auto"``: the trainer picks the mesh's kernel (TPU v4 and newer, GPUs of compute capability 8.0 and up)
+      and ``"xla"`` elsewhere (a model built with ``"auto"`` outside it runs ``"xla"``).
     """
 
     text_config: TextConfig = dataclasses.field(default_factory=TextConfig)

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flava_jax.model import attention_kernel
+from flava_jax.model import attention_gpu, attention_tpu
 from flava_jax.model.activation_sharding import constrain, map_shards
 from flava_jax.model.config import EncoderConfig
 
@@ -125,8 +125,9 @@ class _LayerPart(nn.Module):
 
 
 class SelfAttention(_LayerPart):
-    """Multi-head self-attention (HF `FlavaSelfAttention`), softmax in f32; with `attention="pallas"`, one TPU
-    kernel (`attention_kernel`) where no dropout applies to the probabilities."""
+    """Multi-head self-attention (HF `FlavaSelfAttention`), softmax in f32; with `attention="pallas_tpu"` or
+    `"pallas_gpu"`, that platform's kernel (`attention_tpu`, `attention_gpu`) where no dropout applies to the
+    probabilities."""
 
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:
@@ -149,16 +150,16 @@ class SelfAttention(_LayerPart):
             # (B, L, H, D) multiply instead of a (B, H, L, L) divide forward and backward.
             query = query * jnp.asarray(1 / root, query.dtype)
         no_dropout = self.deterministic or c.attention_probs_dropout_prob == 0
-        if self.attention == "pallas" and no_dropout and attention_kernel.supported(length):
-            heads_first = ("batch", "heads", "length", "head_dim")
-            inputs = [jnp.swapaxes(x, 1, 2) for x in (query, key, value)]
-            names = [heads_first] * 3
-            if bias is not None:
-                inputs.append(bias)
-                names.append(("batch", None, None, None))
-            kernel = functools.partial(_kernel_attention, divisor=None if exact else root)
-            context = jnp.swapaxes(map_shards(kernel, inputs, names), 1, 2)
-            return constrain(context, "batch", "length", "heads", "head_dim").reshape(batch, length, c.hidden_size)
+        divisor = None if exact else root
+        if self.attention == "pallas_tpu" and no_dropout and attention_tpu.supported(length):
+            heads_first = [jnp.swapaxes(x, 1, 2) for x in (query, key, value)]
+            context = _sharded_kernel(attention_tpu.attention, heads_first, bias, divisor,
+                                      ("batch", "heads", "length", "head_dim"))
+            return self._merge_heads(jnp.swapaxes(context, 1, 2))
+        if self.attention == "pallas_gpu" and no_dropout and attention_gpu.supported(c.head_dim):
+            context = _sharded_kernel(attention_gpu.attention, [query, key, value], bias, divisor,
+                                      ("batch", "length", "heads", "head_dim"))
+            return self._merge_heads(context)
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=acc)
         if not exact:
             scores = scores / jnp.asarray(root, acc)
@@ -166,13 +167,27 @@ class SelfAttention(_LayerPart):
             scores = scores + bias
         probs = softmax(scores).astype(self.dtype)
         probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=self.deterministic)
-        context = constrain(jnp.einsum("bhqk,bkhd->bqhd", probs, value), "batch", "length", "heads", "head_dim")
-        return context.reshape(batch, length, c.hidden_size)
+        return self._merge_heads(jnp.einsum("bhqk,bkhd->bqhd", probs, value))
+
+    def _merge_heads(self, context: jax.Array) -> jax.Array:
+        batch, length = context.shape[:2]
+        context = constrain(context, "batch", "length", "heads", "head_dim")
+        return context.reshape(batch, length, self.config.hidden_size)
 
 
-def _kernel_attention(query: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array | None = None, *,
-                      divisor: float | None) -> jax.Array:
-    return attention_kernel.attention(query, key, value, bias, divisor)
+def _sharded_kernel(kernel: Callable[..., jax.Array], qkv: list[jax.Array], bias: jax.Array | None,
+                    divisor: float | None, names: tuple[str, ...]) -> jax.Array:
+    """kernel(query, key, value, bias, divisor) on each device's examples (`map_shards`: XLA cannot split a
+    Pallas call); qkv's dimensions have the logical `names`, the bias is (batch, 1, 1, length) or None."""
+    inputs, all_names = list(qkv), [names] * 3
+    if bias is not None:
+        inputs.append(bias)
+        all_names.append(("batch", None, None, None))
+
+    def run(query: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+        return kernel(query, key, value, bias, divisor)
+
+    return map_shards(run, inputs, all_names)
 
 
 class Attention(_LayerPart):

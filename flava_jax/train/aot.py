@@ -188,7 +188,7 @@ def compile_step(config: ConfigDict, mesh: str, devices: Sequence[Any],
     log.info("[%s] lowered and compiled in %.0f s", mesh, seconds)
     stats = compiled.memory_analysis()
     known = chips.chip(devices[0].device_kind)
-    peak = known.peak_flops if known else None
+    peak = peak_flops(devices[0].device_kind)
     bandwidth = known.bandwidth if known else None
     cost = Roofline(compiled.as_text(), peak or math.inf, bandwidth or math.inf).total()
     timed = peak is not None and bandwidth is not None
@@ -207,6 +207,16 @@ def compile_step(config: ConfigDict, mesh: str, devices: Sequence[Any],
         flops_bound_seconds=cost.flops_bound_seconds if timed else None,
         collective_seconds=collective_seconds(cost.collective_bytes, known), peak_flops=peak)
     return report, compiled
+
+
+def peak_flops(device_kind: str) -> float | None:
+    """The FLOP/s MFU is projected against: the chip's dense bf16 peak, or on a card without bf16 tensor cores (a
+    T4), its FP32 units' rate, where its products run in bf16 and in f32 alike."""
+    known = chips.chip(device_kind)
+    if known is not None and known.peak_flops is not None:
+        return known.peak_flops
+    gpu = gpus.by_device_name(device_kind)
+    return None if gpu is None else gpu.fp32_tflops * 1e12
 
 
 def compiler_options(devices: Sequence[Any]) -> dict[str, Any] | None:
@@ -341,11 +351,12 @@ def warnings(config: ConfigDict, reports: Sequence[StepReport], device_kind: str
     lines = [f"[{r.mesh}] needs {_size(r.total)} per device of {_size(capacity)}: lower config.train.micro_batch_size"
              f" (or shard more: --meshes=fsdp, config.model.remat_policy)" for r in reports
              if capacity and r.total > capacity]
-    gpu = next((g for g in gpus.GPUS if g.device_name == device_kind), None)
+    gpu = gpus.by_device_name(device_kind)
     if gpu and config.model.dtype == "bfloat16" and not gpu.architecture.bf16_tensor_cores:
         lines.append(f"{gpu.name}: no bf16 tensor cores (compute capability {gpu.architecture.compute_capability}), "
                      f"so config.model.dtype='bfloat16' runs its products on the FP32 units ({gpu.fp32_tflops} "
-                     f"TFLOPS) and no MFU is projected; config.model.dtype='float32' keeps the speed with f32 numerics")
+                     f"TFLOPS, the rate MFU is projected at); config.model.dtype='float32' keeps the speed with f32 "
+                     f"numerics")
     return lines
 
 
@@ -362,7 +373,7 @@ _OUT = flags.DEFINE_string("out", None, "Also write the measurements to this JSO
 _TEXT_LENGTH = flags.DEFINE_integer("text_length", None, "Pad text-only batches to this length, as a length bucket "
                                    "does (data.length_buckets), not to data.text_max_length.")
 _HLO_DIR = flags.DEFINE_string("hlo_dir", None, "Also write each mesh's optimized HLO to DIR/MESH.hlo.txt (what the "
-                               "projection reads; `benchmarks/tpu_breakdown.py` splits its cost by source).")
+                               "projection reads; `benchmarks/breakdown.py` splits its cost by source).")
 
 
 def main(argv: list[str]) -> None:

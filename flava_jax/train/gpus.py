@@ -96,6 +96,11 @@ GPUS = (
 _TARGET = re.compile(r"([a-z0-9\-]+?)(?:x(\d+))?")
 
 
+def by_device_name(device_kind: str) -> Gpu | None:
+    """The card whose driver reports `device_kind` (JAX's device_kind), if it is one of GPUS."""
+    return next((g for g in GPUS if g.device_name == device_kind), None)
+
+
 def parse(target: str) -> tuple[Gpu, int]:
     """(card, count) of a target such as h100x8, a100-40gb or t4x1."""
     match = _TARGET.fullmatch(target.strip().lower())

@@ -39,8 +39,12 @@ _SLICING = frozenset({"dynamic-slice", "slice", "gather"})
 _UPDATE = "dynamic-update-slice"
 # TPU custom calls that only reserve or reinterpret a buffer
 _TARGET = re.compile(r'custom_call_target="(AllocateBuffer|ConcatBitcast)"')
-# A Pallas TPU kernel's FLOPs, from the cost estimate its pallas_call gave (in the custom call's backend config)
-_KERNEL_FLOPS = re.compile(r'custom_call_target="tpu_custom_call".*"cost_estimate":\{"flops":"(\d+)"')
+# A Pallas kernel's FLOPs, from what its pallas_call stated in the custom call's backend config: a TPU kernel's cost
+# estimate, or a Triton kernel's metadata (Pallas drops the cost estimate of those; model/attention_gpu.py passes
+# its figures as metadata, written as `\22` for the JSON's quotes)
+_KERNEL_FLOPS = re.compile(r'custom_call_target="tpu_custom_call".*"cost_estimate":\{"flops":"(\d+)"'
+                           r'|custom_call_target="__gpu\$xla\.gpu\.triton".*serialized_metadata = "\{\\22flops\\22: '
+                           r'\\22(\d+)\\22')
 # GPU library calls: cuBLAS/cuBLASLt GEMMs (a dot whose dimension numbers are in the call's backend config) and cuDNN
 # convolutions (a convolution's window and dim_labels as attributes). Each returns (result, workspace): the workspace
 # is scratch, not traffic.
@@ -493,7 +497,7 @@ class Roofline:
         if instruction.opcode == "dot":
             return dot_flops(instruction, shapes)
         if instruction.opcode == "custom-call" and (match := _KERNEL_FLOPS.search(instruction.attributes)):
-            return float(match.group(1))
+            return float(match.group(1) or match.group(2))
         if instruction.opcode == "custom-call" and _GEMM.search(instruction.attributes):
             return gemm_flops(instruction, shapes)
         if instruction.opcode == "custom-call" and _CUDNN_CONV.search(instruction.attributes):

@@ -203,17 +203,26 @@ def _param_read(config: ConfigDict, model_cfg: FlavaConfig, specs: Any) -> Param
     return read
 
 
+def _kernel_for(device: Any) -> str | None:
+    """The Pallas attention kernel `device` runs: compiled and checked (deviceless) for TPU v4 and newer, and for
+    GPUs from compute capability 8.0 (Triton's floor; a T4 is 7.5)."""
+    if device.platform == "tpu" and device.device_kind not in ("TPU v2", "TPU v3"):
+        return "pallas_tpu"
+    capability = getattr(device, "compute_capability", None) if device.platform == "gpu" else None
+    if capability is not None and tuple(map(int, str(capability).split("."))) >= (8, 0):
+        return "pallas_gpu"
+    return None
+
+
 def _attention_for(model_cfg: FlavaConfig, mesh: jax.sharding.Mesh) -> FlavaConfig:
-    """`model.attention` for this mesh: "auto" is the Pallas kernel on TPUs from v4 on, XLA elsewhere."""
+    """`model.attention` for this mesh: "auto" is the mesh's Pallas kernel where it has one, XLA elsewhere."""
     device = mesh.devices.flat[0]
-    platform = device.platform
+    kernel = _kernel_for(device)
     if model_cfg.attention == "auto":
-        # The kernel is compiled and checked (deviceless) for v4 and newer only.
-        kernel = platform == "tpu" and device.device_kind not in ("TPU v2", "TPU v3")
-        return model_cfg.replace(attention="pallas" if kernel else "xla")
-    if model_cfg.attention == "pallas" and platform != "tpu":
-        raise ConfigError(f"config.model.attention='pallas' is a TPU kernel and this mesh is {platform}: use "
-                          f"'auto' (the kernel on TPUs) or 'xla'")
+        return model_cfg.replace(attention=kernel or "xla")
+    if model_cfg.attention.startswith("pallas") and model_cfg.attention != kernel:
+        raise ConfigError(f"config.model.attention={model_cfg.attention!r} does not run on this mesh's devices "
+                          f"({device.device_kind}): use 'auto' (the devices' kernel, if any) or 'xla'")
     return model_cfg
 
 

@@ -142,9 +142,11 @@ def test_gpu_targets_and_what_a_card_cannot_run() -> None:
         "[data] needs 20.00 GiB per device of 16.00 GiB: lower config.train.micro_batch_size (or shard more: "
         "--meshes=fsdp, config.model.remat_policy)",
         "t4: no bf16 tensor cores (compute capability (7, 5)), so config.model.dtype='bfloat16' runs its products on "
-        "the FP32 units (8.1 TFLOPS) and no MFU is projected; config.model.dtype='float32' keeps the speed with f32 "
-        "numerics"]
+        "the FP32 units (8.1 TFLOPS, the rate MFU is projected at); config.model.dtype='float32' keeps the speed "
+        "with f32 numerics"]
     assert aot.warnings(config, [report], "NVIDIA H100 80GB HBM3", 80 * 2**30) == []
+    # MFU's peak: dense bf16 (H100 SXM: 989 TFLOPS), or the FP32 rate where there are no bf16 tensor cores
+    assert (aot.peak_flops("NVIDIA H100 80GB HBM3"), aot.peak_flops("Tesla T4")) == (989e12, 8.1e12)
 
 
 @pytest.mark.slow

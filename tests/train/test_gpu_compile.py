@@ -1,15 +1,19 @@
 """The real train step compiled for NVIDIA GPUs by XLA's CUDA backend, without a GPU (gpus.py's cards): it lowers,
-it fits, data parallel all-reduces while FSDP gathers and scatters, nothing runs on the host; and the roofline reads
-GPU programs (cuBLAS calls, Triton GEMM fusions) to the hand-counted FLOP. CI installs the CUDA plugin and ptxas;
+it fits, its attention runs in the Triton kernels from Ampere on, data parallel all-reduces while FSDP gathers and
+scatters, nothing runs on the host; and the roofline reads GPU programs (cuBLAS calls, the kernels' stated FLOPs) to
+the hand-counted FLOP. CI installs the CUDA plugin and ptxas;
 elsewhere these skip, saying how to install them."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from flava_jax.train import aot, gpus
+from flava_jax.common.settings import ConfigError
+from flava_jax.model.config import FlavaConfig
+from flava_jax.train import aot, gpus, trainer
 from flava_jax.train.roofline import Roofline
 from tests.configs import debug_config
 from tests.train.compiled import collectives
@@ -22,7 +26,7 @@ _COMPILED: dict[tuple[str, str], tuple] = {}
 
 def _compile(target: str, mesh: str):
     """(report, optimized HLO, memory per GPU) of the debug step (FSDP sharding the tiny model's weights too; the
-    attention the full configs ship, "auto": XLA's on GPUs), compiled once per test run."""
+    attention the full configs ship, "auto": the Triton kernels on these cards), compiled once per test run."""
     if (target, mesh) not in _COMPILED:
         devices = aot.gpu_devices(target)
         config = debug_config(sharding__fsdp_min_size=256, train__batch_size=48, model__attention="auto")
@@ -73,10 +77,27 @@ def test_debug_step_compiles_for_gpus(target: str, mesh: str) -> None:
     round trips."""
     report, hlo, capacity = _compile(target, mesh)
     assert 0 < report.total < capacity
-    assert 0.9 < report.compiled_flops / report.model_flops < 1.1
+    # The kernels' FLOPs are counted (their backward's recomputed scores put the program a little over the model)
+    kernels = [line for line in hlo.splitlines() if 'custom_call_target="__gpu$xla.gpu.triton"' in line]
+    assert kernels and len(kernels) % 3 == 0, len(kernels)  # forward, key/value and query gradients per encoder
+    assert 1.0 < report.compiled_flops / report.model_flops < 1.1
     found = collectives(hlo)
     if mesh == "data":  # one GPU has nothing to reduce
         assert (report.mesh_shape["data"] == 1) == (found["reduces"] == 0), found
     else:  # the data-parallel program scatters only the contrastive embeddings' gradient (what it gathered)
         data = collectives(_compile(target, "data")[1])
         assert found["scatters"] > data["scatters"] and found["gathered"] > 10 * data["gathered"], (data, found)
+
+
+def test_auto_attention_is_the_triton_kernel_from_ampere_on() -> None:
+    """"auto" gives cards of compute capability 8.0 and up the Triton kernels; a T4 (7.5, below Triton's floor)
+    keeps XLA's attention, and asking it for the kernel fails naming the key."""
+    def attention(target: str, asked: str) -> str:
+        mesh = jax.sharding.Mesh(np.array(aot.gpu_devices(target)), ("data",))
+        return trainer._attention_for(FlavaConfig(attention=asked), mesh).attention
+
+    assert [attention(t, "auto") for t in ("h100", "a100-40gb", "l4", "t4")] == ["pallas_gpu"] * 3 + ["xla"]
+    with pytest.raises(ConfigError, match="config.model.attention='pallas_gpu' does not run on .*Tesla T4"):
+        attention("t4", "pallas_gpu")
+    with pytest.raises(ConfigError, match="config.model.attention='pallas_tpu' does not run"):
+        attention("h100", "pallas_tpu")

@@ -66,7 +66,7 @@ def test_compiled_flops_match_the_model_count() -> None:
     overrides = {f"model__{encoder}__{key}": value for encoder in ("text_config", "image_config", "multimodal_config")
                  for key, value in (("hidden_size", 256), ("intermediate_size", 1024), ("num_attention_heads", 4))}
     report, hlo, _ = _compile("v5e:2x2", "fsdp", model__hidden_size=256, train__batch_size=64,
-                              model__attention="pallas", **overrides)
+                              model__attention="pallas_tpu", **overrides)
     kernels = [i for i in instructions(hlo) if 'custom_call_target="tpu_custom_call"' in i.attributes]
     assert kernels and len(kernels) % 2 == 0, [i.name for i in kernels]  # a forward and a backward per layer
     assert report.micro_steps == 5

@@ -456,7 +456,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(debug_dat
     ("--config.sharding.mesh.data=3", "sharding.mesh"),
     ("--config.model.text_config.vocab_size=10", "config.model.text_config.vocab_size"),
     ("--config.train.batch_size=-4", "config.train.batch_size=-4 must be an integer >= 1"),
-    ("--config.model.attention=pallas", "config.model.attention='pallas' is a TPU kernel and this mesh is cpu"),
+    ("--config.model.attention=pallas_tpu", "config.model.attention='pallas_tpu' does not run on this mesh's devices"),
     ("--config.model.attention=flash", "attention"),
 ])
 def test_bad_configs_fail_at_start_up(debug_data: Path, tmp_path: Path, override: str, message: str) -> None:

@@ -2,10 +2,13 @@
 source each op came from (its `op_name` metadata), for the program `python -m flava_jax.aot --hlo_dir=DIR` wrote.
 
     python -m flava_jax.aot --config=configs/10M_4M.py --topology=v5e:2x4 --meshes=fsdp --hlo_dir=/tmp/hlo
-    python benchmarks/tpu_breakdown.py /tmp/hlo/fsdp.hlo.txt --chip="TPU v5 lite" [--top=25] [--out=PATH]
+    python benchmarks/breakdown.py /tmp/hlo/fsdp.hlo.txt --chip="TPU v5 lite" [--top=25] [--out=PATH]
+    python -m flava_jax.aot --config=configs/10M_4M.py --gpu=h100x8 --meshes=data --hlo_dir=/tmp/gpu
+    python benchmarks/breakdown.py /tmp/gpu/data.hlo.txt --chip="NVIDIA H100 80GB HBM3"
 
 Groups are (pass, part, piece): forward or backward (JAX names the backward `transpose(jvp(...))`), the encoder or
-head, and the piece of a layer (attention scores and softmax, projections, MLP, LayerNorm...). Each row gives the
+head, and the piece of a layer (attention scores and softmax, projections, MLP, LayerNorm...); --chip is a device kind
+of flava_jax/train/chips.py, TPU or GPU. Each row gives the
 roofline seconds, how much of that is FLOP-bound, FLOPs, HBM bytes and collective bytes received, loops times their
 trip counts; then the costliest single ops. Projections from the compiled program, not measurements.
 """
@@ -86,7 +89,8 @@ def report(roofline: Roofline, top: int) -> tuple[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("hlo", type=Path, help="an optimized HLO text file (aot --hlo_dir)")
-    parser.add_argument("--chip", required=True, help="device kind in flava_jax/train/chips.py, e.g. 'TPU v5 lite'")
+    parser.add_argument("--chip", required=True, help="device kind in flava_jax/train/chips.py, e.g. 'TPU v5 lite' or "
+                        "'NVIDIA H100 80GB HBM3'")
     parser.add_argument("--top", type=int, default=25, help="costliest single ops to list")
     parser.add_argument("--out", type=Path, default=None, help="also write PATH.md and PATH.json")
     args = parser.parse_args()

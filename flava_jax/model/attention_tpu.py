@@ -120,5 +120,5 @@ def attention(query: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Arra
     already scaled. Returns (batch, heads, length, head_dim) in the query's dtype.
     """
     if not supported(query.shape[2]):
-        raise ValueError(f"attention_kernel: length {query.shape[2]} is over {MAX_LENGTH}")
+        raise ValueError(f"attention_tpu: length {query.shape[2]} is over {MAX_LENGTH}")
     return _attention(query, key, value, bias, divisor)
