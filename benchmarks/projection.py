@@ -14,7 +14,7 @@ step).
     python benchmarks/projection.py --grid gpus     # 10M_0, 10M_4M x full, half x 1xA100 40GB, 8xA100 80GB,
                                                     # 1xH100, 8xH100 at the largest micro-batch that fits; the
                                                     # paper's own 2 GPUs x 32 (48 at half size)
-    python benchmarks/projection.py --grid gpu_levers  # 10M_4M full on 8xH100, one GPU lever at a time
+    python benchmarks/projection.py --grid gpu_levers  # 10M_4M full on 8xH100 (data parallel), one lever at a time
         [--only h100x8,full] [--set model.remat_policy=dots_saveable ...] [--out PATH]
     python benchmarks/projection.py --render A.json B.json --out PATH   # merge runs split with --only
 
@@ -49,15 +49,20 @@ GPU_TARGETS = ("a100-40gbx1", "a100-80gbx8", "h100x1", "h100x8")
 PAPER_GPUS = "a100-80gbx2"
 PAPER_PER_GPU = {"full": 32, "half": 48}  # the reference's micro-batch per GPU; x1.5 at half size
 GPU_RECIPE = ("model.scan_layers=False",)
-# Each GPU lever adds one change to the row above it, from the configs as shipped with XLA's attention
+# Each GPU lever adds one change to the row above it, from the configs as shipped with XLA's attention (the gpus
+# grid's 8xH100 row adds the largest micro-batch that fits)
 GPU_LEVERS = (("configs as shipped, XLA attention", ("model.attention=xla",), 8),
               ("+ attention in the Triton kernels", (), 8),
               ("+ 96 examples a micro-step per GPU", (), 96),
               ("+ unrolled layers", GPU_RECIPE, 96),
-              ("+ the largest micro-batch that fits", GPU_RECIPE, None))
-# The micro-batch search: two compiles give memory's slope in examples per GPU, the largest multiple of 8 under
-# FILL of the card then compiles to confirm (stepping down by a sixth while it does not fit)
-PROBES, FILL, STEP = (16, 32), 0.92, 8
+              ("+ rematerialised element-wise work (not shipped)",
+               (*GPU_RECIPE, "model.remat_policy=dots_with_no_batch_dims_saveable"), 96))
+# The micro-batch search, over multiples of STEP examples per GPU: a micro-batch fits when the compiled step needs at
+# most FILL of the card (JAX takes 75% of it unless XLA_PYTHON_CLIENT_MEM_FRACTION says more; the rest is the
+# CUDA context's and the allocator's). Memory is not linear in the micro-batch (XLA schedules larger programs
+# differently), so the search bisects between the largest micro-batch known to fit and the smallest known not to,
+# its first pick a line through the two largest that fit, with at most SEARCH compiles a cell.
+PROBES, FILL, STEP, SEARCH = (16, 32), 0.92, 8, 3
 PAPER_STEPS, PAPER_BATCH = 10_500, 4096  # the paper's step cap at 10M words, of its ~4096 examples
 # Each lever row adds one change to the row above it: from f32 with unrolled layers (the "before") to the configs
 # as shipped.
@@ -133,40 +138,52 @@ def compile_cell(cell: dict[str, Any], extra: list[str], scratch: Path) -> dict[
 
 
 # Memory per GPU of a data-parallel step depends on the micro-batch per GPU, not on the card or the count: one
-# program's probes serve every target. (config, size, overrides) -> [(examples per GPU, bytes per GPU)]
-_PROBED: dict[tuple, list[tuple[int, int]]] = {}
+# program's compiles serve every target. (config, size, overrides) -> {examples per GPU: bytes per GPU}
+_COMPILED: dict[tuple, dict[int, int]] = {}
 
 
 def gpu_cell(cell: dict[str, Any], overrides: list[str],
              run: Callable[[list[str]], tuple[dict[str, Any] | None, str]]) -> dict[str, Any]:
-    """The cell compiled at `per_device` examples a micro-step per GPU, or at the largest multiple of STEP that fits
-    (memory is close to affine in the micro-batch: two probes give its slope, the pick is confirmed by a compile)."""
+    """The cell compiled at `per_device` examples a micro-step per GPU, or at the largest multiple of STEP found to
+    fit (see SEARCH)."""
     gpu, count = gpus.parse(cell["slice"])
-    capacity = int(gpu.chip.memory_gib * 2**30)
+    room = FILL * gpu.chip.memory_gib * 2**30
+    most = -(-PAPER_BATCH // count) // STEP * STEP  # a micro-step holding the whole batch
+    seen = _COMPILED.setdefault((cell["config"], cell["size"], tuple(overrides)), {})
     compiles: list[dict[str, Any]] = []  # this cell's compiles: micro-batch per GPU, memory, compile seconds
+    rows: dict[int, dict[str, Any]] = {}
 
     def at(per_device: int) -> dict[str, Any]:
         row, stderr = run([*overrides, f"train.micro_batch_size={per_device * count}"])
         if row is None:
             raise RuntimeError(stderr)
+        seen[per_device] = row["total"]
         compiles.append({"per_device": per_device, "total": row["total"], "compile_seconds": row["compile_seconds"]})
-        return {**row, "per_device": per_device, "compiles": compiles}
+        rows[per_device] = {**row, "per_device": per_device, "compiles": compiles}
+        return rows[per_device]
 
     if cell["per_device"] is not None:
         return at(cell["per_device"])
-    key = (cell["config"], cell["size"], tuple(overrides))
-    if key not in _PROBED:
-        _PROBED[key] = [(p, at(p)["total"]) for p in PROBES]
-    (low, low_total), (high, high_total) = _PROBED[key]
-    slope = (high_total - low_total) / (high - low)
-    pick = int((FILL * capacity - low_total) / slope + low) // STEP * STEP
-    pick = min(pick, -(-PAPER_BATCH // count) // STEP * STEP)  # a micro-step holding the whole batch is the most
-    while pick >= STEP:
-        row = at(pick)
-        if row["total"] <= capacity:
-            return row
-        pick = pick * 5 // 6 // STEP * STEP
-    raise RuntimeError(f"{cell}: not even {STEP} examples a micro-step per GPU fit")
+    def fitting() -> list[int]:
+        return sorted(p for p, total in seen.items() if total <= room and p <= most)
+
+    for probe in PROBES:
+        if len(fitting()) < 2 and probe not in seen:
+            at(probe)
+    if not fitting():
+        raise RuntimeError(f"{cell}: not even {PROBES[0]} examples a micro-step per GPU fit")
+    for _ in range(SEARCH):
+        fit = fitting()
+        over = min([p for p, total in seen.items() if total > room and p > fit[-1]] + [most + STEP])
+        pick = (fit[-1] + over) // 2 // STEP * STEP  # bisect, unless the line through the two largest falls inside
+        if len(fit) > 1 and (slope := (seen[fit[-1]] - seen[fit[-2]]) / (fit[-1] - fit[-2])) > 0:
+            line = int((room - seen[fit[-1]]) / slope + fit[-1]) // STEP * STEP
+            pick = line if fit[-1] < line < over else pick
+        if pick <= fit[-1]:
+            break
+        at(pick)
+    best = fitting()[-1]
+    return rows.get(best) or at(best)
 
 
 def projected(row: dict[str, Any]) -> dict[str, Any]:
@@ -229,6 +246,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra config override, e.g. model.x=y")
     parser.add_argument("--out", type=Path, default=None, help="path stem (default benchmarks/results/"
                         "tpu_projection_<grid>, gpu_projection, gpu_projection_levers)")
+    parser.add_argument("--resume", action="store_true", help="keep the cells --out's JSON already holds (a GPU cell "
+                        "only where it still fits), and what their compiles said about memory")
     parser.add_argument("--render", type=Path, nargs="+", default=None, help="compile nothing: merge the rows of "
                         "these JSON results (runs split with --only) into --out's table, JSON and plot")
     args = parser.parse_args()
@@ -240,7 +259,8 @@ def main() -> None:
         print(table(rows))
         return
     todo = cells(args.grid, [o for o in args.only.split(",") if o])
-    rows = []
+    rows = resumed(todo, stem.with_suffix(".json"), args.set) if args.resume else []
+    todo = [cell for cell in todo if not any(_same(cell, row) for row in rows)]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         for n, cell in enumerate(todo, 1):
@@ -252,6 +272,29 @@ def main() -> None:
                   f"({elapsed / n / 60:.1f} min per cell, about {eta / 60:.0f} min left)", flush=True)
             write(rows, stem)  # after every cell: a grid takes hours, and what is done stays done
     print(table(rows))
+
+
+def _same(cell: dict[str, Any], row: dict[str, Any]) -> bool:
+    return all(cell[key] == row[key] for key in ("config", "size", "slice", "recipe"))
+
+
+def resumed(todo: list[dict[str, Any]], path: Path, extra: list[str]) -> list[dict[str, Any]]:
+    """The rows of an earlier run of this grid worth keeping; their GPU compiles seed the micro-batch search."""
+    if not path.is_file():
+        return []
+    kept = []
+    for row in json.loads(path.read_text()):
+        cell = next((c for c in todo if _same(c, row)), None)
+        if cell is None:
+            continue
+        overrides = list(cell["overrides"]) + extra
+        if "compiles" in row:
+            seen = _COMPILED.setdefault((cell["config"], cell["size"], tuple(overrides)), {})
+            seen.update({c["per_device"]: c["total"] for c in row["compiles"]})
+        gpu = cell["slice"] not in TOPOLOGIES and gpus.parse(cell["slice"])[0]
+        if not gpu or row["total"] <= FILL * gpu.chip.memory_gib * 2**30:
+            kept.append(row)
+    return kept
 
 
 def write(rows: list[dict[str, Any]], stem: Path) -> None:
