@@ -25,13 +25,14 @@ Options:
   --dry-run            print the command instead of running it
   -h, --help           this help
 
-Example:
-  $PROG --config configs/10M_4M.py --workdir runs/10M_4M --resume-loop -- --config.data.dir=data/10M \
-      --config.model.scan_layers=False --config.train.micro_batch_size=2048
+Example (layers unrolled: on GPUs they run faster than the configs' scanned ones, README's GPU table):
+  $PROG --config configs/10M_4M.py --workdir runs/10M_4M --resume-loop -- --config.data.dir=data/10M --config.model.scan_layers=False
 
-Size a run before it starts (memory per GPU, the largest micro-batch, step time; no GPU needed, README's GPU
-table): python -m flava_jax.aot --config=configs/10M_4M.py --gpu=h100x8 --meshes=data \
-      --config.model.scan_layers=False --config.train.micro_batch_size=2048
+Size a run before it starts, on any machine (memory per GPU, step time, MFU; no GPU needed; here 96 examples a
+micro-step per GPU):
+  python -m flava_jax.aot --config=configs/10M_4M.py --gpu=h100x8 --meshes=data --config.model.scan_layers=False --config.train.micro_batch_size=768
+A step that needs more than 75% of a GPU's memory needs XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 in the environment
+(JAX takes 75% of it by default).
 EOF
 }
 
