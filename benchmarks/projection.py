@@ -40,7 +40,7 @@ RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
 from flava_jax.train import chips, gpus  # noqa: E402
-from flava_jax.train.aot import collective_seconds, step_seconds  # noqa: E402
+from flava_jax.train.aot import collective_seconds, peak_flops, step_seconds  # noqa: E402
 
 # Slices a user rents: v4-8 and v5p-8 are 4 chips (one device per chip), v5e-8 is 8.
 TOPOLOGIES = {"v4-8": "v4:2x2x1", "v5e-8": "v5e:2x4", "v5p-8": "v5p:2x2x1"}
@@ -164,6 +164,7 @@ def gpu_cell(cell: dict[str, Any], overrides: list[str],
 
     if cell["per_device"] is not None:
         return at(cell["per_device"])
+
     def fitting() -> list[int]:
         return sorted(p for p, total in seen.items() if total <= room and p <= most)
 
@@ -192,7 +193,7 @@ def projected(row: dict[str, Any]) -> dict[str, Any]:
     collectives = collective_seconds(row["collective_bytes"], chip)
     step = step_seconds(row["roofline_seconds"], collectives)
     return {**row, "collective_seconds": collectives, "step_seconds": step,
-            "mfu": row["model_flops"] / (step * chip.peak_flops),
+            "mfu": row["model_flops"] / (step * peak_flops(row["device_kind"])),
             # the paper's cap counts steps of its ~4096 examples; a step here may hold a few more or less
             "paper_hours": step * PAPER_BATCH / row["examples_per_step"] * PAPER_STEPS / 3600}
 

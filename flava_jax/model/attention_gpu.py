@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import math
 from collections.abc import Iterator
 
 import jax
@@ -163,7 +162,7 @@ def _query_grad_kernel(q_ref, k_ref, v_ref, *refs, divisor: float | None, masked
     _store_tile(dq_ref, start, dq if divisor is None else dq / divisor, head_dim, length)
 
 
-def _bytes(*arrays: jax.Array) -> int:
+def _bytes(*arrays: jax.Array | jax.ShapeDtypeStruct) -> int:
     return sum(a.size * a.dtype.itemsize for a in arrays)
 
 
@@ -173,24 +172,26 @@ def _call(kernel: object, inputs: tuple[jax.Array, ...], outputs: list[jax.Shape
     the bias (batch, 1, 1, length) if masked, then any of (batch, length, heads, head_dim) or (batch, heads,
     length) f32; outputs likewise."""
     batch, length, heads, head_dim = inputs[0].shape
+    head = pl.BlockSpec((None, length, None, head_dim), lambda b, h, i: (b, 0, h, 0))  # one head, whole sequence
+    rows = pl.BlockSpec((None, None, length), lambda b, h, i: (b, h, 0))  # per-row f32 statistics
 
-    def spec(shape: tuple[int, ...]) -> pl.BlockSpec:
-        if len(shape) == 4 and shape[1:3] == (1, 1):  # the bias: one row of keys per example
-            return pl.BlockSpec((None, None, None, length), lambda b, h, i: (b, 0, 0, 0))
-        if len(shape) == 4:  # one head of one example, whole sequence
-            return pl.BlockSpec((None, length, None, head_dim), lambda b, h, i: (b, 0, h, 0))
-        return pl.BlockSpec((None, None, length), lambda b, h, i: (b, h, 0))  # per-row f32 statistics
+    def spec(x: jax.Array | jax.ShapeDtypeStruct) -> pl.BlockSpec:
+        return head if x.ndim == 4 else rows
+
+    # q, k, v, then the bias (one row of keys per example) if masked, then per-head or per-row arrays
+    in_specs = [head] * 3 + [pl.BlockSpec((None, None, None, length), lambda b, h, i: (b, 0, 0, 0))] * masked
+    in_specs += [spec(x) for x in inputs[len(in_specs):]]
 
     # Pallas drops a Triton kernel's CostEstimate; train/roofline.py reads these figures from the custom call's
     # metadata instead: the products, the exponentials, and the HBM traffic of inputs and outputs.
     cost = {"flops": str(products * 2 * batch * heads * length * length * head_dim),
             "transcendentals": str(batch * heads * length * length),
-            "bytes_accessed": str(_bytes(*inputs) + sum(math.prod(o.shape) * o.dtype.itemsize for o in outputs))}
+            "bytes_accessed": str(_bytes(*inputs, *outputs))}
     dims = max(16, pl.next_power_of_2(head_dim))
     body = functools.partial(kernel, divisor=divisor, masked=masked, length=length, head_dim=head_dim, dims=dims)
     return pl.pallas_call(
-        body, grid=(batch, heads, pl.cdiv(length, BLOCK)), in_specs=[spec(x.shape) for x in inputs],
-        out_specs=[spec(o.shape) for o in outputs], out_shape=outputs, metadata=cost, interpret=_INTERPRET.get(),
+        body, grid=(batch, heads, pl.cdiv(length, BLOCK)), in_specs=in_specs,
+        out_specs=[spec(o) for o in outputs], out_shape=outputs, metadata=cost, interpret=_INTERPRET.get(),
         compiler_params=plgpu.CompilerParams(num_warps=_WARPS, num_stages=_STAGES))(*inputs)
 
 
