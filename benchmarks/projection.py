@@ -142,12 +142,17 @@ def compile_cell(cell: dict[str, Any], extra: list[str], scratch: Path) -> dict[
 _COMPILED: dict[tuple, dict[int, int]] = {}
 
 
+def _room(target: str) -> float:
+    """Bytes a step may take on one GPU of `target` and count as fitting."""
+    return FILL * gpus.parse(target)[0].chip.memory_gib * 2**30
+
+
 def gpu_cell(cell: dict[str, Any], overrides: list[str],
              run: Callable[[list[str]], tuple[dict[str, Any] | None, str]]) -> dict[str, Any]:
     """The cell compiled at `per_device` examples a micro-step per GPU, or at the largest multiple of STEP found to
     fit (see SEARCH)."""
-    gpu, count = gpus.parse(cell["slice"])
-    room = FILL * gpu.chip.memory_gib * 2**30
+    count = gpus.parse(cell["slice"])[1]
+    room = _room(cell["slice"])
     most = -(-PAPER_BATCH // count) // STEP * STEP  # a micro-step holding the whole batch
     seen = _COMPILED.setdefault((cell["config"], cell["size"], tuple(overrides)), {})
     compiles: list[dict[str, Any]] = []  # this cell's compiles: micro-batch per GPU, memory, compile seconds
@@ -292,8 +297,7 @@ def resumed(todo: list[dict[str, Any]], path: Path, extra: list[str]) -> list[di
         if "compiles" in row:
             seen = _COMPILED.setdefault((cell["config"], cell["size"], tuple(overrides)), {})
             seen.update({c["per_device"]: c["total"] for c in row["compiles"]})
-        gpu = cell["slice"] not in TOPOLOGIES and gpus.parse(cell["slice"])[0]
-        if not gpu or row["total"] <= FILL * gpu.chip.memory_gib * 2**30:
+        if cell["slice"] in TOPOLOGIES or row["total"] <= _room(cell["slice"]):
             kept.append(row)
     return kept
 

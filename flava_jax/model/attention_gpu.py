@@ -17,7 +17,7 @@ cast to the compute dtype for their product with the values. The one difference 
 probabilities are cast before the division by the row sum, not after (bf16 rounding of the same relative size).
 
 Any length (partial blocks are masked) and head size up to 256 (padded to a power of two in registers, as Triton's
-tiles must be), on GPUs of compute capability 8.0 and up (Triton's floor). Off a GPU, run it under
+tiles must be), on GPUs of compute capability MIN_COMPUTE_CAPABILITY and up. Off a GPU, run it under
 `force_interpret_mode()`: the CPU then executes the same kernel code, which is how the tests check it.
 """
 
@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+MIN_COMPUTE_CAPABILITY = (8, 0)  # Triton's floor: it refuses a T4 (7.5)
 MAX_HEAD_DIM = 256  # a block of 64 queries and its f32 context then still fit a thread block's registers
 BLOCK = 64  # queries and keys per tile: Triton's products need at least 16, and 64 keeps the tiles in registers
 _WARPS, _STAGES = 4, 2
@@ -54,21 +55,30 @@ def supported(head_dim: int) -> bool:
     return head_dim <= MAX_HEAD_DIM
 
 
+def _inside(start: jax.Array, rows: int, length: int) -> jax.Array:
+    """Which of rows [start, start + rows) are before the sequence's end."""
+    return (start + jnp.arange(rows)) < length
+
+
+def _tile_mask(start: jax.Array, rows: int, dims: int, head_dim: int, length: int) -> jax.Array:
+    return _inside(start, rows, length)[:, None] & (jnp.arange(dims) < head_dim)[None, :]
+
+
 def _tile(ref: object, start: jax.Array, rows: int, dims: int, head_dim: int, length: int) -> jax.Array:
     """Rows [start, start + rows) of a (length, head_dim) ref as a (rows, dims) tile, zeros past either end."""
-    inside = ((start + jnp.arange(rows)) < length)[:, None] & (jnp.arange(dims) < head_dim)[None, :]
-    return plgpu.load(ref.at[pl.ds(start, rows), pl.ds(0, dims)], mask=inside, other=0.0)
+    mask = _tile_mask(start, rows, dims, head_dim, length)
+    return plgpu.load(ref.at[pl.ds(start, rows), pl.ds(0, dims)], mask=mask, other=0.0)
 
 
 def _store_tile(ref: object, start: jax.Array, value: jax.Array, head_dim: int, length: int) -> None:
     rows, dims = value.shape
-    inside = ((start + jnp.arange(rows)) < length)[:, None] & (jnp.arange(dims) < head_dim)[None, :]
-    plgpu.store(ref.at[pl.ds(start, rows), pl.ds(0, dims)], value.astype(ref.dtype), mask=inside)
+    mask = _tile_mask(start, rows, dims, head_dim, length)
+    plgpu.store(ref.at[pl.ds(start, rows), pl.ds(0, dims)], value.astype(ref.dtype), mask=mask)
 
 
-def _row(ref: object, start: jax.Array, rows: int, length: int, other: float = 0.0) -> jax.Array:
-    inside = (start + jnp.arange(rows)) < length
-    return plgpu.load(ref.at[pl.ds(start, rows)], mask=inside, other=other)
+def _row(ref: object, start: jax.Array, rows: int, length: int) -> jax.Array:
+    """Entries [start, start + rows) of a per-row (length,) ref, zeros past the end."""
+    return plgpu.load(ref.at[pl.ds(start, rows)], mask=_inside(start, rows, length), other=0.0)
 
 
 def _scores(q: jax.Array, k: jax.Array, bias_ref: object | None, key_start: jax.Array, divisor: float | None,
@@ -79,8 +89,7 @@ def _scores(q: jax.Array, k: jax.Array, bias_ref: object | None, key_start: jax.
         scores = scores / divisor
     if bias_ref is not None:
         scores = scores + _row(bias_ref, key_start, k.shape[0], length)[None, :]
-    inside = (key_start + jnp.arange(k.shape[0])) < length
-    return jnp.where(inside[None, :], scores, -jnp.inf)
+    return jnp.where(_inside(key_start, k.shape[0], length)[None, :], scores, -jnp.inf)
 
 
 def _product(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False) -> jax.Array:
@@ -111,8 +120,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, divisor: float | None, masked: b
             jnp.zeros((BLOCK,), jnp.float32))
     context, row_max, row_sum = jax.lax.fori_loop(0, pl.cdiv(length, BLOCK), body, init)
     _store_tile(o_ref, start, context / row_sum[:, None], head_dim, length)
-    plgpu.store(lse_ref.at[pl.ds(start, BLOCK)], row_max + jnp.log(row_sum),
-                mask=(start + jnp.arange(BLOCK)) < length)
+    plgpu.store(lse_ref.at[pl.ds(start, BLOCK)], row_max + jnp.log(row_sum), mask=_inside(start, BLOCK, length))
 
 
 def _key_value_grad_kernel(q_ref, k_ref, v_ref, *refs, divisor: float | None, masked: bool, length: int,
@@ -127,10 +135,9 @@ def _key_value_grad_kernel(q_ref, k_ref, v_ref, *refs, divisor: float | None, ma
         start = block * BLOCK
         q = _tile(q_ref, start, BLOCK, dims, head_dim, length)
         do = _tile(do_ref, start, BLOCK, dims, head_dim, length)
-        queries = (start + jnp.arange(BLOCK)) < length
         probs = jnp.exp(_scores(q, k, bias_ref, key_start, divisor, length)
                         - _row(lse_ref, start, BLOCK, length)[:, None])
-        probs = jnp.where(queries[:, None], probs, 0.0)
+        probs = jnp.where(_inside(start, BLOCK, length)[:, None], probs, 0.0)
         dv = dv + _product(probs.astype(do.dtype), do, transpose_a=True)
         dscores = probs * (_product(do, v, transpose_b=True) - _row(delta_ref, start, BLOCK, length)[:, None])
         return dk + _product(dscores.astype(q.dtype), q, transpose_a=True), dv
@@ -235,8 +242,7 @@ def attention(query: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Arra
 
     query, key, value: (batch, length, heads, head_dim), head_dim at most MAX_HEAD_DIM; bias: (batch, 1, 1,
     length) f32 (0 or a large negative per key) or None; divisor: a static scale of the scores, or None when the
-    query is already scaled. Returns (batch, length, heads, head_dim)
-    in the query's dtype.
+    query is already scaled. Returns (batch, length, heads, head_dim) in the query's dtype.
     """
     if not supported(query.shape[3]):
         raise ValueError(f"attention_gpu: head_dim {query.shape[3]} is over {MAX_HEAD_DIM}")

@@ -30,6 +30,7 @@ from flava_jax.common.progress import duration
 from flava_jax.common.settings import ConfigError
 from flava_jax.data import pipeline, prepare, stage
 from flava_jax.data.tokenizer import AnyTokenizer, load_tokenizer
+from flava_jax.model import attention_gpu
 from flava_jax.model.config import FlavaConfig
 from flava_jax.model.flava import FlavaForPreTraining
 from flava_jax.train import checkpoint as checkpoint_lib
@@ -205,11 +206,11 @@ def _param_read(config: ConfigDict, model_cfg: FlavaConfig, specs: Any) -> Param
 
 def _kernel_for(device: Any) -> str | None:
     """The Pallas attention kernel `device` runs: compiled and checked (deviceless) for TPU v4 and newer, and for
-    GPUs from compute capability 8.0 (Triton's floor; a T4 is 7.5)."""
+    GPUs of attention_gpu.MIN_COMPUTE_CAPABILITY and up."""
     if device.platform == "tpu" and device.device_kind not in ("TPU v2", "TPU v3"):
         return "pallas_tpu"
     capability = getattr(device, "compute_capability", None) if device.platform == "gpu" else None
-    if capability is not None and tuple(map(int, str(capability).split("."))) >= (8, 0):
+    if capability is not None and tuple(map(int, str(capability).split("."))) >= attention_gpu.MIN_COMPUTE_CAPABILITY:
         return "pallas_gpu"
     return None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable
+from types import ModuleType
 
 import jax
 import jax.numpy as jnp
@@ -19,11 +20,11 @@ from flava_jax.model import attention_gpu, attention_tpu
 from flava_jax.model.config import TextConfig
 from flava_jax.model.layers import Attention, attention_bias
 
-# kernel -> (its interpreter on the CPU, whether it takes (batch, heads, length, dim) rather than the model's
-# (batch, length, heads, dim))
-KERNELS: dict[str, tuple[Callable[[], contextlib.AbstractContextManager], bool]] = {
-    "pallas_tpu": (pltpu.force_tpu_interpret_mode, True),
-    "pallas_gpu": (attention_gpu.force_interpret_mode, False),
+# kernel -> (its module, its interpreter on the CPU, whether it takes (batch, heads, length, dim) rather than the
+# model's (batch, length, heads, dim))
+KERNELS: dict[str, tuple[ModuleType, Callable[[], contextlib.AbstractContextManager], bool]] = {
+    "pallas_tpu": (attention_tpu, pltpu.force_tpu_interpret_mode, True),
+    "pallas_gpu": (attention_gpu, attention_gpu.force_interpret_mode, False),
 }
 
 
@@ -44,8 +45,7 @@ def test_kernel_matches_float64_attention(kernel: str, length: int, head_dim: in
     if masked:
         mask[0, 70:] = mask[1, 9:] = False
     bias = attention_bias(jnp.asarray(mask)) if masked else None
-    interpreter, heads_first = KERNELS[kernel]
-    module = attention_tpu if kernel == "pallas_tpu" else attention_gpu
+    module, interpreter, heads_first = KERNELS[kernel]
     inputs = [jnp.asarray(x if heads_first else x.swapaxes(1, 2), jnp.float32) for x in (q, k, v)]
     with interpreter():
         out = np.asarray(module.attention(*inputs, bias, np.sqrt(head_dim)))
@@ -79,7 +79,7 @@ def test_model_attention_with_the_kernel_matches_xla(kernel: str, dtype: str, he
         out, pullback = jax.vjp(lambda p, x: layers[name].apply(p, x, bias).astype(jnp.float32), params, x)
         return out, pullback(weights)
 
-    with KERNELS[kernel][0]():
+    with KERNELS[kernel][1]():
         (out, grads), (reference, reference_grads) = run(kernel), run("xla")
     tolerance = 1e-5 if dtype == "float32" else 2e-2
     pairs = zip(jax.tree_util.tree_leaves_with_path((out, grads)), jax.tree.leaves((reference, reference_grads)),
