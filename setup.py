@@ -10,6 +10,10 @@ EVAL = [
     "transformers>=5.0,<6",
     "matplotlib>=3.8",  # the report's plots
 ]
+REPORT = [
+    "matplotlib>=3.8",
+    "statsmodels>=0.14",  # the report's mixed linear models (flava_jax/eval/regression.py)
+]
 TEST = [
     "pytest>=8,<9.2",  # 9.2 ignores the xdist_group marks of pytest-xdist 3.8 (tests/test_repo.py checks)
     "pytest-xdist>=3.5",
@@ -29,7 +33,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["flava_jax", "flava_jax.*"]),
-    package_data={"flava_jax": ["sample_data/*.md", "sample_data/images/*", "sample_data/wit/*", "data/vocab/*"]},
+    package_data={"flava_jax": ["sample_data/*.md", "sample_data/images/*", "sample_data/wit/*", "data/vocab/*",
+                                "data/imagenet/*"]},
     install_requires=[
         "jax>=0.10.2,<0.13",
         "flax>=0.12.8,<0.13",
@@ -48,7 +53,8 @@ setup(
     ],
     extras_require={
         "eval": EVAL,
-        "test": TEST + EVAL,
+        "report": REPORT,
+        "test": list(dict.fromkeys(TEST + EVAL + REPORT)),
         "gcs": ["gcsfs>=2024.2"],  # --config.data.dir=gs://... (etils epath reads Cloud Storage through fsspec)
     },
 )

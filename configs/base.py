@@ -132,6 +132,14 @@ def eval_config() -> ConfigDict:
                       batch_size=256),
             blimp=dict(type="blimp", every_steps=config_dict.placeholder(int), dir=config_dict.placeholder(str),
                        limit=50, paradigms=(), batch_size=256),  # paradigms () = all
+            # the reference: ImageNet's 50K validation images, 80 templates, prompts without [CLS] (its bug;
+            # special_tokens=True encodes them as training does); needs dir, skipped without it
+            zeroshot=dict(type="zeroshot", every_steps=config_dict.placeholder(int), dir=config_dict.placeholder(str),
+                          class_names=config_dict.placeholder(str), limit=config_dict.placeholder(int),
+                          templates=config_dict.placeholder(int), special_tokens=False, batch_size=256),
+            # not in the reference: recall on the run's held-out pairs (or the pairs file `data`)
+            retrieval=dict(type="retrieval", every_steps=config_dict.placeholder(int),
+                           data=config_dict.placeholder(str), limit=1000, itm_rerank=0, batch_size=256),
         ),
     ))
 

@@ -45,8 +45,19 @@ def _resized(image: Image.Image, size: int, resample: Image.Resampling) -> np.nd
 
 def encoder_pixels(image: Image.Image, size: int) -> np.ndarray:
     """(3, size, size) float32: bicubic squash, scaled to [0, 1], CLIP-normalised."""
-    pixels = (_resized(image, size, Image.Resampling.BICUBIC) - CLIP_MEAN) / CLIP_STD
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    return normalize_encoder_pixels(encoder_resized(image, size))
+
+
+def encoder_resized(image: Image.Image, size: int) -> np.ndarray:
+    """(size, size, 3) uint8: the encoder transform's resize alone (a bicubic squash), for batching images of any
+    size before `normalize_encoder_pixels` (or `device_encoder_pixels`, which leaves them unresized)."""
+    return np.asarray(image.resize((size, size), resample=Image.Resampling.BICUBIC))
+
+
+def normalize_encoder_pixels(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W): scaled to [0, 1] and CLIP-normalised."""
+    x = (np.asarray(pixels, np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 
 def codebook_pixels(image: Image.Image, size: int) -> np.ndarray:

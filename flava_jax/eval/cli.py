@@ -15,6 +15,14 @@
   default to DIR; `--glue_tasks` / `--msgs_tasks` pick some) and report the best evaluation's metrics;
   OUT/glue.png and OUT/msgs.png plot them. `--limit` caps each task's evaluation set, `--finetune_train_limit`
   its training set and `--finetune_max_steps` its steps, for quick runs.
+* zeroshot: ImageNet-style zero-shot classification, the paper's "MTR" (flava_jax/common/zeroshot.py), on the labelled
+  images in `--zeroshot_data` (ImageNet's validation set as an ImageFolder, the flat devkit layout or the Hub's
+  parquet, or any class folders with `--zeroshot_class_names`; default DIR/imagenet): top-1 and top-5 accuracy, with
+  `--limit` images per class. The prompts are tokenised without [CLS]/[SEP] as the reference did;
+  `--zeroshot_special_tokens` adds them, as training encodes text.
+* retrieval: image-text retrieval on the pairs in `--retrieval_data` (prepared data's held-out pairs, or a parquet
+  or TSV of pairs: flava_jax/common/pairs.py): R@1, R@5 and R@10 both ways, with the chance level; `--limit` pairs;
+  `--itm_rerank=k` reorders each query's first k candidates by the ITM head's score.
 
 Results go to OUT/results.json (accuracies as fractions; fine-tuning as `"glue": {task: {metric: value}}`, with
 each run's record under "glue_runs") and OUT/results.md. Malformed input lines are reported, counted and skipped.
@@ -22,6 +30,7 @@ each run's record under "glue_runs") and OUT/results.md. Malformed input lines a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -35,15 +44,17 @@ from absl import app, flags
 from flava_jax.common.blimp import PARADIGMS, PHENOMENA, blimp_accuracy, read_blimp
 from flava_jax.common.pll import LN2, pseudo_perplexity
 from flava_jax.common.progress import ProgressLog
-from flava_jax.data import prepare, records
-from flava_jax.eval.torch_pll import BadExport, TorchPLL, load_export, word_ids
+from flava_jax.data import prepare, records, vision_tasks
+from flava_jax.eval.torch_features import image_features, itm_scores, text_features
+from flava_jax.eval.torch_pll import BadExport, TorchPLL, load_export, torch_device, word_ids
 
 if TYPE_CHECKING:
     from flava_jax.eval.finetune import Options
 
 log = logging.getLogger("flava_jax")
-TASKS = ("blimp", "pppl", "glue", "msgs")
+TASKS = ("blimp", "pppl", "glue", "msgs", "zeroshot", "retrieval")
 PPPL_MAX_LENGTH = 300  # tokens, [CLS] and [SEP] included (the reference's truncation)
+PAIR_MAX_LENGTH = 77  # tokens: prompts and retrieval texts, as the pair stream truncates (data.pair_max_length)
 # --pll value -> (its results.json key, its title); "original" is the paper's (Salazar) PLL.
 PLL_METRICS = {"original": ("blimp", "BLiMP"),
                "within_word_l2r": ("blimp_within_word_l2r", "BLiMP, within-word-l2r PLL")}
@@ -114,6 +125,44 @@ def evaluate_pppl(model: Any, tokenizer: Any, path: str | os.PathLike, limit: in
     return {**pseudo_perplexity(logprobs), "texts": len(texts)}
 
 
+@dataclasses.dataclass(frozen=True)
+class VisionOptions:
+    """The zero-shot and retrieval tasks' options (module docstring); None data means DIR/imagenet / prepared DIR."""
+
+    zeroshot_data: str | None = None
+    class_names: str | None = None
+    templates: int | None = None
+    special_tokens: bool = False
+    retrieval_data: str | None = None
+    itm_rerank: int = 0
+
+
+def _encoder(tokenizer: Any) -> vision_tasks.Encode:
+    return lambda text, max_length: tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+
+
+def evaluate_zeroshot(model: Any, tokenizer: Any, path: str | os.PathLike, options: VisionOptions,
+                      limit: int | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """Top-1/top-5 zero-shot accuracy (fractions) on the labelled images at `path`, and the logits."""
+    task = vision_tasks.zeroshot_task(path, _encoder(tokenizer), model.config.image_config.image_size,
+                                      PAIR_MAX_LENGTH, limit, options.class_names, options.templates,
+                                      options.special_tokens)
+    return vision_tasks.score_zeroshot(task, lambda ids: text_features(model, ids, tokenizer.pad_token_id),
+                                       lambda pixels: image_features(model, pixels))
+
+
+def evaluate_retrieval(model: Any, tokenizer: Any, path: str | os.PathLike, limit: int | None = None,
+                       itm_rerank: int = 0) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Image-text recall at 1, 5 and 10 both ways (fractions) on the pairs at `path`, each query's first
+    `itm_rerank` candidates reordered by the ITM head; and the scores ranked each way."""
+    task = vision_tasks.retrieval_task(path, _encoder(tokenizer), model.config.image_config.image_size,
+                                       PAIR_MAX_LENGTH, limit)
+    pad = tokenizer.pad_token_id
+    return vision_tasks.score_retrieval(task, lambda ids: text_features(model, ids, pad),
+                                        lambda pixels: image_features(model, pixels),
+                                        lambda ids, pixels: itm_scores(model, ids, pixels, pad), itm_rerank)
+
+
 def write_report(results: dict[str, Any], out: Path, model: str) -> None:
     """results.json, results.md and bar plots of BLiMP's phenomena and the fine-tuned tasks' metrics."""
     (out / "results.json").write_text(json.dumps({"model": model, **results}, indent=1) + "\n")
@@ -136,6 +185,23 @@ def write_report(results: dict[str, Any], out: Path, model: str) -> None:
         lines += ["## Pseudo-perplexity", "", "| texts | PPPL (sentence-averaged, the reference's) | "
                   "PPPL (token-weighted) |", "|---|---|---|",
                   f"| {p['texts']} | {p['pppl']:.2f} | {p['pppl_token_weighted']:.2f} |", ""]
+    if "zeroshot" in results:
+        z = results["zeroshot"]
+        lines += ["## Zero-shot classification (MTR)", "", "| images | classes | templates | [CLS]/[SEP] | top-1 | "
+                  "top-5 | chance top-1 | skipped |", "|---|---|---|---|---|---|---|---|",
+                  f"| {z['images']} | {z['classes']} | {z['templates']} | {'yes' if z['special_tokens'] else 'no'} "
+                  f"| {100 * z['top1']:.2f}% | {100 * z['top5']:.2f}% | {100 / z['classes']:.2f}% | "
+                  f"{sum(z['skipped'].values())} |", ""]
+    if "retrieval" in results:
+        r = results["retrieval"]
+        lines += ["## Image-text retrieval", "", f"{r['pairs']} texts, {r['images']} images "
+                  f"({sum(r['skipped'].values())} pairs or images skipped). Recall, ours (chance):", "",
+                  "| | R@1 | R@5 | R@10 |", "|---|---|---|---|"]
+        for way, title in (("i2t", "image → text"), ("t2i", "text → image")):
+            lines.append(f"| {title} | " + " | ".join(
+                "–" if r[f"{way}_r{k}"] is None else
+                f"{100 * r[f'{way}_r{k}']:.1f}% ({100 * r['chance'][f'{way}_r{k}']:.1f}%)" for k in (1, 5, 10)) + " |")
+        lines.append("")
     for suite in ("glue", "msgs"):
         if suite in results:
             from flava_jax.eval.finetune import plot_suite, report_section  # torch, already loaded by the fine-tuning
@@ -166,16 +232,20 @@ def _plot_phenomena(phenomena: dict[str, float], path: Path, title: str) -> None
 
 def evaluate(model_dir: str | os.PathLike, tasks: list[str], data: str | os.PathLike, out: str | os.PathLike,
              limit: int | None = None, pppl_file: str | os.PathLike | None = None,
-             device: str = "cpu", finetune: Options | None = None,
-             pll: Sequence[str] = ("original",), blimp_strict: bool = False) -> dict[str, Any]:
+             device: str = "auto", finetune: Options | None = None,
+             pll: Sequence[str] = ("original",), blimp_strict: bool = False,
+             vision: VisionOptions | None = None) -> dict[str, Any]:
     """Run `tasks` on the export at `model_dir`; writes and returns the results. `finetune` holds the glue and
     msgs tasks' options (default: every task found in `data`, the reference's settings); `pll` the BLiMP PLL
-    metrics (PLL_METRICS); `blimp_strict` refuses stray files among BLiMP's."""
+    metrics (PLL_METRICS); `blimp_strict` refuses stray files among BLiMP's; `vision` the zeroshot and retrieval
+    tasks' options; `device` a torch device or "auto" (CUDA where torch has it)."""
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"--tasks: {unknown} not available (this release evaluates {', '.join(TASKS)})")
     if not pll or set(pll) - set(PLL_METRICS):
         raise ValueError(f"--pll: {list(pll)} is not a list of {', '.join(PLL_METRICS)}")
+    device = torch_device(device)
+    vision = vision or VisionOptions()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_export(model_dir, device)
@@ -188,6 +258,14 @@ def evaluate(model_dir: str | os.PathLike, tasks: list[str], data: str | os.Path
     if "pppl" in tasks:
         results["pppl"] = evaluate_pppl(model, tokenizer, pppl_file or Path(data) / "pppl.txt", limit)
         log.info("PPPL %.3f (token-weighted %.3f)", results["pppl"]["pppl"], results["pppl"]["pppl_token_weighted"])
+    if "zeroshot" in tasks:
+        results["zeroshot"], _ = evaluate_zeroshot(model, tokenizer, vision.zeroshot_data or Path(data) / "imagenet",
+                                                   vision, limit)
+        log.info("zero-shot top-1 %.4f, top-5 %.4f", results["zeroshot"]["top1"], results["zeroshot"]["top5"])
+    if "retrieval" in tasks:
+        results["retrieval"], *_ = evaluate_retrieval(model, tokenizer, vision.retrieval_data or data, limit,
+                                                      vision.itm_rerank)
+        log.info("retrieval: %s", {k: v for k, v in results["retrieval"].items() if "_r" in k})
     for suite in ("glue", "msgs"):
         if suite in tasks:
             from flava_jax.eval.finetune import Options, finetune_suite  # torch at import: only when fine-tuning
@@ -208,7 +286,22 @@ def main() -> None:
     limit = flags.DEFINE_integer("limit", None, "Score only the first N items of each paradigm or file.", lower_bound=1)
     pppl_file = flags.DEFINE_string("pppl_file", None, "Texts for pseudo-perplexity: a file with one per line, or "
                                     "prepared data (its held-out split); default DATA/pppl.txt.")
-    device = flags.DEFINE_string("device", "cpu", "torch device, e.g. cuda.")
+    device = flags.DEFINE_string("device", "auto", "torch device (cpu, cuda, cuda:1, mps), or auto: CUDA where "
+                                 "torch has it, else the CPU.")
+    zeroshot_data = flags.DEFINE_string("zeroshot_data", None, "Labelled images for --tasks=zeroshot: ImageNet's "
+                                        "validation set (ImageFolder, flat with the devkit, or the Hub's parquet), "
+                                        "or class folders with --zeroshot_class_names (default DATA/imagenet).")
+    class_names = flags.DEFINE_string("zeroshot_class_names", None, "For class folders other than ImageNet's: one "
+                                      "line per class, 'folder<TAB>class name' (or just the name).")
+    templates = flags.DEFINE_integer("zeroshot_templates", None, "Use the first N of the 80 prompt templates "
+                                     "(default all, as the reference).", lower_bound=1)
+    special_tokens = flags.DEFINE_boolean("zeroshot_special_tokens", False, "Encode the prompts with [CLS]/[SEP], "
+                                          "as training encodes text (the reference left them out).")
+    retrieval_data = flags.DEFINE_string("retrieval_data", None, "Pairs for --tasks=retrieval: prepared data (its "
+                                         "held-out pairs), or a parquet or TSV of text and image (default DATA).")
+    itm_rerank = flags.DEFINE_integer("itm_rerank", 0, "Retrieval: reorder each query's first N candidates by the "
+                                      "ITM head's score (0: rank by the contrastive embeddings alone).",
+                                      lower_bound=0)
     blimp_strict = flags.DEFINE_boolean("blimp_strict", False, "Refuse a BLiMP directory holding files other than "
                                         "the 67 paradigms (by default they are named in a warning and ignored).")
     pll = flags.DEFINE_list("pll", ["original"], "BLiMP PLL metrics: original (Salazar et al., the paper's) and/or "
@@ -236,7 +329,8 @@ def main() -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         if not model.value or not out.value or not (data.value or pppl_file.value or glue_data.value
-                                                     or msgs_data.value):
+                                                     or msgs_data.value or zeroshot_data.value
+                                                     or retrieval_data.value):
             raise app.UsageError("--model, --out and --data are required")
         logging.getLogger("flava_jax").setLevel(logging.INFO)
         from flava_jax.eval.finetune import Options
@@ -247,8 +341,10 @@ def main() -> None:
                           max_steps=max_steps.value, eval_every=eval_every.value, train_limit=train_limit.value,
                           seed=seed.value, max_length=max_length.value, pooling=pooling.value)
         try:
+            vision = VisionOptions(zeroshot_data.value, class_names.value, templates.value, special_tokens.value,
+                                   retrieval_data.value, itm_rerank.value)
             evaluate(model.value, tasks.value, data.value or ".", out.value, limit.value, pppl_file.value,
-                     device.value, options, pll.value, blimp_strict.value)
+                     device.value, options, pll.value, blimp_strict.value, vision)
         except (BadExport, ValueError, FileNotFoundError) as e:
             raise app.UsageError(str(e)) from e
         print(f"wrote {Path(out.value) / 'results.json'} and results.md")

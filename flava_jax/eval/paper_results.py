@@ -5,6 +5,9 @@ Each grid cell ("10M/40K": text words / images) holds the best checkpoint's W&B 
 10.5K / 17.5K steps at full size), PPPL (the reference's sentence-averaged variant on WiT), the BLiMP average and
 the 12 per-phenomenon accuracies, all in percent as printed; plus the full-size validation MLM loss and the
 half-size ImageNet zero-shot accuracy (MTR, %) where the tables give them.
+
+REGRESSIONS holds the thesis's published mixed-model summaries (docs/reference.md#results), which
+flava_jax/eval/regression.py refits.
 """
 
 from __future__ import annotations
@@ -75,3 +78,31 @@ HALF = _table({
                (91.26, 67.36, 64.02, 65.89, 87.97, 71.77, 61.73, 78.17, 49.33, 49.45, 53.22, 64.91)),
 })
 PAPER = {"full": FULL, "half": HALF}
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """One coefficient of a published regression summary: estimate, standard error (None: not quoted) and p-value as
+    printed ("< .001", ".29")."""
+
+    coef: float
+    se: float | None
+    p: str
+
+
+REGRESSION_SOURCE = "the thesis's regression summaries (docs/reference.md#results)"
+# Mixed linear models over the 96 category x cell BLiMP scores (percent), category as a random intercept, predictors
+# log10-transformed and robust-scaled; keyed by model as flava_jax.eval.regression.model_key writes them.
+REGRESSIONS = {
+    "full": {"Score ~ Words + Images": {"Words": Published(7.59, 0.70, "< .001"),
+                                        "Images": Published(-0.27, 0.25, ".29")},
+             "Score ~ Images (100M words)": {"Images": Published(-0.54, None, ".022")},
+             "Score ~ Images (10M words)": {"Images": Published(0.01, None, ".96")}},
+    "half": {"Score ~ Words + MTR": {"Words": Published(6.80, None, "< .001"), "MTR": Published(-1.08, None, ".001")},
+             "Score ~ MTR (100M words)": {"MTR": Published(-1.11, None, "< .001")},
+             "Score ~ MTR (10M words)": {"MTR": Published(-0.64, None, ".54")}},
+}
+# Said beside each size's published numbers in the report.
+REGRESSION_CAVEATS = {
+    "half": "the thesis's MTR for runs without images is random noise ~ N(0.1·k, 0.01·k) drawn by its analysis "
+            "code, not a measurement"}

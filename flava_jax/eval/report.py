@@ -15,6 +15,20 @@ docs/reference.md#half-size-results); `--paper` overrides it. Runs in the same c
 OUT gets report.md and report.json (BLiMP average, per-phenomenon accuracy and PPPL beside the paper's, in
 percent) and blimp_deltas.png: per phenomenon, each cell with images minus the text-only cell of its text budget,
 in accuracy points, ours beside the paper's, as the paper's figure shows them.
+
+When some run has ImageNet zero-shot results (`evaluate --tasks=zeroshot`), report.md's "ImageNet zero-shot (MTR)
+and retrieval" section gives per cell MTR top-1 / top-5 beside the thesis's (its half-size table is the only one
+with MTR; "–" where it has none) and our image-text retrieval recall@1/5/10 both ways with its chance level, all in
+percent and averaged over the cell's runs (None unless every run has them; report.json's cells hold them as
+"zeroshot" and "retrieval"); mtr.png plots MTR as bars, ours beside the paper's, chance (0.1% / 0.5%) as a line.
+Without zero-shot results report.md says so in one line.
+
+"Mixed linear models" gives the paper's analysis (flava_jax/eval/regression.py): Score ~ Words + Images and
+Score ~ Words + MTR, and within each text budget the model without Words, over the BLiMP category scores per cell,
+category as a random intercept: the thesis's published coefficients, the same models refitted on the paper's own
+table, and ours; a model that cannot be fitted (a predictor with one value, MTR missing) gets a line saying why.
+The fits need statsmodels (`pip install -e '.[report]'`); without it the section says so and shows the published
+numbers alone.
 """
 
 from __future__ import annotations
@@ -23,7 +37,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +45,7 @@ import numpy as np
 from absl import app, flags
 
 from flava_jax.common.blimp import PHENOMENA
-from flava_jax.eval.paper_results import COLUMNS, PAPER, PaperCell
+from flava_jax.eval.paper_results import COLUMNS, PAPER, REGRESSION_CAVEATS, REGRESSION_SOURCE, REGRESSIONS, PaperCell
 
 SIZES_BY_WIDTH = {768: "full", 516: "half"}  # text encoder hidden size -> the paper table of that size
 # where each size's paper table is described, cited as report.json's "paper_section"
@@ -42,6 +56,9 @@ _BUDGET = r"(?:\d+(?:\.\d+)?[KM]?|all)"
 _CELL = re.compile(rf"({_BUDGET})[_/]({_BUDGET})", re.IGNORECASE)
 ALL = -1  # a budget of -1 (the data config's "all of it", as configs/debug.py uses) is written "all"
 _UNITS = {"": 1, "K": 1_000, "M": 1_000_000}
+ZEROSHOT_CHANCE = {"top1": 0.1, "top5": 0.5}  # percent: ImageNet-1k zero-shot at chance (1000 classes)
+RETRIEVAL = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")  # results.json's retrieval recalls
+RECALLS = ("r1", "r5", "r10")  # results.json's retrieval chance levels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,8 +200,21 @@ def our_cells(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
                for name in PHENOMENA if all(name in r["blimp"]["phenomena"] for r in group)},
             "within_word_l2r": _mean([r.get("blimp_within_word_l2r", {}).get("accuracy") for r in group], 100),
             "pppl": _mean([r.get("pppl", {}).get("pppl") for r in group]),
+            "zeroshot": _percent_means([r.get("zeroshot") for r in group], ZEROSHOT_CHANCE),
+            "retrieval": _retrieval([r.get("retrieval") for r in group]),
             "runs": [str(run.source) for run in runs if run.cell == cell]}
     return cells
+
+
+def _percent_means(entries: list[Mapping[str, float] | None], keys: Iterable[str]) -> dict[str, float] | None:
+    """Per key, the mean of the entries' fractions in percent; None unless every run has an entry."""
+    return None if any(e is None for e in entries) else {k: _mean([e[k] for e in entries], 100) for k in keys}
+
+
+def _retrieval(entries: list[Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    """The retrieval recalls' means in percent with their chance levels; None unless every run has retrieval."""
+    means = _percent_means(entries, RETRIEVAL)
+    return None if means is None else means | {"chance": _percent_means([e["chance"] for e in entries], RECALLS)}
 
 
 def _mean(values: list[float | None], scale: float = 1.0) -> float | None:
@@ -201,6 +231,12 @@ def _paper_scores(cell: PaperCell) -> dict[str, float]:
     return {AVERAGE: cell.blimp} | cell.phenomena
 
 
+def paper_mtr(cell: str) -> dict[str, float] | None:
+    """The thesis's MTR top-1 / top-5 (percent) of a cell, from the half-size table (the only one with MTR)."""
+    extra = PAPER["half"][cell].extra if cell in PAPER["half"] else {}
+    return {key: extra[f"mtr_{key}"] for key in ZEROSHOT_CHANCE} if "mtr_top1" in extra else None
+
+
 def deltas(cells: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """Per cell with images, each score minus that of the text-only cell of the same text budget (accuracy points);
     cells whose text-only cell is missing are left out."""
@@ -215,7 +251,8 @@ def deltas(cells: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, floa
 
 # ----------------------------------------------------------------------------------------------- the report
 def write_report(runs: Sequence[Run], out: str | Path, paper: str = "auto") -> dict[str, Any]:
-    """report.json, report.md and blimp_deltas.png in `out`; returns what report.json holds."""
+    """report.json, report.md, blimp_deltas.png (and mtr.png with zero-shot results) in `out`; returns what
+    report.json holds."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     size = paper_size(runs, paper)
@@ -225,12 +262,36 @@ def write_report(runs: Sequence[Run], out: str | Path, paper: str = "auto") -> d
     report = {
         "paper_size": size, "paper_section": SECTIONS[size], "unit": "percent",
         "runs": [{"results": str(r.source), "cell": r.cell, "size": r.size, "cell_from": r.found_by} for r in runs],
-        "cells": {cell: {"ours": c, "paper": _paper_entry(PAPER[size].get(cell))} for cell, c in ours.items()},
-        "deltas": {"ours": ours_deltas, "paper": paper_deltas}}
+        "cells": {cell: {"ours": c, "paper": _paper_entry(PAPER[size].get(cell)), "paper_mtr": paper_mtr(cell)}
+                  for cell, c in ours.items()},
+        "deltas": {"ours": ours_deltas, "paper": paper_deltas},
+        "regression": regressions(ours, size)}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_deltas(ours_deltas, paper_deltas, out / "blimp_deltas.png", size)
+    if any(c["zeroshot"] for c in ours.values()):
+        plot_mtr({cell: c["zeroshot"] for cell, c in ours.items() if c["zeroshot"]},
+                 {cell: m for cell in PAPER["half"] if (m := paper_mtr(cell))}, out / "mtr.png")
     (out / "report.md").write_text(_markdown(report, ours, size))
     return report
+
+
+def regressions(ours: Mapping[str, Mapping[str, Any]], size: str) -> dict[str, Any]:
+    """The mixed models (flava_jax/eval/regression.py) fitted on our cells and on the paper's table of `size`, beside
+    the published ones; "unavailable" says why the fits are missing when statsmodels is not installed."""
+    from flava_jax.eval import regression  # imports this module's grid-cell helpers, so not at the top
+
+    published = {model: {name: dataclasses.asdict(c) for name, c in coefficients.items()}
+                 for model, coefficients in REGRESSIONS.get(size, {}).items()}
+    entry = {"transform": regression.TRANSFORM, "mtr_without_images": regression.CHANCE_TOP1,
+             "published": published, "published_source": REGRESSION_SOURCE, "caveat": REGRESSION_CAVEATS.get(size),
+             "paper_fit": None, "ours": None, "unavailable": None}
+    rows = regression.table_rows({cell: c["scores"] for cell, c in ours.items()},
+                                 {cell: (c["zeroshot"] or {}).get("top1") for cell, c in ours.items()})
+    try:
+        entry["paper_fit"], entry["ours"] = regression.fit_paper(size), regression.fit_models(rows)
+    except ImportError as e:
+        entry["unavailable"] = f"{(e.name or 'statsmodels').split('.')[0]} is not installed: pip install -e '.[report]'"
+    return entry
 
 
 def _paper_entry(cell: PaperCell | None) -> dict[str, Any] | None:
@@ -272,21 +333,117 @@ def _markdown(report: Mapping[str, Any], ours: Mapping[str, Any], size: str) -> 
     if not report["deltas"]["ours"]:
         lines += ["No deltas of ours: no run has both a cell with images and the text-only cell of its text budget.",
                   ""]
+    lines += _mtr_section(report, ours) + _regression_section(report["regression"], size)
     lines += ["## Runs", "", "| results | cell | found by | size |", "|---|---|---|---|"]
     lines += [f"| {r['results']} | {r['cell']} | {r['cell_from']} | {r['size'] or 'unknown'} |"
               for r in report["runs"]]
     return "\n".join(lines) + "\n"
 
 
-def plot_deltas(ours: Mapping[str, Mapping[str, float]], paper: Mapping[str, Mapping[str, float]], path: Path,
-                size: str) -> None:
-    """Two heatmaps side by side (ours, the paper's), rows = cells with images, columns = the BLiMP average and the
-    12 phenomena, one diverging colour scale centred on 0 for both."""
+def _mtr_section(report: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]:
+    """MTR beside the thesis's and our retrieval recalls per cell, or one line when no run has zero-shot results."""
+    if not any(c["zeroshot"] for c in ours.values()):
+        return ["No run has ImageNet zero-shot (MTR) results (evaluate with --tasks=zeroshot); retrieval, if any, is "
+                "in report.json.", ""]
+    lines = ["## ImageNet zero-shot (MTR) and retrieval", "",
+             "Percent, means over each cell's runs. MTR: ImageNet-1k zero-shot top-1 / top-5 (chance "
+             f"{ZEROSHOT_CHANCE['top1']} / {ZEROSHOT_CHANCE['top5']}) beside the thesis's half-size table's (the only "
+             "one with MTR). Retrieval: recall@K of image-to-text (I→T) and text-to-image (T→I) over the evaluated "
+             "pairs, beside its chance level K / pairs.", "", "![MTR, ours and the paper's](mtr.png)", "",
+             "| cell | runs | MTR top-1 (ours) | MTR top-1 (paper) | MTR top-5 (ours) | MTR top-5 (paper) | "
+             "I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | chance R@1 / R@5 / R@10 |",
+             "|---" * 13 + "|"]
+    for cell, c in ours.items():
+        zeroshot, paper = c["zeroshot"] or {}, report["cells"][cell]["paper_mtr"] or {}
+        retrieval = c["retrieval"] or {}
+        chance = retrieval.get("chance") or {}
+        lines.append(f"| {cell} | {len(c['runs'])} | " + " | ".join(
+            [_fmt(source.get(key)) for key in ZEROSHOT_CHANCE for source in (zeroshot, paper)]
+            + [_fmt(retrieval.get(key)) for key in RETRIEVAL]
+            + [" / ".join(_fmt(chance.get(key)) for key in RECALLS)]) + " |")
+    return lines + [""]
+
+
+def _regression_section(entry: Mapping[str, Any], size: str) -> list[str]:
+    """The mixed models' coefficients: published, refitted on the paper's table, ours; a line per model not fitted."""
+    fits = {"paper's table, refitted": entry["paper_fit"] or {}, "ours": entry["ours"] or {}}
+    lines = ["## Mixed linear models (the paper's analysis)", "",
+             f"BLiMP category scores (percent) per cell, category as a random intercept (REML); predictors "
+             f"{entry['transform']}; MTR of cells without images: chance ({entry['mtr_without_images']}%). "
+             f"Coefficient (standard error, p). Published: {entry['published_source']}, {size} size"
+             + (f"; {entry['caveat']}" if entry["caveat"] else "") + f". Refitted: the same models on the {size}-size "
+             "table above (flava_jax/eval/regression.py says why they differ).", ""]
+    if entry["unavailable"]:
+        lines += [f"Not fitted: {entry['unavailable']}.", ""]
+    models = list(dict.fromkeys([*fits["paper's table, refitted"], *fits["ours"], *entry["published"]]))
+    lines += ["| model | predictor | published | " + " | ".join(fits) + " |", "|---" * (3 + len(fits)) + "|"]
+    for model in models:
+        predictors = next((f[model]["predictors"] for f in fits.values() if model in f),
+                          list(entry["published"].get(model, {})))
+        for name in predictors:
+            published = entry["published"].get(model, {}).get(name)
+            cells = [_coefficient(f.get(model), name) for f in fits.values()]
+            lines.append(f"| {model} | {name} | {_published(published)} | " + " | ".join(cells) + " |")
+    notes = [f"- {model} ({source}): not fitted: {f[model]['not_fitted']}." for source, f in fits.items()
+             for model in models if "not_fitted" in f.get(model, {})]
+    notes += [f"- {model} ({source}): {'; '.join(f[model]['warnings'])}." for source, f in fits.items()
+              for model in models if f.get(model, {}).get("warnings")]
+    return lines + [""] + (notes + [""] if notes else [])
+
+
+def _coefficient(fit: Mapping[str, Any] | None, name: str) -> str:
+    if fit is None:
+        return "–"
+    if "not_fitted" in fit:
+        return "not fitted"
+    c = fit["coefficients"][name]
+    return f"{c['coef']:+.2f} ({_fmt(c['se'])}, p {_p(c['p'])})" + ("" if fit["converged"] else " not converged")
+
+
+def _published(c: Mapping[str, Any] | None) -> str:
+    if c is None:
+        return "–"
+    p = c["p"] if c["p"].startswith("<") else f"= {c['p']}"
+    return f"{c['coef']:+.2f} ({_fmt(c['se'])}, p {p})"
+
+
+def _p(p: float | None) -> str:
+    """A p-value as the summaries print it: "< .001" or "= .290"."""
+    return "–" if p is None else "< .001" if p < 0.001 else f"= {p:.3f}".replace("0.", ".", 1)
+
+
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_mtr(ours: Mapping[str, Mapping[str, float]], paper: Mapping[str, Mapping[str, float]], path: Path) -> None:
+    """MTR top-1 and top-5 per cell as bars, ours beside the paper's (half size), chance as a dashed line."""
+    plt = _pyplot()
+    cells = sorted(set(ours) | set(paper), key=cell_order)
+    x = np.arange(len(cells))
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.2 * len(cells), 4.5), constrained_layout=True)
+    for ax, key in zip(axes, ZEROSHOT_CHANCE, strict=True):
+        for offset, (label, source) in zip((-0.2, 0.2), (("ours", ours), ("paper (half size)", paper)), strict=True):
+            ax.bar(x + offset, [source.get(cell, {}).get(key, np.nan) for cell in cells], 0.4, label=label)
+        ax.axhline(ZEROSHOT_CHANCE[key], color="grey", linestyle="--", label=f"chance ({ZEROSHOT_CHANCE[key]}%)")
+        ax.set_xticks(x, cells, rotation=45, ha="right")
+        ax.set_ylabel("percent")
+        ax.set_title(f"ImageNet zero-shot {key.replace('top', 'top-')} (MTR)")
+        ax.legend()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_deltas(ours: Mapping[str, Mapping[str, float]], paper: Mapping[str, Mapping[str, float]], path: Path,
+                size: str) -> None:
+    """Two heatmaps side by side (ours, the paper's), rows = cells with images, columns = the BLiMP average and the
+    12 phenomena, one diverging colour scale centred on 0 for both."""
+    plt = _pyplot()
     rows = sorted(set(ours) | set(paper), key=cell_order)
     columns = [AVERAGE, *PHENOMENA]
     grids = [np.array([[d.get(cell, {}).get(name, np.nan) for name in columns] for cell in rows]).reshape(
@@ -312,7 +469,7 @@ def main() -> None:
     """The command line; flags are defined here so that importing this module defines none."""
     results = flags.DEFINE_multi_string("results", None, "A results.json, a folder holding one, or a folder whose "
                                         "subfolders hold them; repeat the flag, or put more PATHs after the flags.")
-    out = flags.DEFINE_string("out", None, "Where report.md, report.json and blimp_deltas.png go.")
+    out = flags.DEFINE_string("out", None, "Where report.md, report.json, blimp_deltas.png and mtr.png go.")
     label = flags.DEFINE_multi_string("label", [], "PATH=CELL: the grid cell of a --results PATH, e.g. "
                                       "runs/a=10M/40K (repeat the flag for more).")
     paper = flags.DEFINE_enum("paper", "auto", ["auto", "full", "half"], "The paper table to compare with (auto: "
@@ -330,7 +487,7 @@ def main() -> None:
             write_report(runs, out.value, paper.value)
         except (ValueError, FileNotFoundError) as e:
             raise app.UsageError(str(e)) from e
-        print(f"wrote {Path(out.value) / 'report.md'}, report.json and blimp_deltas.png ({len(runs)} runs)")
+        print(f"wrote {Path(out.value) / 'report.md'}, report.json and its plots ({len(runs)} runs)")
 
     app.run(run)
 

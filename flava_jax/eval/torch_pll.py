@@ -38,6 +38,27 @@ class BadExport(ValueError):
     """An export that cannot be evaluated; the message says why and what to do."""
 
 
+def torch_device(name: str) -> str:
+    """`name` checked against what this torch can use ("auto": CUDA where torch has it, else the CPU); BadExport's
+    sibling ValueError in one line otherwise, before any model is loaded."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"--device={name} is not a torch device (cpu, cuda, cuda:1, mps, auto): {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device={name}: this torch has no CUDA (a CPU build, or no GPU or driver); use "
+                         f"--device=cpu or --device=auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device={name}: torch sees {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device={name}: MPS is not available to this torch")
+    return name
+
+
 def load_export(path: str | os.PathLike, device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer) of an export: weights from safetensors only (never a pickle), the tokenizer beside them,
     checked to fit the model's vocabulary."""

@@ -665,9 +665,29 @@ class FlavaForPreTraining(nn.Module):
     def _contrastive(self, unmasked: FlavaModelOutput,
                      deterministic: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(image, text) L2-normalised projections of the unmasked CLS states, and the logit scale to use."""
-        image = losses.l2_normalize(self.flava.image_projection(unmasked.image_embeddings[:, 0]))
-        text = losses.l2_normalize(self.flava.text_projection(unmasked.text_embeddings[:, 0]))
-        return image, text, self.flava.clamped_logit_scale(deterministic)
+        return (self._image_embedding(unmasked.image_embeddings), self._text_embedding(unmasked.text_embeddings),
+                self.flava.clamped_logit_scale(deterministic))
+
+    def _image_embedding(self, states: jax.Array) -> jax.Array:
+        return losses.l2_normalize(self.flava.image_projection(states[:, 0]))
+
+    def _text_embedding(self, states: jax.Array) -> jax.Array:
+        return losses.l2_normalize(self.flava.text_projection(states[:, 0]))
+
+    def text_features(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        """(B, P): the contrastive text embedding alone (use with `method=`), the L2-normalised text projection of
+        position 0, as zero-shot classification and retrieval read it."""
+        return self._text_embedding(self.flava(input_ids=input_ids, attention_mask=attention_mask).text_embeddings)
+
+    def image_features(self, pixel_values: jax.Array) -> jax.Array:
+        """(B, P): the contrastive image embedding alone (use with `method=`), from the image [CLS]."""
+        return self._image_embedding(self.flava(pixel_values=pixel_values).image_embeddings)
+
+    def itm_logits(self, input_ids: jax.Array, pixel_values: jax.Array,
+                   attention_mask: jax.Array | None = None) -> jax.Array:
+        """(B, 2): the ITM head on the unmasked pair (use with `method=`); logit 1 is "matched"."""
+        out = self.flava(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+        return self.itm_head(out.multimodal_embeddings)
 
     def contrastive_embeddings(self, input_ids: jax.Array, pixel_values: jax.Array,
                                attention_mask: jax.Array | None = None, token_type_ids: jax.Array | None = None,

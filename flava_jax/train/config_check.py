@@ -175,7 +175,10 @@ RULES: dict[str, Rule] = {
 }
 # Rules for the options of config.eval.evaluators entries, by option name (whichever types take them).
 EVALUATOR_RULES: dict[str, Rule] = {"batch_size": POSITIVE, "batches": POSITIVE, "texts": COUNT,
-                                    "max_length": POSITIVE, "limit": POSITIVE, "paradigms": _sequence(STRING)}
+                                    "max_length": POSITIVE, "limit": _optional(POSITIVE),  # None: all of it
+                                    "paradigms": _sequence(STRING), "templates": _optional(POSITIVE),
+                                    "itm_rerank": COUNT,
+                                    "special_tokens": Rule("True or False", lambda v: isinstance(v, bool))}
 
 
 def _value(config: Any, path: str) -> Any:

@@ -8,6 +8,11 @@ evaluator per entry, and the trainer runs each on the parameters at the steps it
 * `pppl`: pseudo-perplexity on held-out text, the reference's per-text mean (`pppl`, which picks the best
   checkpoint) and the token-weighted one.
 * `blimp`: BLiMP PLL accuracy on the first `limit` pairs of each paradigm (needs `dir`; skipped without it).
+* `zeroshot`: ImageNet-style zero-shot top-1/top-5 (`zeroshot/top1`, `zeroshot/top5`; the paper's "MTR") on the
+  labelled images in `dir` (needs it; skipped without it), the first `limit` per class; only in runs with images.
+* `retrieval`: image-text recall (`retrieval/i2t_r1` ... `retrieval/t2i_r10`) on the first `limit` held-out pairs
+  of the run's prepared data, or of the pairs file `data`, each query's first `itm_rerank` candidates reordered by
+  the ITM head (0: none); only in runs with images.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ from ml_collections import ConfigDict
 from flava_jax.common.blimp import blimp_accuracy, read_blimp
 from flava_jax.common.pll import LN2, pseudo_perplexity
 from flava_jax.common.settings import ConfigError
-from flava_jax.data import pipeline, records
+from flava_jax.data import pipeline, records, vision_tasks
 from flava_jax.data.prepare import read_stream
 from flava_jax.data.tokenizer import AnyTokenizer
 from flava_jax.model.flava import FlavaForPreTraining
 from flava_jax.train import sharding as sharding_lib
+from flava_jax.train.feature_scorer import FeatureScorer
 from flava_jax.train.pll_scorer import PLLScorer
 from flava_jax.train.step import make_eval_step
 
@@ -48,19 +54,30 @@ class Context:
     data_dir: Path
     mesh: jax.sharding.Mesh
     streams: list[str]
-    _scorers: dict[int, PLLScorer] = dataclasses.field(default_factory=dict)
+    _scorers: dict[tuple[type, int], PLLScorer | FeatureScorer] = dataclasses.field(default_factory=dict)
 
     @property
     def shards(self) -> int:
         return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
 
+    @property
+    def has_images(self) -> bool:
+        return bool({"image", "pairs"} & set(self.streams))
+
     def scorer(self, batch_size: int) -> PLLScorer:
         """The PLL scorer for batches of `batch_size` copies (rounded to whole shards), made once per size."""
+        return self._shared(PLLScorer, batch_size, self.tokenizer.mask_id)
+
+    def features(self, batch_size: int) -> FeatureScorer:
+        """The contrastive-embedding scorer for batches of `batch_size` (rounded to whole shards), made once."""
+        return self._shared(FeatureScorer, batch_size)
+
+    def _shared(self, kind: type, batch_size: int, *ids: int) -> Any:
         batch = max(batch_size // self.shards, 1) * self.shards
-        if batch not in self._scorers:
-            self._scorers[batch] = PLLScorer(self.model, self.tokenizer.mask_id, self.tokenizer.pad_id,
-                                             batch_size=batch, sharding=sharding_lib.batch_sharding(self.mesh))
-        return self._scorers[batch]
+        if (kind, batch) not in self._scorers:
+            self._scorers[kind, batch] = kind(self.model, *ids, self.tokenizer.pad_id, batch_size=batch,
+                                              sharding=sharding_lib.batch_sharding(self.mesh))
+        return self._scorers[kind, batch]
 
 
 class Evaluator:
@@ -158,7 +175,79 @@ class Blimp(Evaluator):
         return blimp_accuracy(self.pairs, bits[0::2], bits[1::2])
 
 
-TYPES: dict[str, type[Evaluator]] = {"validation_loss": ValidationLoss, "pppl": PseudoPerplexity, "blimp": Blimp}
+class _VisionEvaluator(Evaluator):
+    """An evaluator of the contrastive embeddings; reports nothing in a run without images (as the reference)."""
+
+    def __init__(self, name: str, every_steps: int, options: Mapping[str, Any], context: Context) -> None:
+        super().__init__(name, every_steps, options, context)
+        self.features = context.features(options["batch_size"])
+        self.image_size = context.model.config.image_config.image_size
+        self.max_length = context.config.data.pair_max_length
+        self.encode = context.tokenizer.encode
+        if not context.has_images:
+            log.info("config.eval.evaluators.%s: the run has no images, so no %s", name, name)
+
+    def functions(self, params: Any) -> tuple[Any, Any, Any]:
+        """The task's text, image and ITM scorers at `params`."""
+        return (lambda ids: self.features.texts(params, ids), lambda pixels: self.features.images(params, pixels),
+                lambda ids, pixels: self.features.itm(params, ids, pixels))
+
+
+class ZeroShot(_VisionEvaluator):
+    """`zeroshot/top1`, `zeroshot/top5`: the paper's ImageNet zero-shot accuracy (flava_jax/common/zeroshot.py)."""
+
+    OPTIONS = ("dir", "class_names", "limit", "templates", "special_tokens", "batch_size")
+
+    def __init__(self, name: str, every_steps: int, options: Mapping[str, Any], context: Context) -> None:
+        super().__init__(name, every_steps, options, context)
+        self.task = None
+        directory = options["dir"]
+        if context.has_images and not directory:
+            log.warning("config.eval.evaluators.%s.dir is not set: no zero-shot classification during training "
+                        "(set it to ImageNet's validation images)", name)
+        elif context.has_images:
+            try:
+                self.task = vision_tasks.zeroshot_task(directory, self.encode, self.image_size, self.max_length,
+                                                       options["limit"], options["class_names"],
+                                                       options["templates"], options["special_tokens"])
+            except (ValueError, FileNotFoundError) as e:
+                raise ConfigError(f"config.eval.evaluators.{name}.dir: {e}") from e
+
+    def run(self, params: Any) -> dict[str, float]:
+        if self.task is None:
+            return {}
+        result, _ = vision_tasks.score_zeroshot(self.task, *self.functions(params)[:2])
+        return {"zeroshot/top1": result["top1"], "zeroshot/top5": result["top5"]}
+
+
+class Retrieval(_VisionEvaluator):
+    """`retrieval/i2t_r1` ... `retrieval/t2i_r10`: image-text recall at 1, 5 and 10 (flava_jax/common/retrieval.py);
+    a recall whose k is not below the number of candidates is left out."""
+
+    OPTIONS = ("data", "limit", "itm_rerank", "batch_size")
+
+    def __init__(self, name: str, every_steps: int, options: Mapping[str, Any], context: Context) -> None:
+        super().__init__(name, every_steps, options, context)
+        self.task, self.itm_rerank = None, options["itm_rerank"]
+        if not context.has_images:
+            return
+        try:
+            self.task = vision_tasks.retrieval_task(options["data"] or context.data_dir, self.encode, self.image_size,
+                                                    self.max_length, options["limit"])
+        except (ValueError, FileNotFoundError) as e:
+            if options["data"]:
+                raise ConfigError(f"config.eval.evaluators.{name}.data: {e}") from e
+            log.warning("config.eval.evaluators.%s: no retrieval during training: %s", name, e)
+
+    def run(self, params: Any) -> dict[str, float]:
+        if self.task is None:
+            return {}
+        result, *_ = vision_tasks.score_retrieval(self.task, *self.functions(params), self.itm_rerank)
+        return {f"retrieval/{k}": v for k, v in result.items() if "_r" in k and v is not None}
+
+
+TYPES: dict[str, type[Evaluator]] = {"validation_loss": ValidationLoss, "pppl": PseudoPerplexity, "blimp": Blimp,
+                                     "zeroshot": ZeroShot, "retrieval": Retrieval}
 
 
 def specs(config: ConfigDict) -> list[tuple[type[Evaluator], str, int, dict[str, Any]]]:

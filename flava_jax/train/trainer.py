@@ -408,8 +408,9 @@ class Trainer:
             for event in self.scheduler.update(self.step, validation):
                 log.info("scheduler: %s", event)
         self.log.writer.write(self.step, metrics)
+        shown = ("val/", "blimp/acc", "zeroshot/", "retrieval/")
         log.info("eval at step %d: %s", self.step, {k: round(v, 4) for k, v in metrics.items()
-                                                     if "/" not in k or k.startswith(("val/", "blimp/acc"))})
+                                                     if "/" not in k or k.startswith(shown)})
         return metrics
 
     def _save(self, metrics: dict[str, float] | None = None) -> None:

@@ -31,19 +31,6 @@ PARADIGMS = ("adjunct_island", "anaphor_gender_agreement", "determiner_noun_agre
 
 
 @pytest.fixture(scope="module")
-def export(debug_data: Path, tmp_path_factory: pytest.TempPathFactory, tiny_params: Any) -> Path:
-    """The tiny model with weights spread out (so PLLs differ clearly between sentences) and the sample's
-    tokenizer."""
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda x: np.asarray(x) + 0.1 * rng.standard_normal(x.shape).astype(np.float32),
-                          tiny_params)
-    out = tmp_path_factory.mktemp("export")
-    save_pretrained(FlavaConfig.from_preset("tiny"), params, out,
-                    tokenizer=Tokenizer.load(debug_data / "tokenizer.model"))
-    return out
-
-
-@pytest.fixture(scope="module")
 def blimp_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.conftest import SHARED_DATA
 

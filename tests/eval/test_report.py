@@ -162,3 +162,76 @@ def test_a_run_on_all_of_the_sample_has_no_deltas_but_a_report(tmp_path: Path) -
     assert report["deltas"]["ours"] == {} and report["cells"]["all/all"]["paper"] is None
     assert "No deltas of ours" in (tmp_path / "report" / "report.md").read_text()
     assert (tmp_path / "report" / "blimp_deltas.png").stat().st_size
+
+
+def _with_images(results: dict[str, Any], top1: float, top5: float, i2t: tuple[float, float, float]) -> dict[str, Any]:
+    """`results` with ImageNet zero-shot results and retrieval over 1000 pairs (text-to-image: i2t + 0.01 each)."""
+    recalls = {f"i2t_r{k}": r for k, r in zip((1, 5, 10), i2t, strict=True)}
+    recalls |= {f"t2i_r{k}": r + 0.01 for k, r in zip((1, 5, 10), i2t, strict=True)}
+    return results | {
+        "zeroshot": {"top1": top1, "top5": top5, "images": 50_000, "classes": 1000, "templates": 80,
+                     "special_tokens": False, "layout": "imagefolder", "skipped": {"unreadable": 3}},
+        "retrieval": recalls | {"pairs": 1000, "chance": {"r1": 0.001, "r5": 0.005, "r10": 0.01}, "itm_rerank": 0}}
+
+
+def test_mtr_retrieval_and_regressions_by_hand(tmp_path: Path) -> None:
+    """Two 10M/40K runs averaged; one of two 100M/4M runs without zero-shot leaves that cell without MTR."""
+    root = tmp_path / "runs"
+    _write(root / "10M_0" / "results.json", _results(0.62, 0.60))
+    _write(root / "10M_40K_a" / "results.json", _with_images(_results(0.64, 0.61), 0.004, 0.02, (0.01, 0.04, 0.08)))
+    _write(root / "10M_40K_b" / "results.json", _with_images(_results(0.60, 0.62), 0.006, 0.03, (0.03, 0.06, 0.10)))
+    _write(root / "100M_0" / "results.json", _results(0.80, 0.70))
+    _write(root / "100M_4M_a" / "results.json", _with_images(_results(0.78, 0.71), 0.03, 0.09, (0.1, 0.2, 0.3)))
+    _write(root / "100M_4M_b" / "results.json", _results(0.82, 0.69))
+    report = write_report(load_runs([root]), tmp_path / "out")
+    cells = report["cells"]
+    assert cells["10M/40K"]["ours"]["zeroshot"] == pytest.approx({"top1": 0.5, "top5": 2.5})
+    retrieval = dict(cells["10M/40K"]["ours"]["retrieval"])
+    assert retrieval.pop("chance") == pytest.approx({"r1": 0.1, "r5": 0.5, "r10": 1.0})
+    assert retrieval == pytest.approx({"i2t_r1": 2.0, "i2t_r5": 5.0, "i2t_r10": 9.0, "t2i_r1": 3.0, "t2i_r5": 6.0,
+                                       "t2i_r10": 10.0})
+    assert cells["10M/40K"]["paper_mtr"] == {"top1": 0.52, "top5": 2.00}  # the thesis's half-size table
+    assert cells["100M/4M"]["ours"]["zeroshot"] is None and cells["100M/4M"]["ours"]["retrieval"] is None
+    assert cells["100M/4M"]["paper_mtr"] == {"top1": 2.46, "top5": 7.54}
+    assert cells["10M/0"]["ours"]["zeroshot"] is None and cells["10M/0"]["paper_mtr"] is None
+
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "## ImageNet zero-shot (MTR) and retrieval" in markdown and "![MTR" in markdown
+    assert "| 10M/40K | 2 | 0.50 | 0.52 | 2.50 | 2.00 | 2.00 | 5.00 | 9.00 | 3.00 | 6.00 | 10.00 | " \
+           "0.10 / 0.50 / 1.00 |" in markdown
+    assert "| 100M/4M | 2 | – | 2.46 | – | 7.54 | – | – | – | – | – | – | – / – / – |" in markdown
+    assert "| 10M/0 | 1 | – | – | – | – |" in markdown
+    assert (tmp_path / "out" / "mtr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Two text budgets and two image budgets: ours fitted beside the published model and the paper's table refitted
+    # (7.21: tests/eval/test_regression.py checks it against least squares).
+    assert report["paper_size"] == "full"
+    assert "## Mixed linear models (the paper's analysis)" in markdown
+    assert "| Score ~ Words + Images | Words | +7.59 (0.70, p < .001) | +7.21 (0.69, p < .001) | +" in markdown
+    assert "| Score ~ Images (10M words) | Images | +0.01 (–, p = .96) | +0.01 (0.21, p = .964) |" in markdown
+    ours = report["regression"]["ours"]["Score ~ Words + Images"]
+    assert ours["cells"] == 4 and ours["rows"] == 48 and ours["coefficients"]["Words"]["coef"] > 0
+    assert "- Score ~ Words + MTR (ours): not fitted: no zero-shot results (MTR) for 100M/4M." in markdown
+
+
+def test_without_zero_shot_one_line_and_one_text_budget_fits_no_words(runs: Path, tmp_path: Path) -> None:
+    loaded = load_runs([runs / "10M_0", runs / "a" / "eval", runs / "b1", runs / "b2"],
+                       {str(runs / "b1"): "10M/4M", str(runs / "b2"): "10M/4M"})
+    report = write_report(loaded, tmp_path / "out")
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "No run has ImageNet zero-shot (MTR) results (evaluate with --tasks=zeroshot)" in markdown
+    assert "## ImageNet zero-shot" not in markdown and not (tmp_path / "out" / "mtr.png").exists()
+    assert report["paper_size"] == "half"  # the published half-size numbers, with the thesis's caveat
+    assert "| Score ~ Words + MTR | MTR | -1.08 (–, p = .001) |" in markdown and "random noise" in markdown
+    assert "- Score ~ Words + Images (ours): not fitted: Words takes 1 value (10M)." in markdown
+    assert "coefficients" in report["regression"]["ours"]["Score ~ Images (10M words)"]
+
+
+def test_without_statsmodels_the_report_shows_the_published_numbers(runs: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "statsmodels.formula.api", None)  # its import now fails
+    report = write_report(load_runs([runs / "10M_0", runs / "100M_40K"]), tmp_path / "out")
+    assert report["regression"]["paper_fit"] is None and report["regression"]["ours"] is None
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "Not fitted: statsmodels is not installed: pip install -e '.[report]'." in markdown
+    assert "| Score ~ Words + Images | Images | -0.27 (0.25, p = .29) | – | – |" in markdown

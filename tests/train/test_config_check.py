@@ -129,6 +129,8 @@ def test_a_bad_value_stops_the_trainer_at_start_up_naming_it(key: str, value: in
     ("eval.evaluators.validation.batch_size", [1], [0]),
     ("eval.evaluators.pppl.texts", [0, 2000], [-1]),
     ("eval.evaluators.blimp.limit", [1], [0]),
+    ("eval.evaluators.zeroshot.limit", [None, 1], [0]),
+    ("eval.evaluators.zeroshot.templates", [None, 80], [0]),
     ("seed", [0, 5501650], [-1]),
 ])
 def test_values_are_checked_against_their_rule(key: str, good: list, bad: list) -> None:

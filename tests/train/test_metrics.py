@@ -349,7 +349,7 @@ def test_a_bad_line_before_the_last_is_an_error_naming_file_and_line(tmp_path: P
     assert path.read_text() == "\n".join([ROWS[0], bad, ROWS[2]]) + "\n"  # left as it was
 
 
-def _tfrecords(path: Path) -> list[bytes]:
+def tfrecords(path: Path) -> list[bytes]:
     """The records of a TFRecord file, read by its layout (u64 length, u32 masked CRC, data, u32 masked CRC) with
     no writer code; each CRC checked with tensorboardX's CRC32C."""
     from tensorboardX.crc32c import crc32c
@@ -389,7 +389,7 @@ def test_tensorboard_events_are_on_disk_after_each_write_with_no_thread_left(tmp
     writer.write(2**40, {"a/b": -0.125})
     assert threading.active_count() == threads
     (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
-    parsed = [Event.FromString(record) for record in _tfrecords(events)]
+    parsed = [Event.FromString(record) for record in tfrecords(events)]
     assert parsed[0].file_version == "brain.Event:2"
     assert [(e.step, {v.tag: v.simple_value for v in e.summary.value}) for e in parsed[1:]] == [
         (5, {"loss": 2.5, "perf/steps_per_s": 0.25}), (10, {"loss": 1.5, "count": 3.0}), (2**40, {"a/b": -0.125})]

@@ -258,18 +258,59 @@ def _wait_for(condition: Any, *processes: subprocess.Popen, timeout: float = 600
         time.sleep(0.05)
 
 
-# The uninterrupted run that the resume tests rerun in pieces and must equal bit for bit: 24 steps, saved every 4 (the
-# last 3 kept), validated every 8; pseudo-perplexity off (nothing here reads it).
-_REFERENCE = ("--config.total_steps=24", "--config.checkpoint_every_steps=4", "--config.keep_checkpoints=3",
-              "--config.eval.every_steps=8", "--config.eval.evaluators.pppl.texts=0")
+@pytest.fixture(scope="session")
+def sample_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample's images as a zero-shot set of four class folders, with its class-names file."""
+    from flava_jax.data.sample import SAMPLE_DIR
+
+    root = tmp_path_factory.mktemp("sample_classes")
+    classes = {"chelsea.png": "cat", "clock_motion.png": "clock", "coins.png": "coin", "rocket.jpg": "rocket"}
+    for file, name in classes.items():
+        (root / "set" / name).mkdir(parents=True)
+        shutil.copy(SAMPLE_DIR / "images" / file, root / "set" / name / file)
+    (root / "names.txt").write_text("".join(f"{name}\n" for name in classes.values()))
+    return root
+
+
+def _reference(sample_classes: Path) -> tuple[str, ...]:
+    """The uninterrupted run that the resume tests rerun in pieces and must equal bit for bit: 24 steps, saved every
+    4 (the last 3 kept), validated every 8, with zero-shot on the sample's images and retrieval on the held-out
+    pairs; pseudo-perplexity off (nothing here reads it)."""
+    return ("--config.total_steps=24", "--config.checkpoint_every_steps=4", "--config.keep_checkpoints=3",
+            "--config.eval.every_steps=8", "--config.eval.evaluators.pppl.texts=0",
+            f"--config.eval.evaluators.zeroshot.dir={sample_classes / 'set'}",
+            f"--config.eval.evaluators.zeroshot.class_names={sample_classes / 'names.txt'}",
+            "--config.eval.evaluators.zeroshot.templates=4")
 
 
 @pytest.fixture(scope="session")  # not module: pytest would train again after other modules' tests
-def reference_run(debug_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The _REFERENCE run's workdir, trained once for the tests of its xdist group ("reference_run")."""
+def reference_run(debug_data: Path, sample_classes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The _reference run's workdir, trained once for the tests of its xdist group ("reference_run")."""
     workdir = tmp_path_factory.mktemp("reference") / "run"
-    _run(_command(workdir, debug_data, *_REFERENCE))
+    _run(_command(workdir, debug_data, *_reference(sample_classes)))
     return workdir
+
+
+@pytest.mark.xdist_group("reference_run")
+def test_zeroshot_and_retrieval_are_logged_at_each_evaluation(reference_run: Path) -> None:
+    """metrics.jsonl and TensorBoard hold zero-shot top-1/top-5 over the sample's 4 classes and retrieval recall
+    over its held-out pairs at steps 8, 16 and 24, each a fraction a count of hits over 4 images (or over the pairs'
+    candidates) can give."""
+    pytest.importorskip("tensorboardX")
+    from tensorboardX.proto.event_pb2 import Event
+
+    from tests.train.test_metrics import tfrecords
+
+    rows = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [r for r in rows if "zeroshot/top1" in r]
+    assert [r["step"] for r in evaluations] == [8, 16, 24]
+    for row in evaluations:
+        assert row["zeroshot/top5"] == 1.0  # 4 classes: every image's class is in its top 5
+        assert row["zeroshot/top1"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+        assert {"retrieval/i2t_r1", "retrieval/t2i_r1"} <= set(row) and 0 <= row["retrieval/i2t_r1"] <= 1
+    (events,) = (reference_run / "tensorboard").glob("events.out.tfevents.*")
+    tags = {v.tag for record in tfrecords(events) for v in Event.FromString(record).summary.value}
+    assert {"zeroshot/top1", "zeroshot/top5", "retrieval/i2t_r1", "retrieval/t2i_r1"} <= tags
 
 
 def _with_cache(command: list[str], cache: Path) -> list[str]:
@@ -339,7 +380,7 @@ def _train_step_compiles(log: str) -> list[bool]:
 @pytest.mark.slow
 @pytest.mark.xdist_group("reference_run")
 def test_sigkill_then_rerun_is_bit_identical_and_takes_the_compiled_step_from_the_persistent_cache(
-        reference_run: Path, debug_data: Path, tmp_path: Path) -> None:
+        reference_run: Path, debug_data: Path, sample_classes: Path, tmp_path: Path) -> None:
     """The reference run killed by SIGKILL once its first checkpoint is complete, then rerun: its metrics.jsonl and
     final state are the uninterrupted run's, bit for bit. config.compilation_cache_dir (on by default), here an
     empty one: the killed run missed it for every train step it compiled; the rerun (a restart after preemption)
@@ -348,7 +389,7 @@ def test_sigkill_then_rerun_is_bit_identical_and_takes_the_compiled_step_from_th
     env = {**{k: v for k, v in _env().items() if k != "JAX_COMPILATION_CACHE_DIR"},
            "JAX_DEBUG_LOG_MODULES": "jax._src.compiler"}
     killed, log = tmp_path / "killed", tmp_path / "killed.log"
-    command = _with_cache(_command(killed, debug_data, *_REFERENCE), tmp_path / "xla")
+    command = _with_cache(_command(killed, debug_data, *_reference(sample_classes)), tmp_path / "xla")
     process = _spawn(command, log, env)
     _wait_for(lambda: (killed / "checkpoints" / "4").is_dir(), process)
     process.send_signal(signal.SIGKILL)
@@ -508,7 +549,7 @@ def test_a_resume_refuses_a_changed_experiment_and_records_an_accepted_change(
 @pytest.mark.slow
 @pytest.mark.xdist_group("reference_run")
 def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_previous_one(
-        reference_run: Path, debug_data: Path, tmp_path: Path) -> None:
+        reference_run: Path, debug_data: Path, sample_classes: Path, tmp_path: Path) -> None:
     """A copy of the reference run, its checkpoints 16, 20 and 24; 64 flipped bytes in step 24's largest data file
     and step 20's truncated to half: the rerun reports each in one line, moves both to corrupt/, resumes from step
     16 and ends as the uninterrupted run did."""
@@ -519,7 +560,7 @@ def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the
     flip_bytes(largest_data_file(workdir / "checkpoints" / "24"))
     truncated = largest_data_file(workdir / "checkpoints" / "20")
     truncated.write_bytes(truncated.read_bytes()[:len(truncated.read_bytes()) // 2])
-    stderr = _run(_command(workdir, debug_data, *_REFERENCE)).stderr
+    stderr = _run(_command(workdir, debug_data, *_reference(sample_classes))).stderr
     for step in (24, 20):
         assert f"checkpoint step {step} in {workdir / 'checkpoints'} is corrupt" in stderr, stderr[-3000:]
         assert (workdir / "checkpoints" / "corrupt" / str(step) / "sha256.json").is_file()
