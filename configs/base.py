@@ -163,6 +163,8 @@ def get_config() -> ConfigDict:
     config.keep_checkpoints = 2  # the latest N, plus the best by pseudo-perplexity
     config.log_every_steps = 10
     config.compilation_cache_dir = "~/.cache/flava_jax/xla"  # persistent XLA cache; "" turns it off
+    # an export to start from instead of a random init (e.g. a released checkpoint: python -m flava_jax.export --from)
+    config.init_from = config_dict.placeholder(str)
     # On CPU, XLA's per-step temporaries reused instead of faulted in afresh each step ("auto": on a CPU-only JAX for
     # half- and full-size models; "keep": always; "system": malloc as it is). See flava_jax/train/host_malloc.py.
     config.host_malloc = "auto"

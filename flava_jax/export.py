@@ -4,6 +4,10 @@
 EXPORT gets config.json + model.safetensors (`transformers.FlavaForPreTraining.from_pretrained(EXPORT)`, no
 missing or unexpected weights) and the run's tokenizer (`AutoTokenizer.from_pretrained(EXPORT)`, the same ids).
 The model config and the tokenizer come from DIR/run.json, which the trainer writes when a run starts.
+
+`python -m flava_jax.export --from=REPO_ID_OR_DIR --out=EXPORT` converts one of the paper's released checkpoints
+(a Hub id, or its local snapshot: flava_jax/eval/paper_checkpoint.py) into such an export instead, which the
+evaluator scores and the trainer starts from (`--config.init_from=EXPORT`). It needs the eval extra (torch).
 """
 
 from __future__ import annotations
@@ -93,6 +97,19 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: str | int =
     return save_pretrained(config, params, out, tokenizer=load_tokenizer(tokenizer_path)), chosen
 
 
+def convert_released(source: str, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """One of the paper's released checkpoints (`source`: a Hub id or a local snapshot) as an export at `out`;
+    exits with one line when it cannot be."""
+    from flava_jax.eval.paper_checkpoint import export_of  # torch: only when converting
+    from flava_jax.eval.torch_pll import BadExport
+
+    try:
+        _check_out(Path(out), overwrite)
+        return export_of(source, out)
+    except (ExportError, BadExport) as e:
+        sys.exit(f"error: {e}")
+
+
 def main() -> None:
     """The command line; flags are defined here so that importing this module defines none."""
     workdir = flags.DEFINE_string("workdir", None, "The training run's directory.")
@@ -100,15 +117,23 @@ def main() -> None:
     step_flag = flags.DEFINE_string("step", "latest", "latest, best (lowest pseudo-perplexity) or a step number.")
     overwrite = flags.DEFINE_bool("overwrite", False, "Write into --out even when it is not empty (its files of the "
                                   "same names are replaced, others kept).")
+    source = flags.DEFINE_string("from", None, "Instead of --workdir: one of the paper's released checkpoints (a Hub "
+                                 "id such as theodor1289/bestckpt_half_sized_text1_vision1, or its local snapshot), "
+                                 "converted to an export at --out.")
 
     def run(argv: list[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        if not workdir.value or not out_dir.value:
-            raise app.UsageError("both --workdir and --out are required")
+        if bool(workdir.value) == bool(source.value) or not out_dir.value:
+            raise app.UsageError("--out and one of --workdir or --from are required")
         if step_flag.value not in ("latest", "best") and not step_flag.value.isdigit():
             raise app.UsageError(f"--step: {step_flag.value!r} is not latest, best or a step number")
         logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it opens at INFO
+        if source.value:
+            converted = convert_released(source.value, out_dir.value, overwrite.value)
+            print(f"converted {source.value} to {converted}: score it with python -m flava_jax.evaluate "
+                  f"--model={converted}, or train from it with --config.init_from={converted}")
+            return
         try:
             out, step = export(workdir.value, out_dir.value, step_flag.value, overwrite.value)
         except ExportError as e:

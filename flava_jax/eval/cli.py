@@ -45,6 +45,7 @@ from flava_jax.common.blimp import PARADIGMS, PHENOMENA, blimp_accuracy, read_bl
 from flava_jax.common.pll import LN2, pseudo_perplexity
 from flava_jax.common.progress import ProgressLog
 from flava_jax.data import prepare, records, vision_tasks
+from flava_jax.eval.paper_checkpoint import export_of
 from flava_jax.eval.torch_features import image_features, itm_scores, text_features
 from flava_jax.eval.torch_pll import BadExport, TorchPLL, load_export, torch_device, word_ids
 
@@ -163,9 +164,11 @@ def evaluate_retrieval(model: Any, tokenizer: Any, path: str | os.PathLike, limi
                                         lambda ids, pixels: itm_scores(model, ids, pixels, pad), itm_rerank)
 
 
-def write_report(results: dict[str, Any], out: Path, model: str) -> None:
-    """results.json, results.md and bar plots of BLiMP's phenomena and the fine-tuned tasks' metrics."""
-    (out / "results.json").write_text(json.dumps({"model": model, **results}, indent=1) + "\n")
+def write_report(results: dict[str, Any], out: Path, model: str, export: Path) -> None:
+    """results.json (with `model` as given and the `export` scored), results.md and bar plots of BLiMP's phenomena
+    and the fine-tuned tasks' metrics."""
+    (out / "results.json").write_text(json.dumps({"model": model, "export": str(export), **results}, indent=1)
+                                      + "\n")
     lines = [f"# Evaluation of `{model}`", ""]
     for key, title in PLL_METRICS.values():
         if key not in results:
@@ -246,9 +249,10 @@ def evaluate(model_dir: str | os.PathLike, tasks: list[str], data: str | os.Path
         raise ValueError(f"--pll: {list(pll)} is not a list of {', '.join(PLL_METRICS)}")
     device = torch_device(device)
     vision = vision or VisionOptions()
+    export = export_of(str(model_dir))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_export(model_dir, device)
+    model, tokenizer = load_export(export, device)
     results: dict[str, Any] = {}
     if "blimp" in tasks:
         results.update(evaluate_blimp(model, tokenizer, data, out, limit, pll, blimp_strict))
@@ -273,13 +277,15 @@ def evaluate(model_dir: str | os.PathLike, tasks: list[str], data: str | os.Path
             results[suite], results[f"{suite}_runs"] = finetune_suite(model, tokenizer, suite, finetune or Options(),
                                                                       data, limit, device)
             log.info("%s: %s", suite, results[suite])
-    write_report(results, out, str(model_dir))
+    write_report(results, out, str(model_dir), export)
     return results
 
 
 def main() -> None:
     """The command line; flags are defined here so that importing this module defines none."""
-    model = flags.DEFINE_string("model", None, "An export (python -m flava_jax.export).")
+    model = flags.DEFINE_string("model", None, "An export (python -m flava_jax.export), or one of the paper's "
+                                "released checkpoints: a Hub id (theodor1289/bestckpt_half_sized_...) or its local "
+                                "snapshot, converted once to an export beside it.")
     tasks = flags.DEFINE_list("tasks", ["blimp"], f"Any of {', '.join(TASKS)}.")
     data = flags.DEFINE_string("data", None, "BLiMP's directory (or a directory holding blimp/ and pppl.txt).")
     out = flags.DEFINE_string("out", None, "Where results.json, results.md, plots and predictions go.")

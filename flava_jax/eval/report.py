@@ -7,10 +7,13 @@ subfolders hold them. Each run's grid cell (text words / images, e.g. "10M/40K")
 2. `config.data.text_words` / `config.data.images` of the trainer's run.json, looked for beside results.json, in
    the folder above it, in the export named by results.json's "model", and in the folder above that (the
    workdir, when the export was written inside it); a budget of -1 ("all of it", as configs/debug.py) reads "all";
-3. a grid config's name (`10M_40K`, as configs/10M_40K.py) in the results path or the model path.
+3. a grid config's name (`10M_40K`, as configs/10M_40K.py) in the results path or the model path;
+4. the name of one of the paper's released checkpoints (`bestckpt_half_sized_text10M_vision40K`, or with the
+   reference's percentages, `text1_vision1`: text 1% = 10M words, images 1% = 40K) in the model path or Hub id.
 The model size (which paper table to compare with) comes from the text encoder's width in run.json or in the
 export's config.json (768: full, docs/reference.md#full-size-results; 516: half,
-docs/reference.md#half-size-results); `--paper` overrides it. Runs in the same cell are averaged.
+docs/reference.md#half-size-results), else from a released checkpoint's name (`half_sized`, `full_sized`);
+`--paper` overrides it. Runs in the same cell are averaged.
 
 OUT gets report.md and report.json (BLiMP average, per-phenomenon accuracy and PPPL beside the paper's, in
 percent) and blimp_deltas.png: per phenomenon, each cell with images minus the text-only cell of its text budget,
@@ -54,6 +57,11 @@ AVERAGE = "average"
 SHORT = {name: short for short, name in COLUMNS.items()} | {AVERAGE: "average"}
 _BUDGET = r"(?:\d+(?:\.\d+)?[KM]?|all)"
 _CELL = re.compile(rf"({_BUDGET})[_/]({_BUDGET})", re.IGNORECASE)
+# The released checkpoints' names: bestckpt_{half,full}_sized_text{t}_vision{v}, t and v budgets or percentages.
+_RELEASED = re.compile(r"(?:(half|full)_sized_)?text(\d+(?:\.\d+)?[KM]?)_vision(\d+(?:\.\d+)?[KM]?)",
+                       re.IGNORECASE)
+# The reference's percentages of WiT's train split (docs/reference.md#budgets): text 1% ~ 10M words, images 1% ~ 40K.
+PERCENT_UNITS = (10_000_000, 40_000)
 ALL = -1  # a budget of -1 (the data config's "all of it", as configs/debug.py uses) is written "all"
 _UNITS = {"": 1, "K": 1_000, "M": 1_000_000}
 ZEROSHOT_CHANCE = {"top1": 0.1, "top5": 0.5}  # percent: ImageNet-1k zero-shot at chance (1000 classes)
@@ -143,9 +151,10 @@ def _size(width: Any) -> str | None:
 def identify(given: str, source: Path, results: Mapping[str, Any],
              labels: Mapping[str, str]) -> tuple[str, str | None, str]:
     """(grid cell, model size or None, how the cell was found) of one run, by the rule in the module docstring."""
-    export_config = Path(results.get("model", "")) / "config.json"
+    export = results.get("export") or results.get("model")
+    export_config = Path(export or "") / "config.json"
     size = None
-    if results.get("model") and export_config.is_file():
+    if export and export_config.is_file():
         size = _size(json.loads(export_config.read_text()).get("text_config", {}).get("hidden_size"))
     for key in (given, str(source), str(source.parent)):
         if key in labels:
@@ -161,9 +170,20 @@ def identify(given: str, source: Path, results: Mapping[str, Any],
         for match in _CELL.finditer(text):
             if match[1].upper().endswith("M"):  # a text budget: 10M_40K, not a date or a step
                 return cell_label(budget(match[1]), budget(match[2])), size, f"the path ({match[0]})"
+    for text in (str(results.get("model", "")), str(source)):
+        if match := _RELEASED.search(text):
+            return _released_cell(match[2], match[3]), size or (match[1] or "").lower() or None, \
+                f"a released checkpoint's name ({match[0]})"
     raise ValueError(f"{source}: cannot tell its grid cell (no --label, no run.json with config.data.text_words and "
                      f"images beside it or its export, no name like 10M_40K in its path); pass --label "
                      f"{given}=10M/40K")
+
+
+def _released_cell(text: str, images: str) -> str:
+    """The grid cell of a released checkpoint's `text{t}_vision{v}`: budgets (10M, 40K) as they are, bare numbers
+    as the reference's percentages."""
+    return cell_label(*(budget(value) if value[-1].isalpha() else round(float(value) * unit)
+                        for value, unit in zip((text, images), PERCENT_UNITS, strict=True)))
 
 
 def load_runs(paths: Sequence[str | Path], labels: Mapping[str, str] | None = None) -> list[Run]:

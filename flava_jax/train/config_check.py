@@ -23,8 +23,8 @@ from flava_jax.train.sharding import MESH_AXES
 
 KEYS = {
     "config": ("seed", "model", "total_steps", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
-               "compilation_cache_dir", "host_malloc", "allow_config_change", "data", "train", "optim", "sharding",
-               "eval", "scheduler"),
+               "compilation_cache_dir", "init_from", "host_malloc", "allow_config_change", "data", "train", "optim",
+               "sharding", "eval", "scheduler"),
     "config.data": ("dir", "stage_dir", "sources", "fetch"),
     "config.train": ("batch_size", "micro_batch_size", "sampling_temperature", "text_percent", "image_percent",
                      "contrastive_negatives"),
@@ -115,6 +115,7 @@ RULES: dict[str, Rule] = {
     "config.checkpoint_every_steps": POSITIVE,
     "config.keep_checkpoints": POSITIVE,
     "config.log_every_steps": POSITIVE,
+    "config.init_from": _optional(STRING),
     "config.data.sources": _sequence(STRING),
     "config.data.image_dirs": _sequence(STRING),
     "config.data.text_words": _ints(-1),  # -1: everything the sources hold

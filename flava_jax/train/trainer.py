@@ -35,8 +35,8 @@ from flava_jax.model.config import FlavaConfig
 from flava_jax.model.flava import FlavaForPreTraining
 from flava_jax.train import checkpoint as checkpoint_lib
 from flava_jax.train import evaluators as evaluators_lib
+from flava_jax.train import init_from, optim, run_file
 from flava_jax.train import metrics as metrics_lib
-from flava_jax.train import optim, run_file
 from flava_jax.train import sharding as sharding_lib
 from flava_jax.train.config_check import check_config
 from flava_jax.train.scheduler import MultimodalScheduler, micro_batch_sizes, stream_weights
@@ -334,12 +334,16 @@ class Trainer:
         changes = run_file.check_resume(self.workdir, previous["config"], config.to_dict()) if previous else []
         if any(key.startswith("config.model.") for key, _, _ in changes):
             _check_shapes(previous, model_cfg)
+        if config.init_from and not previous:
+            init_from.check_architecture(config.init_from, model_cfg)
         self.workdir.mkdir(parents=True, exist_ok=True)
         mesh = sharding_lib.make_mesh(config.sharding.mesh, devices)
         data_dir = prepared_data(config, self.workdir)
         manifest = pipeline.manifest(data_dir)
         streams = [s for s, key in pipeline.STREAM_KEYS.items() if manifest["shards"].get(key)]
         tokenizer, tokenizer_file, tokenizer_sha256 = _tokenizer(data_dir, manifest, model_cfg, previous)
+        if config.init_from and not previous:
+            init_from.check_tokenizer(config.init_from, tokenizer)
         self.plan = plan(config, streams, mesh)
         log.info("mesh %s; streams %s; micro-batch %s x %d accumulation = %d examples per step", dict(mesh.shape),
                  {s: round(w, 4) for s, w in self.plan.weights.items()}, self.plan.micro_batch,
@@ -377,6 +381,9 @@ class Trainer:
         """(state, step, the step last saved): the latest checkpoint's, with the data and scheduler positions, or a
         fresh state at step 0."""
         restored, bad = self.checkpoints.restore_newest_good(self.parts.abstract_state)
+        if restored is None and self.config.init_from:
+            log.info("starting from the weights of %s (config.init_from)", self.config.init_from)
+            return self._state_from(init_from.initial_params(self.config.init_from, self.parts.model.config)), 0, -1
         if restored is None:
             return self.parts.init_state(jax.random.key(self.config.seed)), 0, -1
         state, data_state, scheduler_state, step = restored
@@ -388,6 +395,15 @@ class Trainer:
         else:
             log.info("resumed from %s at step %d", self.checkpoints.directory, step)
         return state, step, step
+
+    def _state_from(self, params: Any) -> TrainState:
+        """A step-0 state holding `params` (host arrays, whole on every process), placed as the run shards them."""
+        shardings = self.parts.state_shardings
+        placed = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: np.asarray(x)[index]),
+                              params, shardings.params)
+        opt_state = jax.jit(self.parts.tx.init, out_shardings=shardings.opt_state)(placed)
+        return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step), params=placed,
+                          opt_state=opt_state)
 
     def _step_context(self, step: int) -> dict[str, float]:
         """What a logged row adds to the step's metrics: learning rates and the sampling and loss weights."""
