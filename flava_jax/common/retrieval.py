@@ -19,6 +19,11 @@ import numpy as np
 KS = (1, 5, 10)
 
 
+def recall_keys(ks: Sequence[int] = KS) -> list[str]:
+    """The recall entries `recalls` returns: i2t_r1, t2i_r1, i2t_r5, ..."""
+    return [f"{way}_r{k}" for k in ks for way in ("i2t", "t2i")]
+
+
 def recalls(similarity: np.ndarray, image_of_text: np.ndarray, ks: Sequence[int] = KS,
             text_to_image: np.ndarray | None = None) -> dict[str, float | None]:
     """(images, texts) similarities and each text's image index -> i2t_r{k} and t2i_r{k} (fractions); None for a k

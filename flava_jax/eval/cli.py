@@ -44,6 +44,7 @@ from absl import app, flags
 from flava_jax.common.blimp import PARADIGMS, PHENOMENA, blimp_accuracy, read_blimp
 from flava_jax.common.pll import LN2, pseudo_perplexity
 from flava_jax.common.progress import ProgressLog
+from flava_jax.common.retrieval import recall_keys
 from flava_jax.data import prepare, records, vision_tasks
 from flava_jax.eval.paper_checkpoint import export_of
 from flava_jax.eval.torch_features import image_features, itm_scores, text_features
@@ -269,7 +270,7 @@ def evaluate(model_dir: str | os.PathLike, tasks: list[str], data: str | os.Path
     if "retrieval" in tasks:
         results["retrieval"], *_ = evaluate_retrieval(model, tokenizer, vision.retrieval_data or data, limit,
                                                       vision.itm_rerank)
-        log.info("retrieval: %s", {k: v for k, v in results["retrieval"].items() if "_r" in k})
+        log.info("retrieval: %s", {k: results["retrieval"][k] for k in recall_keys()})
     for suite in ("glue", "msgs"):
         if suite in tasks:
             from flava_jax.eval.finetune import Options, finetune_suite  # torch at import: only when fine-tuning

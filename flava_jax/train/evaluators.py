@@ -30,6 +30,7 @@ from ml_collections import ConfigDict
 
 from flava_jax.common.blimp import blimp_accuracy, read_blimp
 from flava_jax.common.pll import LN2, pseudo_perplexity
+from flava_jax.common.retrieval import recall_keys
 from flava_jax.common.settings import ConfigError
 from flava_jax.data import pipeline, records, vision_tasks
 from flava_jax.data.prepare import read_stream
@@ -243,7 +244,7 @@ class Retrieval(_VisionEvaluator):
         if self.task is None:
             return {}
         result, *_ = vision_tasks.score_retrieval(self.task, *self.functions(params), self.itm_rerank)
-        return {f"retrieval/{k}": v for k, v in result.items() if "_r" in k and v is not None}
+        return {f"retrieval/{k}": result[k] for k in recall_keys() if result[k] is not None}
 
 
 TYPES: dict[str, type[Evaluator]] = {"validation_loss": ValidationLoss, "pppl": PseudoPerplexity, "blimp": Blimp,

@@ -308,6 +308,8 @@ def test_zeroshot_and_retrieval_are_logged_at_each_evaluation(reference_run: Pat
         assert row["zeroshot/top5"] == 1.0  # 4 classes: every image's class is in its top 5
         assert row["zeroshot/top1"] in (0.0, 0.25, 0.5, 0.75, 1.0)
         assert {"retrieval/i2t_r1", "retrieval/t2i_r1"} <= set(row) and 0 <= row["retrieval/i2t_r1"] <= 1
+        assert {k for k in row if k.startswith("retrieval/")} <= {f"retrieval/{w}_r{k}" for w in ("i2t", "t2i")
+                                                                   for k in (1, 5, 10)}
     (events,) = (reference_run / "tensorboard").glob("events.out.tfevents.*")
     tags = {v.tag for record in tfrecords(events) for v in Event.FromString(record).summary.value}
     assert {"zeroshot/top1", "zeroshot/top5", "retrieval/i2t_r1", "retrieval/t2i_r1"} <= tags
