@@ -62,6 +62,9 @@ def data_config() -> ConfigDict:
         mask_exact_count=True,  # False: the reference's early stop, which leaves 1 in 3 masks short of 75
         itm_negative_probability=0.1,
         itm_exclude_same_row=False,  # a fix: the reference may draw another text of the same image
+        # the paper's proposed controls, applied when training reads (one prepared dataset serves all three):
+        # "noise" (random pixels for every image) or "shuffled_pairs" (each pair another pair's image)
+        image_control="none",
         length_buckets=(),  # a fix: e.g. (64, 128, 256, 512) pads text-only batches to the bucket that fits
         bucket_window=16,  # steps' worth of text micro-batches sorted by length together
         workers=2,  # pipeline worker processes per stream
@@ -181,14 +184,17 @@ def get_config() -> ConfigDict:
 
 
 def grid_config(text_words: int, images: int, arg: str | None = None) -> ConfigDict:
-    """One cell of the paper's grid. `arg` is what follows the config path after ":", e.g.
-    --config=configs/10M_4M.py:model=half for the thesis size (default: model=full, the paper's)."""
+    """One cell of the paper's grid. `arg` is what follows the config path after ":", comma-separated, e.g.
+    --config=configs/10M_4M.py:model=half for the thesis size (default: model=full, the paper's), or
+    :control=noise / :control=shuffled_pairs for the paper's proposed image controls (data.image_control)."""
     options = dict(item.split("=", 1) for item in (arg or "").split(",") if item)
-    unknown = set(options) - {"model"}
+    unknown = set(options) - {"model", "control"}
     if unknown:
-        raise ValueError(f"config argument: unknown options {sorted(unknown)}; known: model=full|half|tiny")
+        raise ValueError(f"config argument: unknown options {sorted(unknown)}; known: model=full|half|tiny, "
+                         f"control=none|noise|shuffled_pairs")
     config = get_config()
     config.model = model_config(options.get("model", "full"))
+    config.data.image_control = options.get("control", "none")
     # The paper trained in bf16 mixed precision: f32 parameters, bf16 products, f32 softmax, LayerNorm and losses.
     config.model.dtype = "bfloat16"
     # One compiled layer per encoder, looped: the full step compiles for a TPU slice in minutes, not tens of minutes.

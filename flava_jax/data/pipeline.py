@@ -12,6 +12,14 @@ FlavaImageProcessor (resizes included), from 4x fewer bytes than f32.
 Text-only batches are padded to `text_max_length` (the reference pads to 512) unless `length_buckets` is set: then
 windows of batches are sorted by length and each batch is padded to the smallest bucket that fits, which changes
 no example's outputs (the attention mask hides the padding) but removes most of the padding work.
+
+`image_control` replaces what training sees of the images, for the paper's proposed controls, while everything else
+(architecture, objectives, budgets, schedule) stays: "noise" gives every image uniform random pixels of its stored
+size, drawn from the seed and the image's source row (the same for a row wherever it appears, and after a resume);
+"shuffled_pairs" gives each training pair the image of another pair, along one seeded cycle through the pair set
+(a derangement: no pair keeps its image, nor gets the same image stored for another row or text), so image
+statistics stay real and only the alignment is broken (the image stream is unchanged). Held-out data is never
+controlled: evaluation always sees real images and pairs.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ class PipelineSettings:
     mask_exact_count: bool  # False: stop early as the reference does (a third of its masks fall short)
     itm_negative_probability: float
     itm_exclude_same_row: bool  # a fix: never pick another text of the same image as a negative
+    image_control: str  # "none", "noise" or "shuffled_pairs" (module docstring)
     length_buckets: tuple[int, ...]  # empty: pad text-only batches to text_max_length, as the reference
     bucket_window: int  # batches sorted by length together
     workers: int  # worker processes per stream; 0 runs the transforms in the calling process
@@ -109,19 +118,54 @@ class TextTransform(grain.transforms.RandomMap):
 
 
 class ImageTransform(grain.transforms.RandomMap):
-    """record -> the stored image's uint8 pixels (H, W, 3) and a block mask over the model's patch grid."""
+    """record -> the stored image's uint8 pixels (H, W, 3) and a block mask over the model's patch grid; with
+    `noise`, seeded random pixels of the stored size in place of the image."""
 
-    def __init__(self, settings: PipelineSettings) -> None:
+    def __init__(self, settings: PipelineSettings, noise: bool = False) -> None:
         self.blocks = masking.BlockMasking(settings.grid_size, settings.mask_patches, settings.mask_min_block,
                                            settings.mask_min_aspect, exact=settings.mask_exact_count)
+        self.seed, self.noise = settings.seed, noise
 
-    def encode(self, jpeg: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        image = Image.open(io.BytesIO(jpeg))
+    def encode(self, example: records.Example, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        image = Image.open(io.BytesIO(example.image))
+        if self.noise:
+            return {"pixels": noise_image(self.seed, example.row, image.size), "bool_masked_pos": self.blocks(rng)}
         image = image.convert("RGB") if image.mode != "RGB" else image
         return {"pixels": np.asarray(image), "bool_masked_pos": self.blocks(rng)}
 
     def random_map(self, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        return self.encode(records.decode(record).image, rng)
+        return self.encode(records.decode(record), rng)
+
+
+def noise_image(seed: int, row: int, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 uniform noise for the image of source row `row`: a function of (seed, row) and the stored
+    (W, H) size alone, which PIL reads from the header without decoding the image."""
+    width, height = size
+    return np.random.default_rng([seed, row]).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+class ShuffledImages:
+    """A pair source whose record i carries the image of another record along one seeded cycle through all records
+    (`sigma[i]`, or the first record after it on the cycle whose image differs from its own: other texts of its row,
+    and the same photo on another page, share its image), its own text and row kept."""
+
+    def __init__(self, source: Any, seed: int) -> None:
+        self.source = source
+        order = np.random.default_rng([seed, len(source)]).permutation(len(source))
+        self.sigma = np.empty(len(source), np.int64)
+        self.sigma[order] = np.roll(order, -1)  # each record -> the next one in a random order: a single cycle
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> bytes:
+        own = records.decode(self.source[index])
+        other, seen = int(self.sigma[index]), 1
+        while seen < len(self) and (candidate := records.decode(self.source[other])).image == own.image:
+            other, seen = int(self.sigma[other]), seen + 1
+        if seen == len(self):
+            return self.source[index]  # every record holds this image: nothing to shuffle with
+        return records.encode(own.row, own.text, candidate.image)
 
 
 class PairTransform(grain.transforms.RandomMap):
@@ -147,8 +191,7 @@ class PairTransform(grain.transforms.RandomMap):
         text, label = example.text, 1
         if rng.random() < self.negative_probability and (negative := self.negative(example, rng)) is not None:
             text, label = negative.text, 0
-        return {**self.text.encode(text, rng), **self.image.encode(example.image, rng),
-                "itm_labels": np.int32(label)}
+        return {**self.text.encode(text, rng), **self.image.encode(example, rng), "itm_labels": np.int32(label)}
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -171,12 +214,13 @@ VALIDATION_KEYS = {"text": "heldout", "image": "heldout_image", "pairs": "heldou
 
 
 def _examples(settings: PipelineSettings, stream: str, transform: grain.transforms.RandomMap, offset: int,
-              process: tuple[int, int], train: bool) -> grain.MapDataset:
+              process: tuple[int, int], train: bool, records_of: Any = None) -> grain.MapDataset:
     """One stream's examples for this process: for training shuffled (reseeded every epoch) and endless, for
     validation in order and once. Transforms run before the process split, so each example gets the same masks
-    and negatives however many processes share the work."""
+    and negatives however many processes share the work. `records_of` wraps the stream's source."""
     seed = settings.seed + offset
-    data = grain.MapDataset.source(source(settings.data_dir, stream))
+    records_source = source(settings.data_dir, stream)
+    data = grain.MapDataset.source(records_of(records_source) if records_of else records_source)
     if train:
         data = data.shuffle(seed=seed).repeat()
     index, count = process
@@ -192,7 +236,7 @@ def stream_dataset(settings: PipelineSettings, stream: str, batch_size: int, tok
     process = process or (jax.process_index(), jax.process_count())
     keys = STREAM_KEYS if train else VALIDATION_KEYS
     text = TextTransform(tokenizer, settings.text_max_length, settings.mlm_probability)
-    image = ImageTransform(settings)
+    image = ImageTransform(settings, noise=train and settings.image_control == "noise")
     if stream == "text":
         examples = _examples(settings, keys["text"], text, 0, process, train)
         if train and settings.length_buckets:
@@ -206,7 +250,9 @@ def stream_dataset(settings: PipelineSettings, stream: str, batch_size: int, tok
         text = TextTransform(tokenizer, settings.pair_max_length, settings.mlm_probability)
         pairs = PairTransform(text, image, source(settings.data_dir, keys["pairs"]),
                               settings.itm_negative_probability, settings.itm_exclude_same_row)
-        return _examples(settings, keys["pairs"], pairs, 2000, process, train).batch(
+        shuffled = train and settings.image_control == "shuffled_pairs"
+        wrap = functools.partial(ShuffledImages, seed=settings.seed) if shuffled else None
+        return _examples(settings, keys["pairs"], pairs, 2000, process, train, wrap).batch(
             batch_size, drop_remainder=True, batch_fn=functools.partial(pad_batch, length=settings.pair_max_length))
     raise ValueError(f"unknown stream {stream!r}; expected one of {sorted(STREAM_KEYS)}")
 

@@ -25,7 +25,8 @@ Decisions:
   MTR left unlogged would give +6.88, -1.04: the thesis may not have logged it.)
 * A model is fitted only when each predictor takes at least 2 values, the predictors are not collinear over the
   cells, there are at least 2 categories and (for MTR) every cell with images has zero-shot results; otherwise its
-  entry says why. Cells with an "all" budget (configs/debug.py) have no number to regress on and are left out.
+  entry says why. Cells with an "all" budget (configs/debug.py) have no number to regress on and are left out, as
+  are runs under an image control (their images are not the budget's).
 * REML is optimised by BFGS to a gradient of 1e-10: statsmodels' default tolerance stops about 1e-5 (relative) short
   of the optimum in the standard errors. A fit statsmodels cannot do (scores the predictors explain exactly) is
   "not_fitted" with its error; its warnings (a variance on the boundary, no convergence) are kept with the fit.
@@ -44,7 +45,7 @@ import numpy as np
 
 from flava_jax.common.blimp import PHENOMENA
 from flava_jax.eval.paper_results import PAPER
-from flava_jax.eval.report import ALL, ZEROSHOT_CHANCE, budget_label, parse_cell
+from flava_jax.eval.report import ALL, ZEROSHOT_CHANCE, budget_label, control_of, parse_cell
 
 EPS = 1e-9  # added before log10 so that 0 images has a logarithm: the thesis's offset (module docstring)
 CHANCE_TOP1 = ZEROSHOT_CHANCE["top1"]  # percent: the MTR of runs without images
@@ -70,7 +71,7 @@ def table_rows(scores: Mapping[str, Mapping[str, float]], mtr: Mapping[str, floa
     rows = []
     for cell, cell_scores in scores.items():
         words, images = parse_cell(cell)
-        if ALL in (words, images):
+        if ALL in (words, images) or control_of(cell) != "none":  # a control's images are not the budget's
             continue
         for category in PHENOMENA:
             if category in cell_scores:

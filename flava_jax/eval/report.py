@@ -13,7 +13,9 @@ subfolders hold them. Each run's grid cell (text words / images, e.g. "10M/40K")
 The model size (which paper table to compare with) comes from the text encoder's width in run.json or in the
 export's config.json (768: full, docs/reference.md#full-size-results; 516: half,
 docs/reference.md#half-size-results), else from a released checkpoint's name (`half_sized`, `full_sized`);
-`--paper` overrides it. Runs in the same cell are averaged.
+`--paper` overrides it. Runs in the same cell are averaged. A run under an image control (run.json's
+`config.data.image_control`: noise, shuffled_pairs) is its own cell, labelled "10M/40K+noise": compared with the
+text-only cell of its budget in the deltas, with no paper numbers, and left out of the mixed models.
 
 OUT gets report.md and report.json (BLiMP average, per-phenomenon accuracy and PPPL beside the paper's, in
 percent) and blimp_deltas.png: per phenomenon, each cell with images minus the text-only cell of its text budget,
@@ -106,16 +108,27 @@ def cell_label(text_words: int, images: int) -> str:
 
 
 def parse_cell(label: str) -> tuple[int, int]:
-    """"10M/40K" (or "10M_40K") -> (text words, images)."""
-    match = _CELL.fullmatch(label.strip())
+    """"10M/40K" (or "10M_40K", or a control's "10M/40K+noise") -> (text words, images)."""
+    match = _CELL.fullmatch(label.strip().split("+")[0])
     if not match:
         raise ValueError(f"not a grid cell like 10M/40K: {label!r}")
     return budget(match[1]), budget(match[2])
 
 
-def cell_order(label: str) -> tuple[float, float]:
-    """A sort key: text budget, then images, "all" after every number."""
-    return tuple(math.inf if n == ALL else n for n in parse_cell(label))
+def control_of(label: str) -> str:
+    """The image control of a cell label ("10M/40K+noise" -> "noise"; "none" without one)."""
+    return label.split("+", 1)[1] if "+" in label else "none"
+
+
+def with_control(label: str, control: str | None) -> str:
+    """A cell label for runs under an image control (data.image_control): "10M/40K+noise"; "none" adds nothing."""
+    return label if control in (None, "none") else f"{label}+{control}"
+
+
+def cell_order(label: str) -> tuple[float, float, str]:
+    """A sort key: text budget, then images, "all" after every number, then the control (none first)."""
+    text, images = (math.inf if n == ALL else n for n in parse_cell(label))
+    return text, images, "" if control_of(label) == "none" else control_of(label)
 
 
 # ---------------------------------------------------------------------------------------------- loading runs
@@ -165,7 +178,8 @@ def identify(given: str, source: Path, results: Mapping[str, Any],
             data = run.get("config", {}).get("data", {})
             if "text_words" in data and "images" in data:
                 size = _size(run.get("model", {}).get("text_config", {}).get("hidden_size")) or size
-                return cell_label(int(data["text_words"]), int(data["images"])), size, str(run_file)
+                cell = cell_label(int(data["text_words"]), int(data["images"]))
+                return with_control(cell, data.get("image_control")), size, str(run_file)
     for text in (str(source), str(results.get("model", ""))):
         for match in _CELL.finditer(text):
             if match[1].upper().endswith("M"):  # a text budget: 10M_40K, not a date or a step

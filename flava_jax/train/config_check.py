@@ -147,6 +147,7 @@ RULES: dict[str, Rule] = {
     "config.data.mask_min_block": POSITIVE,
     "config.data.mask_min_aspect": _range(0, 1, open_low=True),
     "config.data.itm_negative_probability": PROBABILITY,
+    "config.data.image_control": _one_of("none", "noise", "shuffled_pairs"),
     "config.data.length_buckets": _sequence(POSITIVE),
     "config.data.bucket_window": POSITIVE,
     "config.data.workers": COUNT,  # 0: transforms in the training process

@@ -8,13 +8,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grain
 import numpy as np
 import pytest
 from PIL import Image
 
 from flava_jax.data import records
-from flava_jax.data.pipeline import MultitaskIterator, PipelineSettings, source, stream_iterator
-from flava_jax.data.prepare import prepare, read_stream
+from flava_jax.data.pipeline import (
+    MultitaskIterator,
+    PipelineSettings,
+    ShuffledImages,
+    source,
+    stream_dataset,
+    stream_iterator,
+)
+from flava_jax.data.prepare import prepare, read_stream, tokenizer_path
 from flava_jax.data.sample import SAMPLE_DIR
 from flava_jax.data.tokenizer import PAD_ID, Tokenizer
 from flava_jax.data.transforms import model_inputs
@@ -45,6 +53,8 @@ def _equal(a: dict[str, dict[str, np.ndarray]], b: dict[str, dict[str, np.ndarra
     (dict(), BATCHES),
     (dict(workers=2), {"pairs": 4}),  # worker processes: one stream keeps the test short
     (dict(length_buckets=(16, 32, 48), bucket_window=3), BATCHES),
+    (dict(image_control="noise"), {"image": 2, "pairs": 4}),
+    (dict(image_control="shuffled_pairs"), {"pairs": 4}),
 ])
 @pytest.mark.slow
 def test_restored_iterator_yields_the_same_next_batches(data: Path, changes: dict[str, Any],
@@ -180,3 +190,71 @@ def test_length_buckets_pad_a_steps_micro_batches_alike(data: Path) -> None:
             expected += [row for _ in range(3) for row in _rows(next(plain))]
         assert sorted(expected) == sorted(got)
     assert len(lengths) > 1  # the groups did fall in different buckets
+
+
+# ------------------------------------------------------------------------------------------ image controls
+def _stream_examples(settings: PipelineSettings, stream: str, count: int) -> list[dict[str, np.ndarray]]:
+    """The first `count` examples of a stream, one per batch, in the dataset's order."""
+    dataset = stream_dataset(settings, stream, 1, Tokenizer.load(tokenizer_path(Path(settings.data_dir))), (0, 1))
+    return [dataset[i] for i in range(count)]
+
+
+def test_noise_replaces_every_image_by_the_same_noise_for_its_row(data: Path) -> None:
+    """Noise of the stored size, uniform over 0..255, the same whenever the row's image is read (either stream, any
+    run with the seed), different between rows and seeds; the masks and the texts are the real run's."""
+    stored = {e.row: e.image for e in map(records.decode, read_stream(data, "image"))}
+    real = _stream_examples(_settings(data), "image", 4)
+    noise = _stream_examples(_settings(data, image_control="noise"), "image", 4)
+    again = _stream_examples(_settings(data, image_control="noise"), "image", 4)
+    other_seed = _stream_examples(_settings(data, image_control="noise", seed=4), "image", 1)
+    for r, n, a in zip(real, noise, again, strict=True):
+        assert n["pixels"].shape == r["pixels"].shape and n["pixels"].dtype == np.uint8
+        assert not np.array_equal(n["pixels"], r["pixels"]) and np.array_equal(n["pixels"], a["pixels"])
+        np.testing.assert_array_equal(n["bool_masked_pos"], r["bool_masked_pos"])
+    assert not np.array_equal(noise[0]["pixels"], noise[1]["pixels"])
+    assert not np.array_equal(noise[0]["pixels"], other_seed[0]["pixels"])
+    values = np.concatenate([n["pixels"].ravel() for n in noise])
+    assert values.min() == 0 and values.max() == 255 and abs(values.mean() - 127.5) < 1.0
+    assert {Image.open(io.BytesIO(image)).size for image in stored.values()} == {(224, 224)}
+    # A pair's noise is its row's image noise: read both streams and match rows through the stored images.
+    pairs = [records.decode(r) for r in read_stream(data, "pair")]
+    by_row = {}
+    settings = _settings(data, image_control="noise", itm_negative_probability=0.0)
+    for i, example in enumerate(_stream_examples(settings, "pairs", len(pairs))):
+        by_row.setdefault(_row_of(data, "pair", i, settings), []).append(example["pixels"][0])
+    for i, example in enumerate(_stream_examples(settings, "image", len(stored))):
+        for pixels in by_row.get(_row_of(data, "image", i, settings), []):
+            np.testing.assert_array_equal(pixels, example["pixels"][0])
+    assert by_row
+
+
+def _row_of(data: Path, stream: str, index: int, settings: PipelineSettings) -> int:
+    """The source row of the `index`-th training example of a stream (the dataset's shuffle, redone from its seed)."""
+    offset = {"image": 1000, "pair": 2000}[stream]
+    order = grain.MapDataset.range(len(source(data, stream))).shuffle(seed=settings.seed + offset)
+    return records.decode(source(data, stream)[order[index]]).row
+
+
+def test_shuffled_pairs_never_keep_their_own_image_and_follow_the_seed(data: Path) -> None:
+    pairs = source(data, "pair")
+    own = [records.decode(pairs[i]) for i in range(len(pairs))]
+    shuffled = ShuffledImages(pairs, seed=3)
+    got = [records.decode(shuffled[i]) for i in range(len(pairs))]
+    images = {example.image for example in own}
+    assert len(images) > 1 and len({e.row for e in own}) > len(images)  # rows share images: the hard case
+    for mine, theirs in zip(own, got, strict=True):
+        assert (theirs.row, theirs.text) == (mine.row, mine.text)  # the text and its row stay
+        assert theirs.image != mine.image and theirs.image in images  # another real image of the set
+    np.testing.assert_array_equal(shuffled.sigma, ShuffledImages(pairs, seed=3).sigma)
+    assert not np.array_equal(shuffled.sigma, ShuffledImages(pairs, seed=4).sigma)
+    cycle, seen = 0, {0}  # one cycle through every record
+    while (cycle := int(shuffled.sigma[cycle])) != 0:
+        seen.add(cycle)
+    assert len(seen) == len(pairs)
+    # Training reads them; the image stream and the held-out pairs stay real.
+    settings = _settings(data, image_control="shuffled_pairs", itm_negative_probability=0.0)
+    real = _settings(data, itm_negative_probability=0.0)
+    assert not np.array_equal(_stream_examples(settings, "pairs", 1)[0]["pixels"],
+                              _stream_examples(real, "pairs", 1)[0]["pixels"])
+    np.testing.assert_array_equal(_stream_examples(settings, "image", 1)[0]["pixels"],
+                                  _stream_examples(real, "image", 1)[0]["pixels"])

@@ -235,3 +235,25 @@ def test_without_statsmodels_the_report_shows_the_published_numbers(runs: Path, 
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "Not fitted: statsmodels is not installed: pip install -e '.[report]'." in markdown
     assert "| Score ~ Words + Images | Images | -0.27 (0.25, p = .29) | – | – |" in markdown
+
+
+def test_a_control_run_is_its_own_cell_against_the_real_text_only_one(runs: Path, tmp_path: Path) -> None:
+    """A run under data.image_control=noise (from its run.json) is "10M/40K+noise": not averaged with 10M/40K, its
+    deltas against 10M/0 by hand, no paper numbers, and out of the mixed models."""
+    _write(runs / "n" / "run.json", {"model": {"text_config": {"hidden_size": 516}},
+                                     "config": {"data": {"text_words": 10_000_000, "images": 40_000,
+                                                         "image_control": "noise"}}})
+    _write(runs / "n" / "eval" / "results.json", _results(0.75, 0.62))
+    loaded = load_runs([runs / "10M_0", runs / "a" / "eval", runs / "n" / "eval"])
+    assert [r.cell for r in loaded] == ["10M/0", "10M/40K", "10M/40K+noise"]
+    report = write_report(loaded, tmp_path / "out")
+    assert list(report["cells"]) == ["10M/0", "10M/40K", "10M/40K+noise"]
+    assert report["cells"]["10M/40K+noise"]["paper"] is None
+    assert report["deltas"]["ours"]["10M/40K+noise"]["anaphor_agreement"] == pytest.approx(75 - 80)
+    assert report["deltas"]["ours"]["10M/40K+noise"]["binding"] == pytest.approx(62 - 60)
+    assert report["deltas"]["ours"]["10M/40K"]["binding"] == pytest.approx(65 - 60)  # unchanged by the control
+    from flava_jax.eval.regression import table_rows
+
+    scores = {cell: c["ours"]["scores"] for cell, c in report["cells"].items()}
+    assert {row["Images"] for row in table_rows(scores, {})} == {0, 40_000}  # 12 rows each of 10M/0, 10M/40K
+    assert len(table_rows(scores, {})) == 24
