@@ -100,7 +100,7 @@ class ImageFetcher:
             return Fetched(None, "no image url")
         local = self._local(url)
         if local is not None:
-            return Fetched(local.read_bytes(), origin="local")
+            return local
         cached = self._cached(url)
         if cached is not None:
             return cached
@@ -111,13 +111,25 @@ class ImageFetcher:
         return result
 
     # ----------------------------------------------------------------------------------------- sources
-    def _local(self, url: str) -> Path | None:
+    def _local(self, url: str) -> Fetched | None:
+        """The file in a local folder named like `url`'s file name, or at `url` inside it; a refusal when `url`
+        points outside every folder (an absolute path, `..`, a symlink out) and nothing inside matches; else None."""
         name = urllib.parse.unquote(Path(urllib.parse.urlparse(url).path).name)
+        if not name:
+            return None
+        outside = False
         for directory in self.local_dirs:
+            root = directory.resolve()
             for candidate in (directory / name, directory / url):
-                if name and candidate.is_file():
-                    return candidate
-        return None
+                try:
+                    path = candidate.resolve()  # symlinks and `..` followed, so the check sees where a read would go
+                except RuntimeError:  # a symlink loop: there is no file to read
+                    continue
+                if not path.is_relative_to(root):
+                    outside = True  # a dataset's rows must not choose which of the host's files are read
+                elif path.is_file():
+                    return Fetched(path.read_bytes(), origin="local")
+        return Fetched(None, "image path outside data.image_dirs", url) if outside else None
 
     def _cache_paths(self, url: str) -> tuple[Path, Path]:
         assert self.cache_dir is not None

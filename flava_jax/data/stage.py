@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from absl import app, flags
@@ -60,7 +60,17 @@ def _manifest(src: epath.Path) -> tuple[str, dict[str, Any]]:
                          f"gcsfs (pip install 'flava_jax[gcs]')") from e
     if not manifest.get("complete"):
         raise StageError(f"{src}: the manifest says the prepare run did not finish; finish it before staging")
+    for entry in manifest_files(manifest):  # all checked before anything is copied
+        _check_inside(src, entry["file"])
     return text, manifest
+
+
+def _check_inside(src: epath.Path, name: object) -> None:
+    """Refuse an entry that is not a relative path inside the data: it would be read and written elsewhere."""
+    path = PurePosixPath(name) if isinstance(name, str) else None
+    if path is None or path.is_absolute() or not path.parts or ".." in path.parts:
+        raise StageError(f"{src}/{MANIFEST} lists the file {name!r}, which is not a relative path inside the data "
+                         f"directory (absolute, or climbing with '..'); refusing to stage from it")
 
 
 def manifest_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -124,13 +124,14 @@ CASES = {  # path -> the manifest's verdict
 }
 
 
-def _tsv(path: Path, base: str) -> Path:
+def _tsv(path: Path, urls: Iterable[str]) -> Path:
+    """A WiT TSV with one English row per image URL."""
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(WIT_COLUMNS)
-        for i, url_path in enumerate(CASES):
+        for i, url in enumerate(urls):
             values = dict.fromkeys(WIT_COLUMNS, "")
-            values.update(language="en", page_url=f"https://en.wikipedia.org/wiki/P{i}", image_url=base + url_path,
+            values.update(language="en", page_url=f"https://en.wikipedia.org/wiki/P{i}", image_url=url,
                           caption_reference_description=f"Caption number {i}")
             writer.writerow([values[c] for c in WIT_COLUMNS])
     return path
@@ -143,7 +144,7 @@ def _settings(tmp_path: Path) -> PrepareSettings:
 
 
 def test_download_failures_are_counted_and_the_run_completes(tmp_path: Path, server: _Server) -> None:
-    source = str(_tsv(tmp_path / "rows.tsv", server.url))
+    source = str(_tsv(tmp_path / "rows.tsv", [server.url + url_path for url_path in CASES]))
     manifest = prepare(_settings(tmp_path), [source], tmp_path / "out")
     verdicts = collections.Counter(CASES.values())
     assert manifest["kept"]["image"] == verdicts["kept"] == manifest["train_rows"]
@@ -172,6 +173,30 @@ def test_local_folder_and_inline_bytes_need_no_network(tmp_path: Path) -> None:
     assert inline.data == b"bytes" and inline.origin == "inline"
     assert missing.data is None and missing.reason == "image not found locally"
     assert remote.data is None and remote.reason == "image not found locally"
+
+
+def test_local_lookups_stay_inside_the_image_folder(tmp_path: Path) -> None:
+    """A dataset row must not choose which of the host's files are read: an absolute path, `..` or a symlink out of
+    the folder is refused with its reason and counted by prepare; names inside it, subfolders too, are read."""
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.jpg").write_bytes((PHOTOS / "rocket.jpg").read_bytes())
+    (folder / "coins.png").write_bytes((PHOTOS / "coins.png").read_bytes())
+    (tmp_path / "outside.png").write_bytes((PHOTOS / "chelsea.png").read_bytes())  # a real image, not to be read
+    (folder / "link.png").symlink_to(tmp_path / "outside.png")
+    refused = [str(tmp_path / "outside.png"), "../outside.png", "link.png"]
+    kept = ["sub/a.jpg", "https://upload.wikimedia.org/x/coins.png"]
+    with ImageFetcher(None, [folder], fetch_settings(), download=False) as fetcher:
+        results = fetcher.fetch_many(refused + kept, [None] * 5)
+    for url, result in zip(refused, results[:3], strict=True):
+        assert (result.data, result.reason, result.detail) == (None, "image path outside data.image_dirs", url)
+    assert [r.data for r in results[3:]] == [(PHOTOS / "rocket.jpg").read_bytes(), (PHOTOS / "coins.png").read_bytes()]
+
+    settings = prepare_settings(text_words=-1, images=-1, vocab_size=64, heldout_fraction=0.0, image_size=16,
+                                image_dirs=(str(folder),), download=False)
+    manifest = prepare(settings, [str(_tsv(tmp_path / "rows.tsv", refused + kept))], tmp_path / "out")
+    assert manifest["skipped"] == {"image: image path outside data.image_dirs": 3}
+    assert manifest["kept"]["image"] == 2
 
 
 def test_stored_images_squash_or_keep_the_aspect_ratio() -> None:

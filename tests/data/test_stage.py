@@ -4,6 +4,7 @@ sends gs://BUCKET/... to a local folder through the same epath calls the real GC
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -99,6 +100,31 @@ def test_a_damaged_source_file_is_never_published(bucket, tmp_path: Path) -> Non
         stage.stage("gs://bucket/data", tmp_path / "local")
     assert not (tmp_path / "local" / victim).exists()
     assert not list((tmp_path / "local").rglob("*.partial"))
+
+
+@pytest.mark.parametrize("which", ["tokenizer", "last shard"])
+@pytest.mark.parametrize("escape", ["absolute", "parent"])
+def test_an_entry_outside_the_data_is_refused_before_any_copy(bucket, tmp_path: Path, which: str,
+                                                              escape: str) -> None:
+    """A manifest entry that is absolute or climbs with `..` would be written outside the destination on every
+    host: staging stops on one line naming it, having read only the manifest and written nothing."""
+    root, opened = bucket
+    manifest_path = root / "data" / prepare.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    entry = stage.manifest_files(manifest)[0 if which == "tokenizer" else -1]
+    if escape == "parent":  # gs://bucket/escaped.bin holds the file, so a stage that followed the entry would succeed
+        shutil.copy(root / "data" / entry["file"], root / "escaped.bin")
+        entry["file"], target = "../escaped.bin", tmp_path / "escaped.bin"
+    else:
+        target = tmp_path / "elsewhere" / "escaped.bin"
+        entry["file"] = str(target)
+    manifest_path.write_text(json.dumps(manifest))
+    opened.clear()
+    with pytest.raises(stage.StageError, match=re.escape(repr(entry["file"])) + ".*not a relative path") as error:
+        stage.stage("gs://bucket/data", tmp_path / "local")
+    assert "\n" not in str(error.value)
+    assert opened == [prepare.MANIFEST]
+    assert not (tmp_path / "local").exists() and not target.exists()
 
 
 def test_a_source_prepared_again_restages_only_what_changed(bucket, tmp_path: Path) -> None:
