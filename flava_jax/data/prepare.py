@@ -15,13 +15,17 @@ Carves the study's data out of WiT the paper's way (docs/reference.md#data), int
    budgeted text only); write manifest.json.
 
 Work is committed in chunks of source records (shard files `<stream>/<chunk>.arrayrecord` plus progress.json),
-so an interrupted prepare continues from the last committed chunk; the image cache means nothing is fetched twice.
+so an interrupted prepare (a crash, a full disk) continues from the last committed chunk; the image cache means
+nothing is fetched twice. One prepare at a time writes a folder: a second waits for the first, through a file lock.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import functools
 import hashlib
 import itertools
@@ -50,11 +54,22 @@ HELDOUT = "heldout"  # held-out texts (pseudo-perplexity, validation MLM)
 HELDOUT_IMAGE, HELDOUT_PAIR = "heldout_image", "heldout_pair"  # held-out images and their pairs (validation)
 PROGRESS = "progress.json"
 MANIFEST = "manifest.json"
+LOCK = ".prepare.lock"  # in the output folder: held while a prepare writes it
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # writes refused for want of space: a rerun after freeing some resumes
 SKIPS_LOGGED = 3  # per reason: the first few skipped records are logged with their file:line, the rest only counted
 # The paper's labels of its percent budgets (docs/reference.md#data): 1% of WiT's train split ~ 10M words, ~ 40K images
 WORDS_PER_PERCENT, IMAGES_PER_PERCENT = 10_000_000, 40_000
 _TEXT_FIELDS = ("caption_reference_description", "context_page_description", "context_section_description",
                 "caption_alt_text_description")
+
+
+class DiskFullError(OSError):
+    """A write was refused for want of space (or quota); errno, strerror and filename say which. The chunks committed
+    before it are intact: a rerun after freeing space continues from the last of them."""
+
+    def __str__(self) -> str:
+        return (f"writing {self.filename} failed: {self.strerror}. The chunks committed before it are intact: free "
+                "space, then rerun the same command to continue from the last committed chunk")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +169,43 @@ def _load_json(path: Path) -> dict[str, Any] | None:
 
 def _write_json(path: Path, value: Any) -> None:
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    with _space_checked(path):
+        tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def _space_checked(path: Path) -> Iterator[None]:
+    """Raises a write refused for want of space as a DiskFullError naming `path` (the file written, or a folder
+    when the error names none): ArrayRecord's writer reports it as a RuntimeError, Python's write() as an OSError
+    without a file name."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except (OSError, RuntimeError) as e:
+        code = e.errno if isinstance(e, OSError) else next(
+            (code for code in DISK_FULL_ERRNOS if os.strerror(code) in str(e)), None)
+        if code not in DISK_FULL_ERRNOS:
+            raise
+        raise DiskFullError(code, os.strerror(code), getattr(e, "filename", None) or str(path)) from e
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Holds `out`'s lock: two prepares into one folder would race on its files, so the second waits for the first,
+    then finds the output complete (or resumes it)."""
+    with open(out / LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another prepare into %s to finish (it holds %s)", out, out / LOCK)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _shard_name(chunk: int, tmp: bool = False) -> str:
+    return f"{chunk:05d}.arrayrecord{'.tmp' if tmp else ''}"
 
 
 class _ChunkWriters:
@@ -167,19 +217,21 @@ class _ChunkWriters:
         self.counts: collections.Counter[str] = collections.Counter()
 
     def path(self, stream: str, tmp: bool = False) -> Path:
-        return self.out / stream / f"{self.chunk:05d}.arrayrecord{'.tmp' if tmp else ''}"
+        return self.out / stream / _shard_name(self.chunk, tmp)
 
     def write(self, stream: str, record: bytes) -> None:
-        if stream not in self.writers:
-            self.path(stream).parent.mkdir(parents=True, exist_ok=True)
-            self.writers[stream] = ArrayRecordWriter(str(self.path(stream, tmp=True)), "group_size:1")
-        self.writers[stream].write(record)
+        with _space_checked(self.path(stream, tmp=True)):
+            if stream not in self.writers:
+                self.path(stream).parent.mkdir(parents=True, exist_ok=True)
+                self.writers[stream] = ArrayRecordWriter(str(self.path(stream, tmp=True)), "group_size:1")
+            self.writers[stream].write(record)
         self.counts[stream] += 1
 
     def commit(self) -> dict[str, dict[str, Any]]:
         shards = {}
         for stream, writer in self.writers.items():
-            writer.close()
+            with _space_checked(self.path(stream, tmp=True)):
+                writer.close()  # where ArrayRecord writes most of a shard
             self.path(stream, tmp=True).replace(self.path(stream))
             shards[stream] = {"file": str(self.path(stream).relative_to(self.out)), "records": self.counts[stream],
                               "sha256": file_sha256(self.path(stream))}
@@ -194,19 +246,22 @@ def _fresh_progress(fingerprint: str) -> dict[str, Any]:
 
 
 def _resume(out: Path, fingerprint: str) -> dict[str, Any]:
-    """progress.json of an interrupted run (after removing its uncommitted shards), or a fresh one."""
+    """progress.json of an interrupted run, or a fresh one; either way with the shards written after the last
+    commit removed."""
     progress = _load_json(out / PROGRESS)
-    if progress is None:
-        if any(out.glob("*/*.arrayrecord*")):
-            raise SystemExit(f"{out} holds shards but no {PROGRESS}: not a resumable prepare; use a new --out")
-        return _fresh_progress(fingerprint)
-    if progress.get("fingerprint") != fingerprint:
+    if progress is not None and progress.get("fingerprint") != fingerprint:
         raise SystemExit(f"{out} holds a prepare with other settings or sources; use a new --out or delete it")
-    committed = {s["file"] for shards in progress["shards"].values() for s in shards}
-    for path in out.glob("*/*.arrayrecord*"):
-        if str(path.relative_to(out)) not in committed:
-            path.unlink()  # written after the last commit
-    if progress["source_records"]:
+    committed = {s["file"] for shards in (progress or {}).get("shards", {}).values() for s in shards}
+    uncommitted = [path for path in out.glob("*/*.arrayrecord*") if str(path.relative_to(out)) not in committed]
+    # Without progress.json, a prepare leaves only the shards of a first chunk that failed before its commit
+    first_chunk = (_shard_name(0), _shard_name(0, tmp=True))
+    if progress is None and ((out / MANIFEST).exists() or any(path.name not in first_chunk for path in uncommitted)):
+        raise SystemExit(f"{out} holds shards but no {PROGRESS}: not a resumable prepare; use a new --out")
+    for path in uncommitted:
+        path.unlink()
+    if progress is None:
+        return _fresh_progress(fingerprint)
+    if progress["source_records"] and not progress.get("complete"):
         log.info("resuming after %s source records (chunk %d)", f"{progress['source_records']:,}", progress["chunk"])
     return progress
 
@@ -385,9 +440,17 @@ def _started_windows(carver: _Carver, records: Iterator[WitRow | Skip], size: in
 
 def prepare(settings: PrepareSettings, sources: Sequence[str], out: str | os.PathLike,
             fetcher: ImageFetcher | None = None) -> dict[str, Any]:
-    """Build (or finish building) the prepared data in `out`; returns the manifest."""
+    """Build (or finish building) the prepared data in `out`; returns the manifest. A second prepare into `out`
+    waits for the first to finish; a full disk raises DiskFullError."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with _space_checked(out):
+        out.mkdir(parents=True, exist_ok=True)
+        with _exclusive(out):
+            return _prepare_locked(settings, sources, out, fetcher)
+
+
+def _prepare_locked(settings: PrepareSettings, sources: Sequence[str], out: Path,
+                    fetcher: ImageFetcher | None) -> dict[str, Any]:
     progress = _resume(out, settings.fingerprint(sources))
     progress["row_budgets"] = _row_budgets(settings, sources)
     if _load_json(out / MANIFEST) is not None and progress.get("complete"):
@@ -473,7 +536,8 @@ def _finish(settings: PrepareSettings, sources: list[str], progress: dict[str, A
     if progress["kept"]["text"]:
         tokenizer, name = make_tokenizer(settings.tokenizer, itertools.islice(texts, settings.tokenizer_max_texts),
                                          settings.vocab_size)
-        tokenizer.save(out / name)
+        with _space_checked(out / name):
+            tokenizer.save(out / name)
         tokenizer_info = {"file": name, "source": settings.tokenizer, "sha256": file_sha256(out / name),
                           "vocab_size": tokenizer.vocab_size}
     manifest = {
@@ -530,7 +594,7 @@ def main() -> None:
             manifest = prepare(settings, sources, out)
         except ConfigError as e:
             raise app.UsageError(str(e)) from e
-        except SourceError as e:
+        except (SourceError, DiskFullError) as e:
             raise SystemExit(f"prepare: {e}") from e
         print(json.dumps({k: manifest[k] for k in ("kept", "words", "budget_met", "skipped")}, indent=2))
 

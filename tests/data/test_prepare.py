@@ -1,22 +1,31 @@
-"""prepare: budgets on a generated corpus with known word counts, nesting, determinism, held-out split, resume."""
+"""prepare: budgets on a generated corpus with known word counts, nesting, determinism, held-out split, resume
+(after a crash or a full disk), concurrent prepares into one folder."""
 
 from __future__ import annotations
 
 import csv
+import errno
+import functools
 import hashlib
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
+from flava_jax.data import prepare as prepare_module
 from flava_jax.data import records
-from flava_jax.data.prepare import prepare, read_stream
+from flava_jax.data.prepare import DiskFullError, PrepareSettings, file_sha256, prepare, read_stream
 from flava_jax.data.tokenizer import Tokenizer
 from flava_jax.data.wit import WIT_COLUMNS
-from tests.configs import prepare_settings
+from tests.configs import REPO, debug_config, prepare_settings
 
 ROWS = 240
 
@@ -145,8 +154,6 @@ class _Crash(RuntimeError):
 def test_an_interrupted_prepare_resumes_to_the_same_result(corpus: tuple[Path, Path], tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     reference = _prepare(corpus, tmp_path / "whole", text_words=900, images=50)
-    from flava_jax.data import prepare as prepare_module
-
     calls = {"n": 0}
     original = prepare_module._Carver.process
 
@@ -173,22 +180,139 @@ def test_an_interrupted_prepare_resumes_to_the_same_result(corpus: tuple[Path, P
         _prepare(corpus, tmp_path / "resumed", text_words=901, images=50)
 
 
+ENOSPC = os.strerror(errno.ENOSPC)
+COMMITTED_INTACT = "The chunks committed before it are intact"
+
+
+class _FillingWriter:
+    """ArrayRecord's writer on a disk that is full by the time the shard at `failing` is closed (where ArrayRecord
+    writes most of a shard, and fails as it does)."""
+
+    def __init__(self, failing: Path, path: str, options: str) -> None:
+        self.failing, self.path, self.writer = failing, path, ArrayRecordWriter(path, options)
+
+    def write(self, record: bytes) -> None:
+        self.writer.write(record)
+
+    def close(self) -> None:
+        if self.path == str(self.failing):
+            raise RuntimeError(f"write() failed: {ENOSPC}; writing {self.path}; at byte 45056; Failed to close "
+                               "chunk_writer")
+        self.writer.close()
+
+
+@pytest.mark.parametrize(("where", "chunk"), [("pair", 0), ("pair", 3), ("progress", 0), ("progress", 3)])
+def test_a_full_disk_ends_in_one_error_and_a_rerun_completes(corpus: tuple[Path, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, where: str,
+                                                            chunk: int) -> None:
+    """The disk fills up while chunk `chunk` is committed: at its pair shard (the last of its streams, as ArrayRecord
+    fails) or at progress.json (as Python's write fails: OSError, no file name). prepare raises a DiskFullError naming
+    the file; the rerun continues after the committed chunks or, with none, starts over (the failed chunk's leftovers
+    never make it refuse the folder), and ends as an uninterrupted run."""
+    lone = _prepare(corpus, tmp_path / "lone")
+    out = tmp_path / "full"
+    if where == "pair":
+        failing = out / "pair" / f"{chunk:05d}.arrayrecord.tmp"
+        monkeypatch.setattr(prepare_module, "ArrayRecordWriter", functools.partial(_FillingWriter, failing))
+    else:
+        failing, write_text = out / "progress.json", Path.write_text
+
+        def filling_write_text(path: Path, text: str, *args: Any, **kwargs: Any) -> int:
+            if path == failing.with_suffix(".json.tmp") and json.loads(text)["chunk"] == chunk + 1:
+                raise OSError(errno.ENOSPC, ENOSPC)
+            return write_text(path, text, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", filling_write_text)
+    with pytest.raises(DiskFullError) as error:
+        _prepare(corpus, out)
+    assert str(error.value).startswith(f"writing {failing} failed: {ENOSPC}. {COMMITTED_INTACT}")
+    if chunk:
+        assert json.loads((out / "progress.json").read_text())["chunk"] == chunk  # the chunks before it committed
+    else:
+        assert not (out / "progress.json").exists()  # nothing committed
+    assert list(out.glob(f"*/{chunk:05d}.arrayrecord*"))  # yet the failed chunk left shards
+    monkeypatch.undo()
+    resumed = _prepare(corpus, out)
+    assert resumed["shards"] == lone["shards"] and resumed["tokenizer"] == lone["tokenizer"]
+    assert not list(out.rglob("*.arrayrecord.tmp"))
+
+
+def test_a_full_tmpfs_ends_the_command_line_in_one_line(tmp_path: Path) -> None:
+    """`python -m flava_jax.data.prepare` on a real tmpfs with room for one chunk: one line naming the shard, no
+    traceback; once the tmpfs is larger, the rerun continues after that chunk and ends as an uninterrupted run."""
+    config = debug_config(data__chunk_records=8, data__prepare_workers=1)
+    lone = prepare(PrepareSettings.from_config(config), list(config.data.sources), tmp_path / "lone")
+    first_chunk = sum(p.stat().st_size for p in (tmp_path / "lone").glob("*/00000.arrayrecord"))
+    disk = tmp_path / "tmpfs"
+    disk.mkdir()
+    # room for chunk 0 and its progress.json, not for a shard of chunk 1 (ArrayRecord pads each to 128 KiB)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={first_chunk + (64 << 10)}", "tmpfs", str(disk)]
+    try:
+        mounted = subprocess.run(mount, capture_output=True, text=True, check=False)
+    except FileNotFoundError as e:
+        mounted = subprocess.CompletedProcess(mount, 1, "", str(e))
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({' '.join(mounted.stderr.split())}); the injected full disks stand in")
+    try:
+        command = [sys.executable, "-m", "flava_jax.data.prepare", "--config=configs/debug.py", f"--out={disk}/out",
+                   "--config.data.chunk_records=8", "--workers=1"]
+        full = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
+        assert re.fullmatch(rf"prepare: writing {re.escape(str(disk))}/out/\w+/00001\.arrayrecord\.tmp failed: "
+                            rf"{ENOSPC}\. {COMMITTED_INTACT}: .*", full.stderr.splitlines()[-1])
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        assert again.returncode == 0 and "resuming after 8 source records (chunk 1)" in again.stderr, again.stderr
+        assert json.loads((disk / "out" / "manifest.json").read_text())["shards"] == lone["shards"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+# Two prepares into one folder, started together once both have imported everything.
+_TAKE_TURNS = """
+import json, logging, os, sys, time
+from pathlib import Path
+from tests.data.test_prepare import _prepare
+logging.basicConfig(level=logging.INFO, force=True)  # absl took the root logger
+rows, images, out, ready = map(Path, sys.argv[1:])
+(ready / str(os.getpid())).touch()
+while len(list(ready.iterdir())) < 2:
+    time.sleep(0.005)
+print(json.dumps(_prepare((rows, images), out)["shards"]))
+"""
+
+
+def test_two_prepares_into_one_folder_take_turns(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two prepares into one folder (two terminals, a pod script on every worker): the second waits for the first,
+    saying so, then finds its output complete; neither fails, and the shards are a lone run's."""
+    lone = _prepare(corpus, tmp_path / "lone")
+    out, ready = tmp_path / "shared", tmp_path / "ready"
+    ready.mkdir()
+    runs = [subprocess.Popen([sys.executable, "-c", _TAKE_TURNS, *map(str, corpus), str(out), str(ready)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    for run, (stdout, stderr) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
+        assert json.loads(stdout) == lone["shards"]
+    waited = [stderr for _, stderr in outputs if f"waiting for another prepare into {out} to finish" in stderr]
+    assert len(waited) == 1 and "already complete" in waited[0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["shards"] == lone["shards"]
+    assert all(file_sha256(out / s["file"]) == s["sha256"] for shards in manifest["shards"].values() for s in shards)
+
+
 def test_command_line_on_the_debug_config(tmp_path: Path) -> None:
     """`python -m flava_jax.data.prepare --config=configs/debug.py --out=DIR`, with a config override and the
     image work in two worker processes."""
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[2]
     command = [sys.executable, "-m", "flava_jax.data.prepare", "--config=configs/debug.py", f"--out={tmp_path}",
                "--config.data.heldout_fraction=0.5", "--workers=2"]
-    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["settings"]["heldout_fraction"] == 0.5 and manifest["settings"]["prepare_workers"] == 2
     assert manifest["kept"]["pair"] > 0 and manifest["kept"]["heldout"] > 0 and manifest["complete"]
     assert json.loads(result.stdout)["kept"] == manifest["kept"]
-    again = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600, check=False)
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert again.returncode == 0 and "already complete" in again.stderr
 
 
