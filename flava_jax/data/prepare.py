@@ -284,6 +284,7 @@ class _Carver:
                  pool: ImagePool) -> None:
         self.s, self.p, self.fetcher, self.pool = settings, progress, fetcher, pool
         self.skipped = collections.Counter(progress["skipped"])
+        self.image_skips_logged: collections.Counter[str] = collections.Counter()
         rows = progress.get("row_budgets")  # with budget_unit "percent": whole rows, train[:t%] and train[:v%]
         self.text_rows = rows["text"] if rows else None
         self.images = rows["images"] if rows else settings.images
@@ -366,10 +367,19 @@ class _Carver:
             writers.write(HELDOUT_PAIR, records_lib.encode(row, text, image))
             kept[HELDOUT_PAIR] += 1
 
+    def _skip_image(self, fetched: Fetched) -> None:
+        """Count a row whose image could not be had, logging the first SKIPS_LOGGED of each reason with its URL."""
+        reason = f"image: {fetched.reason}"
+        self.skipped[reason] += 1
+        if self.image_skips_logged[reason] < SKIPS_LOGGED:
+            self.image_skips_logged[reason] += 1
+            last = " (any further ones are only counted)" if self.image_skips_logged[reason] == SKIPS_LOGGED else ""
+            log.warning("row with image %s: skipped, %s%s", fetched.detail or "(no url)", reason, last)
+
     def _train(self, row: WitRow, texts: list[str], fetched: Any, writers: _ChunkWriters) -> None:
         image = fetched.data if fetched is not None else None
         if fetched is not None and image is None:
-            self.skipped[f"image: {fetched.reason}"] += 1
+            self._skip_image(fetched)
             return
         if image is None and self.s.require_image:  # only when no image was wanted: budgets met meanwhile
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import csv
 import http.server
+import logging
 import os
 import struct
 import threading
@@ -175,7 +176,7 @@ def test_local_folder_and_inline_bytes_need_no_network(tmp_path: Path) -> None:
     assert remote.data is None and remote.reason == "image not found locally"
 
 
-def test_local_lookups_stay_inside_the_image_folder(tmp_path: Path) -> None:
+def test_local_lookups_stay_inside_the_image_folder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A dataset row must not choose which of the host's files are read: an absolute path, `..` or a symlink out of
     the folder is refused with its reason and counted by prepare; names inside it, subfolders too, are read."""
     folder = tmp_path / "images"
@@ -194,9 +195,12 @@ def test_local_lookups_stay_inside_the_image_folder(tmp_path: Path) -> None:
 
     settings = prepare_settings(text_words=-1, images=-1, vocab_size=64, heldout_fraction=0.0, image_size=16,
                                 image_dirs=(str(folder),), download=False)
-    manifest = prepare(settings, [str(_tsv(tmp_path / "rows.tsv", refused + kept))], tmp_path / "out")
+    with caplog.at_level(logging.WARNING, logger="flava_jax"):
+        manifest = prepare(settings, [str(_tsv(tmp_path / "rows.tsv", refused + kept))], tmp_path / "out")
     assert manifest["skipped"] == {"image: image path outside data.image_dirs": 3}
     assert manifest["kept"]["image"] == 2
+    for url in refused:  # each skip names its row
+        assert f"row with image {url}: skipped, image: image path outside data.image_dirs" in caplog.text
 
 
 def test_stored_images_squash_or_keep_the_aspect_ratio() -> None:
