@@ -29,7 +29,7 @@ def data_config() -> ConfigDict:
         # --- budgets: nested prefixes of the English, captioned rows (-1: everything the sources hold)
         text_words=10_000_000,
         images=4_000_000,
-        language="en",
+        language="en",  # rows of this WiT language only; None (--config.data.language=None): no filter
         require_caption=True,  # PMD-WiT's text is the reference caption: rows without one were dropped
         require_image=True,  # rows whose image cannot be had are dropped, text budget included (reference)
         heldout_fraction=0.1,  # the reference's 90/10 split, here seeded

@@ -81,7 +81,7 @@ class PrepareSettings:
     images: int  # -1: all the images
     seed: int
     vocab_size: int
-    language: str
+    language: str | None  # None: no language filter (sources without a language column: img2dataset, captions)
     require_caption: bool
     require_image: bool
     heldout_fraction: float
@@ -106,9 +106,11 @@ class PrepareSettings:
     def from_config(cls, config: Any) -> PrepareSettings:
         data = config.data
         missing_keys(data, "config.data", ("fetch", "image_dirs"))
+        # The command line cannot set None: --config.data.language=None (or "") arrives as a string.
+        language = None if data.language in (None, "", "None", "none") else data.language
         return read_section(cls, data, "config.data", seed=config.seed, vocab_size=config.model.text_config.vocab_size,
                             fetch=read_section(FetchSettings, data.fetch, "config.data.fetch"),
-                            image_dirs=tuple(data.image_dirs))
+                            image_dirs=tuple(data.image_dirs), language=language)
 
     def fingerprint(self, sources: Sequence[str]) -> str:
         """What a resumed prepare must share with the interrupted one (fetch settings and workers may change: the
@@ -299,7 +301,7 @@ class _Carver:
         """("skip:<reason>" | "heldout" | "train", texts)."""
         if isinstance(record, Skip):
             return f"skip:{record.reason}", []
-        if record.language != self.s.language:
+        if self.s.language is not None and record.language != self.s.language:
             return f"skip:language not {self.s.language}", []
         if self.s.require_caption and record.caption_reference_description is None:
             return "skip:no caption", []
@@ -424,6 +426,19 @@ def _reached(count: int, budget: int) -> bool:
     return 0 <= budget <= count
 
 
+def _check_language(settings: PrepareSettings, sources: Sequence[str], rows: int = 64) -> None:
+    """ConfigError when a language filter is set and the sources' first `rows` rows have no language at all (a
+    source without the column: every row would be skipped as "language not en", a misleading reason)."""
+    if settings.language is None:
+        return
+    first = [r for r in itertools.islice((r for r in read_sources(sources) if isinstance(r, WitRow)), rows)]
+    if first and all(r.language is None for r in first):
+        raise ConfigError(f"config.data.language={settings.language!r} keeps rows of that language, but "
+                          f"{'; '.join(describe_source(s) for s in sources)} has no language column (img2dataset "
+                          f"output and caption datasets have none), so every row would be skipped; set "
+                          f"--config.data.language=None to read them all")
+
+
 def _log_skips(records: Iterator[WitRow | Skip]) -> Iterator[WitRow | Skip]:
     """`records`, logging where the first SKIPS_LOGGED skips of each reason are (manifest.json counts them all)."""
     seen: collections.Counter[str] = collections.Counter()
@@ -466,6 +481,8 @@ def _prepare_locked(settings: PrepareSettings, sources: Sequence[str], out: Path
     if _load_json(out / MANIFEST) is not None and progress.get("complete"):
         log.info("%s is already complete", out)
         return json.loads((out / MANIFEST).read_text())
+    if progress["source_records"] == 0:
+        _check_language(settings, sources)
     own_fetcher = fetcher is None
     if fetcher is None:
         cache = settings.cache_dir or str(Path("~/.cache/flava_jax/images").expanduser())

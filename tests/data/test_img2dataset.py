@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pytest
 
 from flava_jax.data.img2dataset import read_webdataset
 from flava_jax.data.prepare import HELDOUT, HELDOUT_IMAGE
@@ -105,3 +106,28 @@ def test_a_truncated_shard_is_a_counted_skip(shared_data: Path, tmp_path: Path) 
     records = list(read_webdataset(source / "00000.tar"))
     assert records[-1].reason == "unreadable file" and "rest of the shard is lost" in records[-1].detail
     assert 0 < sum(isinstance(r, WitRow) for r in records) < 17
+
+
+def test_caption_only_output_needs_the_language_filter_off(shared_data: Path, tmp_path: Path) -> None:
+    """img2dataset run on a caption dataset saves no language: with the default filter prepare stops at start-up in
+    one line naming the switch (rather than skipping every row as "language not en"); with data.language=None each
+    successful sample's caption is one text, in order."""
+    from flava_jax.common.settings import ConfigError
+    from flava_jax.data.prepare import PrepareSettings
+    from tests.configs import load_config
+
+    rows = real_rows(shared_data)
+    samples = [{k: v for k, v in s.items() if k not in EXTRA} for s in _metadata(rows)]
+    table = pa.Table.from_pylist([{**s, "jpg": None if i == FAILED else rows[i]["photo"].read_bytes()}
+                                  for i, s in enumerate(samples)])
+    write_parquet(tmp_path / "i2d" / "00000.parquet", table, {}, row_group_size=4)
+    with pytest.raises(ConfigError, match=r"config\.data\.language='en' .* no language column .*"
+                                          r"--config\.data\.language=None"):
+        run_prepare([tmp_path / "i2d"], tmp_path / "refused")
+    assert not list((tmp_path / "refused").glob("*/*.arrayrecord*"))
+    manifest = run_prepare([tmp_path / "i2d"], tmp_path / "out", language=None)
+    assert manifest["skipped"] == {"img2dataset: failed_to_download": 1}
+    texts = [example.text for example in streams(tmp_path / "out", "text")["text"]]
+    assert texts == [r["caption_reference_description"] for i, r in enumerate(rows) if i != FAILED]
+    for value in ("None", ""):  # what the command line can say
+        assert PrepareSettings.from_config(load_config("debug", data__language=value)).language is None
