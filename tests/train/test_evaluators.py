@@ -67,3 +67,21 @@ def test_no_held_out_pairs_means_no_retrieval_and_a_warning(debug_data: Path, tm
         (retrieval,) = _build(context, config, "retrieval")
     assert retrieval.run(params=None) == {}
     assert "config.eval.evaluators.retrieval: no retrieval during training" in caplog.text
+
+
+def test_features_over_a_mesh_of_eight_are_one_devices(tiny_params: Any) -> None:
+    """The contrastive embeddings and ITM scores with every batch split over 8 (faked) devices equal the
+    unsharded ones: batches padded to whole shards, outputs replicated."""
+    import numpy as np
+
+    from flava_jax.train.feature_scorer import FeatureScorer
+
+    model = FlavaForPreTraining(FlavaConfig.from_preset("tiny"))
+    sharding = sharding_lib.batch_sharding(sharding_lib.make_mesh({"data": 8}, jax.devices()[:8]))
+    ids = [[1, 5, 6, 2], [1, 7, 2], [1, 9, 9, 9, 9, 2], [3, 4]]
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    one, eight = FeatureScorer(model, 0, batch_size=8), FeatureScorer(model, 0, batch_size=8, sharding=sharding)
+    np.testing.assert_allclose(eight.texts(tiny_params, ids), one.texts(tiny_params, ids), atol=1e-6)
+    np.testing.assert_allclose(eight.images(tiny_params, pixels), one.images(tiny_params, pixels), atol=1e-6)
+    np.testing.assert_allclose(eight.itm(tiny_params, ids[:3], pixels), one.itm(tiny_params, ids[:3], pixels),
+                               atol=1e-5)
