@@ -38,7 +38,10 @@ def data_config() -> ConfigDict:
         # --- stored images
         image_size=224,
         image_resize="squash",  # the reference squashes to 224x224; "crop" keeps the aspect ratio
-        jpeg_quality=95,
+        jpeg_quality=95,  # of the images prepare converts
+        # False: an image already image_size x image_size PNG or JPEG (the paper's Hub data) is stored as it is, byte
+        # for byte, so the model sees its own pixels; True: every image decoded, resized and re-encoded as JPEG
+        image_reencode=False,
         max_image_pixels=89_478_485,  # larger images count as decompression bombs
         chunk_records=20_000,  # commit (resume) granularity, in source records
         # "count": text_words and images as counts; "percent": the reference's row prefixes train[:t%] and train[:v%]

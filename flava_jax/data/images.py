@@ -3,9 +3,11 @@
 `ImageFetcher` finds an image's bytes in the row itself (base64 sources), in local folders (by the URL's file
 name), or on the web: concurrent downloads with a timeout, retries with exponential backoff on 429/5xx and
 network errors, a User-Agent, and a cache that records successes and final failures, so a re-run never fetches
-anything twice. `to_jpeg` then decodes and validates the bytes (not an image, truncated, decompression bomb) and
-stores them resized as JPEG: squashed to size x size as the reference did, or aspect-preserving as a switch.
-`ImagePool` runs that CPU work over worker processes (downloads stay in the fetcher's threads), in input order.
+anything twice. `stored_image` then decodes and validates the bytes (not an image, truncated, decompression bomb)
+and stores them as they are when they are already right (size x size PNG or JPEG whose pixels the pipeline reads
+as the reference would: the paper's Hub data), else `to_jpeg`'s: resized as JPEG, squashed to size x size as the
+reference did, or aspect-preserving as a switch. `ImagePool` runs that CPU work over worker processes (downloads
+stay in the fetcher's threads), in input order.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from flava_jax.data.transforms import load_rgb
 
 USER_AGENT = "flava_jax/0.1 (WiT image fetcher for research; https://github.com/google-research-datasets/wit)"
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+KEPT_FORMATS = frozenset({"PNG", "JPEG"})  # stored as they are when already right; the pipeline decodes both
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class BadImage(ValueError):
@@ -188,12 +193,40 @@ class ImageFetcher:
         return Fetched(None, last[0], last[1], origin="web")
 
 
+def stored_image(data: bytes, size: int, mode: str = "squash", quality: int = 95, max_pixels: int = 89_478_485,
+                 reencode: bool = False) -> bytes:
+    """The bytes prepare stores for an image: `data` itself when it is `already_right` (unless `reencode`), else
+    `to_jpeg`'s. Either way the image is decoded and validated first. Raises BadImage with the reason."""
+    image = _decoded(data, max_pixels)
+    return data if not reencode and already_right(image, size) else _jpeg(image, size, mode, quality)
+
+
 def to_jpeg(data: bytes, size: int, mode: str = "squash", quality: int = 95, max_pixels: int = 89_478_485) -> bytes:
     """Decode, validate and re-encode as a size x size RGB JPEG. Raises BadImage with the reason.
 
     mode "squash" resizes to size x size with bicubic, ignoring the aspect ratio (the reference); "crop" resizes
     the shorter side to `size` (bicubic) and takes the centre square.
     """
+    return _jpeg(_decoded(data, max_pixels), size, mode, quality)
+
+
+def already_right(image: Image.Image, size: int) -> bool:
+    """Whether `image`'s own bytes give the pipeline the pixels the reference trains on: size x size (nothing to
+    resize), one frame of PNG or JPEG (all read from the header), and `ImageTransform`'s convert("RGB") equal to
+    `load_rgb`'s (transparency flattened onto white): so for RGB, compared pixel for pixel for any other mode
+    (alpha, a transparent colour, grey, palette, 16 bits)."""
+    if image.size != (size, size) or image.format not in KEPT_FORMATS or getattr(image, "is_animated", False):
+        return False
+    return image.mode == "RGB" or np.array_equal(np.asarray(image.convert("RGB")), np.asarray(load_rgb(image)))
+
+
+def stored_format(data: bytes) -> str:
+    """The format `stored_image` stored `data` in, "png" or "jpeg", by the PNG signature (it stores no other)."""
+    return "png" if data.startswith(PNG_SIGNATURE) else "jpeg"
+
+
+def _decoded(data: bytes, max_pixels: int) -> Image.Image:
+    """`data` opened and decoded, or BadImage: not an image, a decompression bomb, truncated or corrupt."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -206,9 +239,14 @@ def to_jpeg(data: bytes, size: int, mode: str = "squash", quality: int = 95, max
     if width * height > max_pixels:
         raise BadImage("decompression bomb", f"{width}x{height} exceeds {max_pixels} pixels")
     try:
-        image.load()
+        image.load()  # a kept image too: a truncated one would otherwise fail in training's pipeline
     except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for truncated or corrupt data
         raise BadImage("corrupt image", f"{type(e).__name__}: {e}") from e
+    return image
+
+
+def _jpeg(image: Image.Image, size: int, mode: str, quality: int) -> bytes:
+    """A decoded image flattened to RGB, resized by `mode` (to_jpeg) and encoded as JPEG."""
     image = load_rgb(image)
     if mode == "squash":
         image = image.resize((size, size), Image.Resampling.BICUBIC)
@@ -239,8 +277,9 @@ def _convert_one(convert: Callable[[bytes], bytes], data: bytes) -> tuple[bytes 
 
 
 class ImagePool:
-    """Converts fetched images with `convert` (decode, resize, JPEG encode: CPU-bound) over `workers` processes,
-    keeping their order, so the output is the same whatever the count; with one worker, in this process."""
+    """Converts fetched images with `convert` (stored_image: decode, validate, resize and JPEG-encode what is not
+    already right: CPU-bound) over `workers` processes, keeping their order, so the output is the same whatever the
+    count; with one worker, in this process."""
 
     def __init__(self, convert: Callable[[bytes], bytes], workers: int) -> None:
         self._convert, self.workers = functools.partial(_convert_one, convert), workers

@@ -5,7 +5,7 @@ repeat -> this process's shard -> per-example transform with its own RNG (decode
 block masking, ITM negatives) -> batch -> worker processes. Every random choice derives from the seed and the
 example's position, so a restored iterator continues exactly, whatever the number of workers.
 
-Images leave the pipeline as the stored uint8 pixels: the host only decodes JPEGs, and
+Images leave the pipeline as the stored uint8 pixels: the host only decodes the stored JPEG or PNG, and
 `transforms.model_inputs` makes the encoder's and the codebook's inputs on the device, bit-identical to
 FlavaImageProcessor (resizes included), from 4x fewer bytes than f32.
 

@@ -1,6 +1,6 @@
 """The record layout of the prepared streams, one binary record per example in ArrayRecord (group_size:1).
 
-    int64 row id | uint32 text byte length | UTF-8 text | JPEG bytes (the rest)
+    int64 row id | uint32 text byte length | UTF-8 text | image bytes, JPEG or PNG (the rest)
 
 Text-only records have no image bytes, image-only records an empty text; the row id (the example's train row)
 lets a pipeline tell the texts of one image apart from other images' texts.

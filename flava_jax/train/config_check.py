@@ -108,6 +108,7 @@ COUNT = _ints(0)
 PROBABILITY = _range(0, 1)
 NON_NEGATIVE = _range(0, math.inf)
 STRING = Rule("a string", lambda v: isinstance(v, str))
+BOOL = Rule("True or False", lambda v: isinstance(v, bool))
 # Rules for values, by dotted key; keys checked elsewhere (module docstring) are not here.
 RULES: dict[str, Rule] = {
     "config.seed": COUNT,  # numpy's generators (the data pipeline's) refuse negative seeds
@@ -126,6 +127,7 @@ RULES: dict[str, Rule] = {
     "config.data.image_size": POSITIVE,
     "config.data.image_resize": _one_of("squash", "crop"),
     "config.data.jpeg_quality": _ints(1, 100),
+    "config.data.image_reencode": BOOL,  # ConfigDict's own type check lets None in
     "config.data.max_image_pixels": POSITIVE,
     "config.data.chunk_records": POSITIVE,
     "config.data.budget_unit": _one_of("count", "percent"),
@@ -180,7 +182,7 @@ EVALUATOR_RULES: dict[str, Rule] = {"batch_size": POSITIVE, "batches": POSITIVE,
                                     "max_length": POSITIVE, "limit": _optional(POSITIVE),  # None: all of it
                                     "paradigms": _sequence(STRING), "templates": _optional(POSITIVE),
                                     "itm_rerank": COUNT,
-                                    "special_tokens": Rule("True or False", lambda v: isinstance(v, bool))}
+                                    "special_tokens": BOOL}
 
 
 def _value(config: Any, path: str) -> Any:

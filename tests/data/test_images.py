@@ -1,11 +1,13 @@
 """The download path against a local HTTP server on 127.0.0.1: failures are skipped or retried and counted, the
-run completes, and a re-run fetches nothing twice."""
+run completes, and a re-run fetches nothing twice. What is stored: images converted (squash or crop) or, when
+already right, kept byte for byte, the same whatever the worker count."""
 
 from __future__ import annotations
 
 import collections
 import csv
 import http.server
+import io
 import logging
 import os
 import struct
@@ -14,15 +16,21 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from flava_jax.data.images import ImageFetcher
-from flava_jax.data.prepare import PrepareSettings, prepare
+from flava_jax.data import records
+from flava_jax.data.images import BadImage, ImageFetcher, stored_image, to_jpeg
+from flava_jax.data.pipeline import ImageTransform
+from flava_jax.data.prepare import PrepareSettings, prepare, read_stream
 from flava_jax.data.sample import SAMPLE_DIR
+from flava_jax.data.transforms import load_rgb
 from flava_jax.data.wit import WIT_COLUMNS
-from tests.configs import fetch_settings, prepare_settings
+from tests.configs import fetch_settings, pipeline_settings, prepare_settings
+from tests.data.wit_rows import write_json_with_images
 
 PHOTOS = SAMPLE_DIR / "images"
 
@@ -205,12 +213,6 @@ def test_local_lookups_stay_inside_the_image_folder(tmp_path: Path, caplog: pyte
 
 def test_stored_images_squash_or_keep_the_aspect_ratio() -> None:
     """squash (the reference): 640x427 -> 224x224 bicubic, aspect ratio lost; crop: the centre square kept."""
-    import io
-
-    from PIL import Image
-
-    from flava_jax.data.images import to_jpeg
-
     data = (PHOTOS / "rocket.jpg").read_bytes()
     original = Image.open(io.BytesIO(data)).convert("RGB")
     squashed = Image.open(io.BytesIO(to_jpeg(data, 224, "squash")))
@@ -228,38 +230,87 @@ def test_stored_images_squash_or_keep_the_aspect_ratio() -> None:
     assert Image.open(io.BytesIO(gray)).mode == "RGB"
 
 
-def _inline_source(path: Path) -> tuple[Path, dict[str, int]]:
+def encoded(image: Image.Image, kind: str = "PNG", **options: Any) -> bytes:
+    """`image` saved as `kind` with PIL's `options`."""
+    out = io.BytesIO()
+    image.save(out, format=kind, **options)
+    return out.getvalue()
+
+
+def with_alpha(image: Image.Image) -> Image.Image:
+    """`image` (RGB or L) with an alpha gradient from transparent to opaque."""
+    image = image.convert("RGBA" if image.mode == "RGB" else "LA")
+    image.putalpha(Image.linear_gradient("L").resize(image.size))
+    return image
+
+
+def pipeline_pixels(data: bytes) -> np.ndarray:
+    """The uint8 pixels training's pipeline (ImageTransform) makes of stored image bytes."""
+    transform = ImageTransform(pipeline_settings("unused"))
+    return transform.encode(records.Example(0, "", data), np.random.default_rng(0))["pixels"]
+
+
+def test_an_image_already_right_is_stored_byte_for_byte() -> None:
+    """A size x size PNG or JPEG is kept when the pipeline decodes it to the reference's pixels (load_rgb, which
+    flattens transparency onto white) exactly; transparency, another size, another format or several frames
+    are converted as before (to_jpeg), as is everything with reencode; a kept image is still validated."""
+    photo = Image.open(PHOTOS / "chelsea.png").resize((32, 32), Image.Resampling.BICUBIC)
+    grey = photo.convert("L")
+    kept = {"RGB": encoded(photo), "L": encoded(grey), "P": encoded(photo.convert("P")),
+            "RGBA, opaque": encoded(photo.convert("RGBA")),
+            "16-bit grey": encoded(Image.fromarray(np.asarray(grey, np.uint16) * 257)),
+            "JPEG": encoded(photo, "JPEG", quality=60), "JPEG grey": encoded(grey, "JPEG"),
+            "JPEG CMYK": encoded(photo.convert("CMYK"), "JPEG")}
+    transparent = {"RGBA": encoded(with_alpha(photo)), "LA": encoded(with_alpha(grey)),
+                   "L with a transparent grey": encoded(grey, transparency=int(np.asarray(grey)[0, 0]))}
+    converted = {**transparent, "31 rows": encoded(photo.resize((32, 31))), "GIF": encoded(photo, "GIF"),
+                 "animated PNG": encoded(photo, save_all=True, append_images=[photo.rotate(90)])}
+    for name, data in kept.items():
+        assert stored_image(data, 32) == data, name
+        assert np.array_equal(pipeline_pixels(data), np.asarray(load_rgb(data))), name
+        assert stored_image(data, 32, reencode=True) == to_jpeg(data, 32), name
+    for name, data in converted.items():
+        assert stored_image(data, 32) == to_jpeg(data, 32), name
+    for name, data in transparent.items():  # kept, they would reach the model with their transparent pixels' colour
+        assert not np.array_equal(pipeline_pixels(data), np.asarray(load_rgb(data))), name
+    for name in ("RGB", "JPEG"):  # cut in the pixel data: the header still reads
+        with pytest.raises(BadImage, match="corrupt image"):
+            stored_image(kept[name][: len(kept[name]) * 3 // 4], 32)
+
+
+def _inline_source(path: Path) -> tuple[Path, dict[str, int], list[bytes]]:
     """"WIT with images" JSON lines carrying the bundled photos (RGB and grey, JPEG and PNG, one given an alpha
-    channel) and three bad images; returns the path and the skips the bad ones must give."""
-    import io
-
-    from PIL import Image
-
-    from tests.data.wit_rows import write_json_with_images
-
-    chelsea = Image.open(PHOTOS / "chelsea.png").convert("RGBA")
-    chelsea.putalpha(Image.linear_gradient("L").resize(chelsea.size))
-    with_alpha = io.BytesIO()
-    chelsea.save(with_alpha, format="PNG")
+    channel), three bad images, then three 32x32 ones: a grey PNG and a JPEG (already right at image_size 32) and
+    a PNG with transparency; returns the path, the skips the bad ones must give and the two already right."""
     rocket = (PHOTOS / "rocket.jpg").read_bytes()
+    small = [Image.open(PHOTOS / name).resize((32, 32)) for name in ("coins.png", "rocket.jpg", "chelsea.png")]
+    right = [encoded(small[0]), encoded(small[1], "JPEG")]
     images = [rocket, (PHOTOS / "coins.png").read_bytes(), b"<html>Rate limit exceeded</html>",
-              (PHOTOS / "chelsea.png").read_bytes(), rocket[: len(rocket) // 2], with_alpha.getvalue(),
-              _png_header(20000, 20000), (PHOTOS / "clock_motion.png").read_bytes()]
+              (PHOTOS / "chelsea.png").read_bytes(), rocket[: len(rocket) // 2],
+              encoded(with_alpha(Image.open(PHOTOS / "chelsea.png"))), _png_header(20000, 20000),
+              (PHOTOS / "clock_motion.png").read_bytes(), *right, encoded(with_alpha(small[2]))]
     write_json_with_images(path, images)
-    return path, {"image: not an image": 1, "image: corrupt image": 1, "image: decompression bomb": 1}
+    return path, {"image: not an image": 1, "image: corrupt image": 1, "image: decompression bomb": 1}, right
 
 
 def test_one_worker_or_two_give_the_same_shards_and_skips(tmp_path: Path) -> None:
-    """The image work in worker processes: the same bytes in the same order, bad images the same counted skips,
-    and the worker count is free to change on resume."""
-    source, skips = _inline_source(tmp_path / "rows.json")
+    """The image work in worker processes: the same bytes in the same order (the already right ones kept), bad
+    images the same counted skips, and the worker count is free to change on resume."""
+    source, skips, right = _inline_source(tmp_path / "rows.json")
     settings = dict(text_words=-1, images=-1, vocab_size=64, heldout_fraction=0.0, image_size=32, fetch_batch=3,
                     chunk_records=5, download=False)
     one = prepare(prepare_settings(**settings, prepare_workers=1), [str(source)], tmp_path / "one")
     two = prepare(prepare_settings(**settings, prepare_workers=2), [str(source)], tmp_path / "two")
     assert one["skipped"] == two["skipped"] == skips
-    assert one["kept"]["image"] == two["kept"]["image"] == 5
+    assert one["kept"]["image"] == two["kept"]["image"] == 8
     assert one["shards"] == two["shards"]  # each shard's sha256 and record count
+    stored = [records.decode(r).image for r in read_stream(tmp_path / "one", "image")]
+    assert stored[5:7] == right  # the grey PNG and the JPEG, 6th and 7th of the good images
+    converted = stored[:5] + stored[7:]
+    assert all(Image.open(io.BytesIO(image)).format == "JPEG" for image in converted)
+    assert one["image_formats"] == two["image_formats"] == {
+        "png": {"count": 1, "bytes": len(right[0])},
+        "jpeg": {"count": 7, "bytes": len(right[1]) + sum(map(len, converted))}}
     again = prepare(prepare_settings(**settings, prepare_workers=2), [str(source)], tmp_path / "one")
     assert again["shards"] == one["shards"]
 
@@ -278,6 +329,6 @@ def test_a_dead_worker_is_a_clear_error() -> None:
 def test_a_worker_count_below_one_is_a_config_error(tmp_path: Path) -> None:
     from flava_jax.common.settings import ConfigError
 
-    source, _ = _inline_source(tmp_path / "rows.json")
+    source, _, _ = _inline_source(tmp_path / "rows.json")
     with pytest.raises(ConfigError, match="config.data.prepare_workers=0"):
         prepare(prepare_settings(prepare_workers=0, download=False), [str(source)], tmp_path / "out")

@@ -1,5 +1,6 @@
 """Hub parquet copies of WiT: fixtures in each layout's schema, built from the real WiT rows and photos in
-../shared/data, prepared end to end and compared with the same rows prepared from a TSV (or the JSON they came from)."""
+../shared/data, prepared end to end and compared with the same rows prepared from a TSV (or the JSON they came from);
+the paper's 224x224 PNGs reach the model as their own pixels."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from flava_jax.data.images import to_jpeg
 from flava_jax.data.parquet_sources import read_parquet, split_rows
 from flava_jax.data.prepare import HELDOUT, HELDOUT_IMAGE
 from flava_jax.data.wit import SourceError, WitRow, read_source, source_files
+from tests.data.test_images import encoded, pipeline_pixels, with_alpha
 from tests.data.wit_rows import (
     IMAGE_TYPE,
     collapsed,
@@ -76,6 +80,43 @@ def test_theodor_layout_prepares_like_the_tsv_and_holds_out_its_test_split(share
     held = streams(tmp_path / "out", HELDOUT, HELDOUT_IMAGE)
     assert [(e.row, e.text) for e in held[HELDOUT]] == [(i, t) for i, r in enumerate(rows[12:]) for t in collapsed(r)]
     assert len(held[HELDOUT_IMAGE]) == 6 and manifest["skipped"] == {}
+    every_image = [e.image for e in ours["image"] + held[HELDOUT_IMAGE]]  # squashed to 16x16: all converted
+    assert manifest["image_formats"] == {"jpeg": {"count": 18, "bytes": sum(map(len, every_image))}}
+
+
+def test_the_papers_images_reach_the_model_as_their_own_pixels(shared_data: Path, tmp_path: Path) -> None:
+    """theodor1289/wit's 224x224 PNGs (RGB; here a grey one too) and a 224x224 JPEG are stored byte for byte, and
+    the pipeline decodes them to the pixels of the parquet's own bytes; a PNG with transparency and one of another
+    size are converted as before, and with image_reencode every image is."""
+    photos = shared_data / "photos" / "skimage"
+
+    def square(name: str) -> Image.Image:
+        return Image.open(photos / name).resize((224, 224), Image.Resampling.BICUBIC)
+
+    rgb = [png_224(photos / name) for name in ("astronaut.png", "coffee.png", "hubble_deep_field.jpg", "retina.jpg")]
+    grey, jpeg = encoded(square("camera.png")), encoded(square("rocket.jpg"), "JPEG", quality=90)
+    transparent, other_size = encoded(with_alpha(square("chelsea.png"))), (photos / "coins.png").read_bytes()
+    images = [*rgb, grey, transparent, jpeg, other_size]
+    assert Image.open(io.BytesIO(grey)).mode == "L" and Image.open(io.BytesIO(transparent)).mode == "RGBA"
+    kept = [*rgb, grey, jpeg]
+    write_parquet(tmp_path / "wit" / "data" / "train-00000-of-00001.parquet",
+                  _theodor_table(real_rows(shared_data)[:len(images)], images), THEODOR_FEATURES)
+    manifest = run_prepare([tmp_path / "wit"], tmp_path / "out", image_size=224)
+    stored = [e.image for e in streams(tmp_path / "out", "image")["image"]]
+    assert stored == [data if data in kept else to_jpeg(data, 224) for data in images]
+    for data, image in zip(images, stored, strict=True):
+        if data in kept:  # the pixels training sees are those of the parquet's bytes, decoded
+            assert np.array_equal(pipeline_pixels(image), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    assert {e.image for e in streams(tmp_path / "out", "pair")["pair"]} == set(stored)
+    assert manifest["image_formats"] == {"png": {"count": 5, "bytes": sum(map(len, [*rgb, grey]))},
+                                         "jpeg": {"count": 3, "bytes": len(jpeg) + len(stored[5]) + len(stored[7])}}
+    reencoded = run_prepare([tmp_path / "wit"], tmp_path / "reencoded", image_size=224, image_reencode=True)
+    assert [e.image for e in streams(tmp_path / "reencoded", "image")["image"]] == [to_jpeg(d, 224) for d in images]
+    assert list(reencoded["image_formats"]) == ["jpeg"]
+    # With no image already right (none is 16x16), the switch changes nothing: the shards of before
+    small = [run_prepare([tmp_path / "wit"], tmp_path / f"small{reencode}", image_reencode=reencode)["shards"]
+             for reencode in (False, True)]
+    assert small[0] == small[1]
 
 
 def test_theodor_rows_carry_their_split_and_english(shared_data: Path, tmp_path: Path) -> None:

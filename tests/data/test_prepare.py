@@ -1,5 +1,5 @@
 """prepare: budgets on a generated corpus with known word counts, nesting, determinism, held-out split, resume
-(after a crash or a full disk), concurrent prepares into one folder."""
+(after a crash or a full disk), concurrent prepares into one folder, stored images and their formats."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from PIL import Image
 
 from flava_jax.data import prepare as prepare_module
 from flava_jax.data import records
+from flava_jax.data.images import to_jpeg
 from flava_jax.data.prepare import DiskFullError, PrepareSettings, file_sha256, prepare, read_stream
 from flava_jax.data.tokenizer import Tokenizer
 from flava_jax.data.wit import WIT_COLUMNS
@@ -50,6 +51,11 @@ def _texts(row: dict[str, Any]) -> list[str]:
     return [row[k] for k in keys if row[k] is not None]
 
 
+def _already_right(i: int) -> bool:
+    """Whether row i's image is 16x16 (image_size in _prepare): stored as it is, the others converted."""
+    return i % 3 == 0
+
+
 def _eligible() -> list[int]:
     return [i for i in range(ROWS) if _row(i)["language"] == "en" and _row(i)["caption_reference_description"]]
 
@@ -65,7 +71,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         for i in range(ROWS):
             row = _row(i)
             writer.writerow(["" if row.get(c) is None else row[c] for c in WIT_COLUMNS])
-            Image.new("RGB", (12, 9), (i % 256, (7 * i) % 256, 50)).save(images / f"img{i}.jpg")
+            size = (16, 16) if _already_right(i) else (12, 9)
+            # a PNG by turns, under the URL's .jpg name: what counts is what the bytes are
+            Image.new("RGB", size, (i % 256, (7 * i) % 256, 50)).save(images / f"img{i}.jpg",
+                                                                       format="PNG" if i % 2 else "JPEG")
     return root / "rows.tsv", images
 
 
@@ -128,9 +137,14 @@ def test_manifest_counts_hashes_and_skips(corpus: tuple[Path, Path], tmp_path: P
     tokenizer = Tokenizer.load(tmp_path / "tokenizer.model")
     assert manifest["tokenizer"]["vocab_size"] == tokenizer.vocab_size <= 128
     assert not any("attribution" in e.text for e in _stream(tmp_path, "text"))
-    # The stored images are the corpus's, squashed to 16x16.
-    first = Image.open(__import__("io").BytesIO(_stream(tmp_path, "image")[0].image))
-    assert first.size == (16, 16) and first.mode == "RGB"
+    # The stored images are the corpus's: those already 16x16 as they are, the others squashed to 16x16 JPEGs.
+    files = {i: (corpus[1] / f"img{i}.jpg").read_bytes() for i in eligible}
+    stored = {i: files[i] if _already_right(i) else to_jpeg(files[i], 16) for i in eligible}
+    assert [e.image for e in _stream(tmp_path, "image")] == list(stored.values())
+    png = [i for i in eligible if _already_right(i) and i % 2]
+    assert png and manifest["image_formats"] == {
+        "png": {"count": len(png), "bytes": sum(len(files[i]) for i in png)},
+        "jpeg": {"count": len(eligible) - len(png), "bytes": sum(len(stored[i]) for i in eligible if i not in png)}}
 
 
 def test_same_seed_same_shards_and_a_seeded_heldout(corpus: tuple[Path, Path], tmp_path: Path) -> None:
@@ -172,12 +186,13 @@ def test_an_interrupted_prepare_resumes_to_the_same_result(corpus: tuple[Path, P
     monkeypatch.setattr(prepare_module._Carver, "process", original)
     resumed = _prepare(corpus, tmp_path / "resumed", text_words=900, images=50)
     assert not any(p.suffix == ".tmp" for p in (tmp_path / "resumed").rglob("*"))
-    for key in ("kept", "words", "skipped", "train_rows", "source_records", "tokenizer", "shards"):
+    for key in ("kept", "words", "skipped", "train_rows", "source_records", "tokenizer", "shards", "image_formats"):
         assert resumed[key] == reference[key], key
     for stream in ("text", "image", "pair"):
         assert [e for e in _stream(tmp_path / "resumed", stream)] == [e for e in _stream(tmp_path / "whole", stream)]
-    with pytest.raises(SystemExit, match="other settings"):
-        _prepare(corpus, tmp_path / "resumed", text_words=901, images=50)
+    for other in (dict(text_words=901), dict(image_reencode=True)):
+        with pytest.raises(SystemExit, match="other settings"):
+            _prepare(corpus, tmp_path / "resumed", **{"text_words": 900, "images": 50, **other})
 
 
 ENOSPC = os.strerror(errno.ENOSPC)
@@ -302,18 +317,30 @@ def test_two_prepares_into_one_folder_take_turns(corpus: tuple[Path, Path], tmp_
 
 
 def test_command_line_on_the_debug_config(tmp_path: Path) -> None:
-    """`python -m flava_jax.data.prepare --config=configs/debug.py --out=DIR`, with a config override and the
+    """`python -m flava_jax.data.prepare --config=configs/debug.py --out=DIR`, with config overrides and the
     image work in two worker processes."""
     command = [sys.executable, "-m", "flava_jax.data.prepare", "--config=configs/debug.py", f"--out={tmp_path}",
-               "--config.data.heldout_fraction=0.5", "--workers=2"]
+               "--config.data.heldout_fraction=0.5", "--config.data.image_reencode=True", "--workers=2"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["settings"]["heldout_fraction"] == 0.5 and manifest["settings"]["prepare_workers"] == 2
+    assert manifest["settings"]["image_reencode"] is True and list(manifest["image_formats"]) == ["jpeg"]
     assert manifest["kept"]["pair"] > 0 and manifest["kept"]["heldout"] > 0 and manifest["complete"]
     assert json.loads(result.stdout)["kept"] == manifest["kept"]
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert again.returncode == 0 and "already complete" in again.stderr
+
+
+def test_image_reencode_is_checked_as_a_switch() -> None:
+    """ConfigDict lets None into a bool key; the start-up check names it."""
+    from flava_jax.common.settings import ConfigError
+    from flava_jax.train.config_check import check_config
+
+    for value in (False, True):
+        check_config(debug_config(data__image_reencode=value))
+    with pytest.raises(ConfigError, match=r"^config\.data\.image_reencode=None must be True or False"):
+        check_config(debug_config(data__image_reencode=None))
 
 
 def test_invalid_bytes_cost_their_rows_only_and_are_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
