@@ -43,7 +43,15 @@ from ml_collections import config_flags
 from flava_jax.common.progress import ProgressLog
 from flava_jax.common.settings import ConfigError, missing_keys, read_section
 from flava_jax.data import records as records_lib
-from flava_jax.data.images import Fetched, FetchSettings, ImageFetcher, ImagePool, available_cores, to_jpeg
+from flava_jax.data.images import (
+    Fetched,
+    FetchSettings,
+    ImageFetcher,
+    ImagePool,
+    available_cores,
+    stored_format,
+    stored_image,
+)
 from flava_jax.data.parquet_sources import split_rows
 from flava_jax.data.tokenizer import SENTENCEPIECE_FILE, make_tokenizer
 from flava_jax.data.wit import Skip, SourceError, WitRow, describe_source, read_sources, source_files
@@ -90,6 +98,7 @@ class PrepareSettings:
     image_size: int
     image_resize: str
     jpeg_quality: int
+    image_reencode: bool  # False: an image already size x size PNG or JPEG is stored as it is (the paper's Hub data)
     max_image_pixels: int
     chunk_records: int
     budget_unit: str  # "count": text_words words and images images; "percent": the reference's train[:p%] rows
@@ -130,6 +139,11 @@ def tokenizer_path(data_dir: Path) -> Path:
 def row_texts(row: WitRow) -> list[str]:
     """The paper's collapsing: caption, page description, section description, alt text, whichever exist."""
     return [text for text in (getattr(row, f) for f in _TEXT_FIELDS) if text is not None]
+
+
+def _paired(row: WitRow, texts: list[str]) -> list[str]:
+    """The row's texts that make pairs with its image: all but its `extra_texts` (kept last by _classify)."""
+    return texts[:len(texts) - len(row.extra_texts)]
 
 
 def word_count(text: str) -> int:
@@ -244,7 +258,8 @@ def _fresh_progress(fingerprint: str) -> dict[str, Any]:
     return {"format": FORMAT, "fingerprint": fingerprint, "source_records": 0, "chunk": 0, "train_rows": 0,
             "kept": {"text": 0, "image": 0, "pair": 0, HELDOUT: 0, HELDOUT_IMAGE: 0, HELDOUT_PAIR: 0},
             "words": {"text": 0, "pair": 0, HELDOUT: 0}, "heldout_rows": 0,
-            "skipped": {}, "shards": {}, "budget_met": {"text": False, "images": False}, "sources_exhausted": False}
+            "image_formats": {}, "skipped": {}, "shards": {}, "budget_met": {"text": False, "images": False},
+            "sources_exhausted": False}
 
 
 def _resume(out: Path, fingerprint: str) -> dict[str, Any]:
@@ -305,7 +320,7 @@ class _Carver:
             return f"skip:language not {self.s.language}", []
         if self.s.require_caption and record.caption_reference_description is None:
             return "skip:no caption", []
-        texts = row_texts(record)
+        texts = row_texts(record) + list(record.extra_texts)  # the extra ones last: they make no pair
         if not texts:
             return "skip:no text", []
         if is_heldout(record, self.s.seed, self.s.heldout_fraction):
@@ -344,12 +359,12 @@ class _Carver:
             if kind.startswith("skip:"):
                 self.skipped[kind[5:]] += 1
             elif kind == "heldout":
-                self._heldout(texts, fetched.get(consumed), writers)
+                self._heldout(record, texts, fetched.get(consumed), writers)
             else:
                 self._train(record, texts, fetched.get(consumed), writers)
         return len(window)
 
-    def _heldout(self, texts: list[str], fetched: Any, writers: _ChunkWriters) -> None:
+    def _heldout(self, record: WitRow, texts: list[str], fetched: Any, writers: _ChunkWriters) -> None:
         """Held-out texts up to their cap; with an image (while under its cap), the image and its pairs too."""
         kept = self.p["kept"]
         row = self.p["heldout_rows"]
@@ -363,11 +378,19 @@ class _Carver:
         image = fetched.data if fetched is not None else None
         if image is None or kept[HELDOUT_IMAGE] >= self.s.heldout_max_images:
             return  # a failed held-out image is not counted as skipped: the row's texts are kept
-        writers.write(HELDOUT_IMAGE, records_lib.encode(row, "", image))
-        kept[HELDOUT_IMAGE] += 1
-        for text in texts:
+        self._write_image(HELDOUT_IMAGE, row, image, writers)
+        for text in _paired(record, texts):
             writers.write(HELDOUT_PAIR, records_lib.encode(row, text, image))
             kept[HELDOUT_PAIR] += 1
+
+    def _write_image(self, stream: str, row: int, image: bytes, writers: _ChunkWriters) -> None:
+        """Store an image in `stream` (image or heldout_image), counted in kept and in its format's count and bytes
+        (pair records repeat these images, so they are not counted again)."""
+        writers.write(stream, records_lib.encode(row, "", image))
+        self.p["kept"][stream] += 1
+        stored = self.p["image_formats"].setdefault(stored_format(image), {"count": 0, "bytes": 0})
+        stored["count"] += 1
+        stored["bytes"] += len(image)
 
     def _skip_image(self, fetched: Fetched) -> None:
         """Count a row whose image could not be had, logging the first SKIPS_LOGGED of each reason with its URL."""
@@ -403,11 +426,10 @@ class _Carver:
             met["text"] = _reached(self.p["train_rows"], self.text_rows)
         in_images = not met["images"] and image is not None
         if in_images:
-            writers.write("image", records_lib.encode(row_id, "", image))
-            kept["image"] += 1
+            self._write_image("image", row_id, image, writers)
             met["images"] = _reached(kept["image"], self.images)
         if whole_row and in_images:
-            for text in texts:
+            for text in _paired(row, texts):
                 writers.write("pair", records_lib.encode(row_id, text, image))
                 kept["pair"] += 1
                 words["pair"] += word_count(text)
@@ -543,8 +565,9 @@ def _image_pool(settings: PrepareSettings) -> ImagePool:
     workers = settings.prepare_workers
     if workers is not None and workers < 1:
         raise ConfigError(f"config.data.prepare_workers={workers}: give at least 1, or None for one per core")
-    convert = functools.partial(to_jpeg, size=settings.image_size, mode=settings.image_resize,
-                                quality=settings.jpeg_quality, max_pixels=settings.max_image_pixels)
+    convert = functools.partial(stored_image, size=settings.image_size, mode=settings.image_resize,
+                                quality=settings.jpeg_quality, max_pixels=settings.max_image_pixels,
+                                reencode=settings.image_reencode)
     return ImagePool(convert, workers or available_cores())
 
 
@@ -580,6 +603,7 @@ def _finish(settings: PrepareSettings, sources: list[str], progress: dict[str, A
         "kept": progress["kept"],
         "words": progress["words"],
         "images": progress["kept"]["image"],
+        "image_formats": progress["image_formats"],
         "skipped": progress["skipped"],
         "shards": progress["shards"],
         "tokenizer": tokenizer_info,

@@ -7,7 +7,8 @@
   per language entry, all sharing the image);
 * TFDS `wit` through `tfds.data_source`, when the user has prepared it (its booleans are unusable: its builder
   parses them with `bool(str)`, so "false" became True; they are dropped);
-* Hub parquet copies (flava_jax/data/parquet_sources.py) and img2dataset output (flava_jax/data/img2dataset.py).
+* Hub parquet copies (flava_jax/data/parquet_sources.py) and img2dataset output (flava_jax/data/img2dataset.py);
+* COCO captions (flava_jax/data/coco.py): one JSON object, recognised by its content before the JSON-lines sniff.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class WitRow:
     context_section_description: str | None = None
     caption_title_and_reference_description: str | None = None
     split: str | None = None  # the source's own split ("train", "test"), for sources that have the paper's
+    # texts beyond WiT's fields (a caption dataset's other captions): text-stream texts that make no pair
+    extra_texts: tuple[str, ...] = ()
     image_bytes: bytes | None = dataclasses.field(default=None, repr=False)  # when the source carries the image
     where: str = ""  # "file:line" (or "tfds:...#index"), for reports
 
@@ -75,7 +78,8 @@ class WitRow:
         return f"{self.image_url}\t{self.page_url}"
 
 
-ROW_FIELDS = frozenset(f.name for f in dataclasses.fields(WitRow)) - {"split", "image_bytes", "where"}  # WiT's own
+ROW_FIELDS = frozenset(f.name for f in dataclasses.fields(WitRow)) - {"split", "extra_texts", "image_bytes",
+                                                                       "where"}  # WiT's own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +132,7 @@ def row_from_fields(fields: dict[str, Any], where: str, image_bytes: bytes | Non
     """A WitRow from raw column values (strings, bytes or typed); raises BadValue on an unparsable value."""
     values: dict[str, Any] = {}
     for f in dataclasses.fields(WitRow):
-        if f.name in ("split", "image_bytes", "where"):
+        if f.name not in ROW_FIELDS:
             continue
         raw = fields.get(f.name)
         if f.name in _INT_COLUMNS:
@@ -365,14 +369,16 @@ def describe_source(spec: str) -> str:
 
 
 def read_file(path: Path) -> Iterator[Record]:
-    """The records of one source file, read by its kind: parquet, img2dataset tar shard, JSON lines or TSV; a file
-    that yields no row is named in the log."""
-    from flava_jax.data import img2dataset, parquet_sources  # they build on this module's records
+    """The records of one source file, read by its kind: parquet, img2dataset tar shard, COCO captions, JSON lines
+    or TSV; a file that yields no row is named in the log."""
+    from flava_jax.data import coco, img2dataset, parquet_sources  # they build on this module's records
 
     if path.suffix == ".parquet":
         records = parquet_sources.read_parquet(path)
     elif path.suffix == ".tar":
         records = img2dataset.read_webdataset(path)
+    elif coco.is_coco(path):  # first: COCO's one line is the whole file, which the JSON-lines sniff would read
+        records = coco.read_coco(path)
     else:
         records = read_json_with_images(path) if _looks_like_json(path) else read_tsv(path)
     return _warn_if_no_rows(path, records)
