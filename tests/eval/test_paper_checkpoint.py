@@ -30,13 +30,16 @@ NAME = "bestckpt_half_sized_text1_vision1"  # the Hub repositories' pattern: tex
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
-    """(parameters, their native export): the tiny model with BERT's vocabulary, weights spread out."""
+def weights(tiny_params: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """(parameters, their native export): the tiny model with BERT's vocabulary, weights spread out. The session's
+    tiny parameters with the vocabulary-sized ones drawn afresh: compiling another random init costs 10 s on CPU."""
     from flava_jax import FlavaForPreTraining
 
     rng = np.random.default_rng(1)
-    params = jax.tree.map(lambda x: np.asarray(x) + 0.1 * rng.standard_normal(x.shape).astype(np.float32),
-                          FlavaForPreTraining(CONFIG).init_params(jax.random.key(1)))
+    shapes = jax.eval_shape(FlavaForPreTraining(CONFIG).init_params, jax.random.key(1))
+    params = jax.tree.map(lambda x, shape: (np.asarray(x) if x.shape == shape.shape else np.zeros(shape.shape,
+                                                                                                  np.float32))
+                          + 0.1 * rng.standard_normal(shape.shape).astype(np.float32), tiny_params, shapes)
     native = tmp_path_factory.mktemp("native")
     save_pretrained(CONFIG, params, native, tokenizer=WordPieceTokenizer.load(BUNDLED["bert-base-uncased"]))
     return params, native
