@@ -19,11 +19,18 @@ import re
 from pathlib import Path
 from typing import Any
 
+from flava_jax.common.checkpoint_files import (
+    TORCH_INDEX,
+    TORCH_WEIGHTS,
+    UnsafePickle,
+    index_shards,
+    read_pickle,
+    uncompiled,
+)
 from flava_jax.eval.torch_pll import SAFETENSORS, BadExport
 
 log = logging.getLogger("flava_jax")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 CONVERTED = ".flava_jax"  # the cached export's suffix, beside the snapshot
 # Old transformers registered these buffers; they hold 0..n-1 and are not weights.
 _BUFFERS = re.compile(r"(^|\.)position_ids$")
@@ -31,7 +38,8 @@ _BUFFERS = re.compile(r"(^|\.)position_ids$")
 
 def is_paper_layout(path: Path) -> bool:
     """A directory with pickled weights and no safetensors: the layout of the paper's released checkpoints."""
-    return any((path / name).is_file() for name in PICKLES) and not any((path / n).is_file() for n in SAFETENSORS)
+    pickled = any((path / name).is_file() for name in (TORCH_WEIGHTS, TORCH_INDEX))
+    return pickled and not any((path / name).is_file() for name in SAFETENSORS)
 
 
 def snapshot(model: str) -> Path:
@@ -76,23 +84,14 @@ def export_of(model: str, out: str | os.PathLike | None = None) -> Path:
 
 def read_state_dict(path: Path) -> dict[str, Any]:
     """The snapshot's weights through `torch.load(weights_only=True)`, sharded or not, `_orig_mod.` dropped."""
-    import json
-
-    import torch
-
-    files = [path / PICKLES[0]] if (path / PICKLES[0]).is_file() else \
-        [path / f for f in sorted(set(json.loads((path / PICKLES[1]).read_text())["weight_map"].values()))]
+    files = [path / TORCH_WEIGHTS] if (path / TORCH_WEIGHTS).is_file() else index_shards(path / TORCH_INDEX)
     state: dict[str, Any] = {}
     for file in files:
         try:
-            loaded = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - torch raises many types for unsafe or corrupt pickles
-            # Not torch's advice (weights_only=False), which would run whatever code the pickle holds.
-            raise BadExport(f"{file} could not be read with torch.load(weights_only=True) ({type(e).__name__}): it "
-                            "holds objects other than tensors, or is corrupt; flava_jax never unpickles arbitrary "
-                            "objects") from e
-        state.update(loaded.get("state_dict", loaded) if isinstance(loaded, dict) else {})
-    return {re.sub(r"(^|\.)_orig_mod\.", r"\1", k): v for k, v in state.items() if not _BUFFERS.search(k)}
+            state.update(read_pickle(file))
+        except UnsafePickle as e:
+            raise BadExport(str(e)) from e
+    return {k: v for k, v in uncompiled(state).items() if not _BUFFERS.search(k)}
 
 
 def convert(path: Path, out: Path) -> Path:

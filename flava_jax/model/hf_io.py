@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,20 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from flava_jax.common.checkpoint_files import (
+    TORCH_INDEX,
+    TORCH_WEIGHTS,
+    UnsafePickle,
+    index_shards,
+    read_pickle,
+    uncompiled,
+)
 from flava_jax.model.config import FlavaConfig
 from flava_jax.model.flava import FlavaForPreTraining
 from flava_jax.model.layers import stack_layers, unstack_layers
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
-TORCH_WEIGHTS = "pytorch_model.bin"
-TORCH_INDEX = "pytorch_model.bin.index.json"
 CONFIG = "config.json"
 
 # HF ties `<head>.bias` to `<head>.decoder.bias`; saved files hold only the latter, older state_dicts hold both.
@@ -147,7 +152,7 @@ def from_hf_state_dict(config: FlavaConfig, state: Mapping[str, Any]) -> dict[st
     Accepts keys containing `_orig_mod.` (torch.compile'd submodules, as the paper's checkpoints have), the tied
     `<head>.bias` aliases (which must equal `<head>.decoder.bias`) and the old `position_ids` buffers.
     """
-    state = {re.sub(r"(^|\.)_orig_mod\.", r"\1", k): v for k, v in state.items()}
+    state = uncompiled(state)
     table = hf_name_table(config)
     expected = _expected_leaves(config)
     problems: dict[str, list[str]] = {"missing": [], "unexpected": [], "wrong shape": [], "inconsistent": []}
@@ -207,21 +212,12 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 def _read_torch(path: Path) -> dict[str, Any]:
     try:
-        import torch
+        return read_pickle(path)
     except ImportError as e:  # torch belongs to the eval extra only
         raise CheckpointError(f"{path} is a PyTorch pickle; reading it needs torch (pip install "
                               "'flava_jax[eval]'), or convert it to model.safetensors") from e
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for unsafe or corrupt files
-        # Not torch's message: it advises weights_only=False, which runs whatever code the pickle holds.
-        raise CheckpointError(f"{path} could not be read with torch.load(weights_only=True) ({type(e).__name__}): it "
-                              "holds objects other than tensors, or is corrupt, and flava_jax never unpickles "
-                              "arbitrary objects. Only if you trust the file: load it in a separate environment and "
-                              "save its state dict with safetensors.torch.save_file, then pass that file") from e
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # a Lightning checkpoint
-    return state
+    except UnsafePickle as e:
+        raise CheckpointError(str(e)) from e
 
 
 def _read_weights(path: Path) -> dict[str, Any]:
@@ -233,10 +229,9 @@ def _read_weights(path: Path) -> dict[str, Any]:
         if (path / single).is_file():
             return reader(path / single)
         if (path / index).is_file():
-            shards = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
             state: dict[str, Any] = {}
-            for shard in shards:
-                state.update(reader(path / shard))
+            for shard in index_shards(path / index):
+                state.update(reader(shard))
             return state
     raise CheckpointError(f"{path} holds no {SAFE_WEIGHTS}, {SAFE_INDEX}, {TORCH_WEIGHTS} or {TORCH_INDEX}; "
                           "pass a directory written by save_pretrained or a weights file")
