@@ -16,6 +16,8 @@ from math import comb
 
 import numpy as np
 
+from flava_jax.common.zeroshot import ranks
+
 KS = (1, 5, 10)
 
 
@@ -42,9 +44,7 @@ def recalls(similarity: np.ndarray, image_of_text: np.ndarray, ks: Sequence[int]
 
 def ranks_text_to_image(similarity: np.ndarray, image_of_text: np.ndarray) -> np.ndarray:
     """Per text, how many images score strictly higher than its own."""
-    scores = similarity.T
-    true = scores[np.arange(scores.shape[0]), image_of_text]
-    return (scores > true[:, None]).sum(axis=1)
+    return ranks(similarity.T, image_of_text)
 
 
 def ranks_image_to_text(similarity: np.ndarray, image_of_text: np.ndarray) -> np.ndarray:

@@ -79,12 +79,7 @@ def _parquet_rows(path: Path) -> Iterable[tuple[str | None, bytes | None, str | 
     import pyarrow.parquet as pq
 
     file = pq.ParquetFile(path)
-    names = file.schema_arrow.names
-    text = next((c for c in TEXT_COLUMNS if c in names), None)
-    where = next((c for c in ("image", *PATH_COLUMNS) if c in names), None)
-    if text is None or where is None:
-        raise ValueError(f"{path}: needs a text column ({' or '.join(TEXT_COLUMNS)}) and an image column (image, or "
-                         f"a path: {', '.join(PATH_COLUMNS)}); it has {names}")
+    text, where = _columns(path, file.schema_arrow.names)
     row = 0
     for batch in file.iter_batches(columns=[text, where], batch_size=256):
         for t, image in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
@@ -99,14 +94,19 @@ def _parquet_rows(path: Path) -> Iterable[tuple[str | None, bytes | None, str | 
 def _tsv_rows(path: Path) -> Iterable[tuple[str | None, bytes | None, str | None, str]]:
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        columns = reader.fieldnames or []
-        text = next((c for c in TEXT_COLUMNS if c in columns), None)
-        where = next((c for c in ("image", *PATH_COLUMNS) if c in columns), None)
-        if text is None or where is None:
-            raise ValueError(f"{path}: needs a header with a text column ({' or '.join(TEXT_COLUMNS)}) and an image "
-                             f"path column (image, {', '.join(PATH_COLUMNS)}); it has {columns}")
+        text, where = _columns(path, reader.fieldnames or [])
         for i, row in enumerate(reader):
             yield row.get(text), None, row.get(where), f"{path.name} line {i + 2}"
+
+
+def _columns(path: Path, names: Sequence[str]) -> tuple[str, str]:
+    """(the text column, the image column) of a pairs file with these column names; ValueError naming both kinds."""
+    text = next((c for c in TEXT_COLUMNS if c in names), None)
+    where = next((c for c in ("image", *PATH_COLUMNS) if c in names), None)
+    if text is None or where is None:
+        raise ValueError(f"{path}: needs a header with a text column ({' or '.join(TEXT_COLUMNS)}) and an image "
+                         f"column (image: bytes or a path; or a path: {', '.join(PATH_COLUMNS)}); it has {list(names)}")
+    return text, where
 
 
 def _collect(rows: Iterable[tuple[str | None, bytes | None, str | None, str]], folder: Path,

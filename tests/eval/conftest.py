@@ -9,6 +9,8 @@ import jax
 import numpy as np
 import pytest
 
+from tests.eval.exports import tiny_export
+
 
 @pytest.fixture(scope="module")
 def spread_params(tiny_params: Any) -> Any:
@@ -21,10 +23,4 @@ def spread_params(tiny_params: Any) -> Any:
 @pytest.fixture(scope="module")
 def export(debug_data: Path, tmp_path_factory: pytest.TempPathFactory, spread_params: Any) -> Path:
     """`spread_params` exported with the sample's tokenizer."""
-    from flava_jax import FlavaConfig, save_pretrained
-    from flava_jax.data.tokenizer import Tokenizer
-
-    out = tmp_path_factory.mktemp("export")
-    save_pretrained(FlavaConfig.from_preset("tiny"), spread_params, out,
-                    tokenizer=Tokenizer.load(debug_data / "tokenizer.model"))
-    return out
+    return tiny_export(spread_params, debug_data, tmp_path_factory.mktemp("export"))

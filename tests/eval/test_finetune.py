@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flava_jax import FlavaConfig, save_pretrained
-from flava_jax.data.tokenizer import Tokenizer
 from flava_jax.eval.glue import (
     TASKS,
     Example,
@@ -30,6 +28,7 @@ from flava_jax.eval.glue import (
     read_source,
 )
 from tests.configs import REPO
+from tests.eval.exports import tiny_export
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -248,10 +247,7 @@ def test_adaptive_pooler_by_hand() -> None:
 @pytest.fixture(scope="module")
 def export(debug_data: Path, tmp_path_factory: pytest.TempPathFactory, tiny_params: Any) -> Path:
     """The tiny preset's random initialisation with the sample's tokenizer."""
-    out = tmp_path_factory.mktemp("finetune_export")
-    save_pretrained(FlavaConfig.from_preset("tiny"), tiny_params, out,
-                    tokenizer=Tokenizer.load(debug_data / "tokenizer.model"))
-    return out
+    return tiny_export(tiny_params, debug_data, tmp_path_factory.mktemp("finetune_export"))
 
 
 @pytest.fixture(scope="module")
