@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from flava_jax.common.text_batches import by_length
 from flava_jax.data.transforms import normalize_encoder_pixels
 
 
@@ -16,13 +17,8 @@ def _text_batches(ids: Sequence[Sequence[int]], pad_id: int, batch_size: int, de
     """(rows, padded ids on `device`) of batches shortest first, each padded to its longest."""
     import torch
 
-    order = np.argsort([len(i) for i in ids], kind="stable")
-    for start in range(0, len(ids), batch_size):
-        rows = order[start:start + batch_size]
-        batch = torch.full((len(rows), max(len(ids[r]) for r in rows)), pad_id, dtype=torch.long)
-        for j, r in enumerate(rows):
-            batch[j, :len(ids[r])] = torch.as_tensor(ids[r])
-        yield rows, batch.to(device)
+    for rows, batch in by_length(ids, pad_id, batch_size):
+        yield rows, torch.from_numpy(batch).to(device)
 
 
 def _pixel_values(pixels: np.ndarray, device: Any) -> Any:

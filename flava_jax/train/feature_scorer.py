@@ -4,13 +4,14 @@ shapes compile), placed over the mesh as the PLL scorer places its copies."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from flava_jax.common.text_batches import by_length
 from flava_jax.data.transforms import device_encoder_pixels
 from flava_jax.model.flava import FlavaForPreTraining
 
@@ -56,22 +57,11 @@ class FeatureScorer:
         padding = ((0, self.batch_size - len(x)),) + ((0, 0),) * (x.ndim - 1)
         return self._place(np.pad(x, padding, constant_values=pad_value))
 
-    def _text_batches(self, ids: Sequence[Sequence[int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(rows, padded ids) of batches shortest first, each padded to its longest, rounded up."""
-        order = np.argsort([len(i) for i in ids], kind="stable")
-        for start in range(0, len(ids), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            length = -(-max(len(ids[r]) for r in rows) // self.length_multiple) * self.length_multiple
-            batch = np.full((len(rows), length), self.pad_id, np.int32)
-            for j, r in enumerate(rows):
-                batch[j, :len(ids[r])] = ids[r]
-            yield rows, batch
-
     def texts(self, params: Any, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Embeddings of token-id sequences, in their order."""
         out = np.zeros((len(ids), self.projection_dim), np.float32)
-        for rows, batch in self._text_batches(ids):
-            out[rows] = np.asarray(self._texts(params, self._full(batch, self.pad_id)))[:len(rows)]
+        for rows, batch in by_length(ids, self.pad_id, self.batch_size, self.length_multiple):
+            out[rows] = np.asarray(self._texts(params, self._full(batch.astype(np.int32), self.pad_id)))[:len(rows)]
         return out
 
     def images(self, params: Any, pixels: np.ndarray) -> np.ndarray:
@@ -85,7 +75,7 @@ class FeatureScorer:
     def itm(self, params: Any, ids: Sequence[Sequence[int]], pixels: np.ndarray) -> np.ndarray:
         """The ITM log-odds of pairs (ids[i], pixels[i])."""
         out = np.zeros(len(ids), np.float32)
-        for rows, batch in self._text_batches(ids):
-            out[rows] = np.asarray(self._itm(params, self._full(batch, self.pad_id),
+        for rows, batch in by_length(ids, self.pad_id, self.batch_size, self.length_multiple):
+            out[rows] = np.asarray(self._itm(params, self._full(batch.astype(np.int32), self.pad_id),
                                              self._full(pixels[rows], 0)))[:len(rows)]
         return out
