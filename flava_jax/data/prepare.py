@@ -52,9 +52,10 @@ from flava_jax.data.images import (
     stored_format,
     stored_image,
 )
-from flava_jax.data.parquet_sources import split_rows
+from flava_jax.data.sources.dispatch import describe_source, read_sources, source_files
+from flava_jax.data.sources.hub_parquet import split_rows
+from flava_jax.data.sources.rows import Skip, SourceError, WitRow
 from flava_jax.data.tokenizer import SENTENCEPIECE_FILE, make_tokenizer
-from flava_jax.data.wit import Skip, SourceError, WitRow, describe_source, read_sources, source_files
 
 log = logging.getLogger("flava_jax.prepare")
 FORMAT = "flava_jax.prepare/1"

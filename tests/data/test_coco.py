@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from flava_jax.common.settings import ConfigError
-from flava_jax.data.coco import is_coco
-from flava_jax.data.wit import Skip, SourceError, WitRow, read_source
+from flava_jax.data.sources.coco import is_coco
+from flava_jax.data.sources.dispatch import read_source
+from flava_jax.data.sources.rows import Skip, SourceError, WitRow
 from tests.data.wit_rows import TEXT_FIELDS, run_prepare, streams, write_json_with_images, write_tsv
 
 STREAMS = ("text", "image", "pair")

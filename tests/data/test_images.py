@@ -27,8 +27,8 @@ from flava_jax.data.images import BadImage, ImageFetcher, stored_image, to_jpeg
 from flava_jax.data.pipeline import ImageTransform
 from flava_jax.data.prepare import PrepareSettings, prepare, read_stream
 from flava_jax.data.sample import SAMPLE_DIR
+from flava_jax.data.sources.rows import WIT_COLUMNS
 from flava_jax.data.transforms import load_rgb
-from flava_jax.data.wit import WIT_COLUMNS
 from tests.configs import fetch_settings, pipeline_settings, prepare_settings
 from tests.data.wit_rows import write_json_with_images
 

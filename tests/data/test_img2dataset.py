@@ -12,9 +12,10 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from flava_jax.data.img2dataset import read_webdataset
 from flava_jax.data.prepare import HELDOUT, HELDOUT_IMAGE
-from flava_jax.data.wit import WitRow, read_source, source_files
+from flava_jax.data.sources.dispatch import read_source, source_files
+from flava_jax.data.sources.img2dataset import read_webdataset
+from flava_jax.data.sources.rows import WitRow
 from tests.data.wit_rows import real_rows, run_prepare, streams, write_parquet, write_tsv
 
 EXTRA = ("language", "page_url", "context_page_description", "context_section_description",

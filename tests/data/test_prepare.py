@@ -24,8 +24,8 @@ from flava_jax.data import prepare as prepare_module
 from flava_jax.data import records
 from flava_jax.data.images import to_jpeg
 from flava_jax.data.prepare import DiskFullError, PrepareSettings, file_sha256, prepare, read_stream
+from flava_jax.data.sources.rows import WIT_COLUMNS
 from flava_jax.data.tokenizer import Tokenizer
-from flava_jax.data.wit import WIT_COLUMNS
 from tests.configs import REPO, debug_config, prepare_settings
 
 ROWS = 240

@@ -19,7 +19,8 @@ from PIL import Image
 
 from flava_jax.data.prepare import prepare, read_stream
 from flava_jax.data.records import decode
-from flava_jax.data.wit import WIT_COLUMNS, WitRow, read_source
+from flava_jax.data.sources.dispatch import read_source
+from flava_jax.data.sources.rows import WIT_COLUMNS, WitRow
 from tests.configs import prepare_settings
 
 WIT_FILES = ("hf_datasets_wit_dummy/2a3cd16e/wit_v1.train.all-00000-of-00010.tsv.gz",

@@ -18,9 +18,10 @@ import pytest
 from PIL import Image
 
 from flava_jax.data.images import to_jpeg
-from flava_jax.data.parquet_sources import read_parquet, split_rows
 from flava_jax.data.prepare import HELDOUT, HELDOUT_IMAGE
-from flava_jax.data.wit import SourceError, WitRow, read_source, source_files
+from flava_jax.data.sources.dispatch import read_file, read_source, source_files
+from flava_jax.data.sources.hub_parquet import split_rows
+from flava_jax.data.sources.rows import SourceError, WitRow
 from tests.data.test_images import encoded, pipeline_pixels, with_alpha
 from tests.data.wit_rows import (
     IMAGE_TYPE,
@@ -227,7 +228,7 @@ def test_a_missing_column_names_the_columns_and_the_layouts(tmp_path: Path) -> N
     table = pa.table({"image": pa.array([{"bytes": b"x", "path": None}], IMAGE_TYPE), "image_url": ["u"]})
     path = write_parquet(tmp_path / "data" / "train-00000-of-00001.parquet", table, {"image": {"_type": "Image"}})
     with pytest.raises(SourceError) as error:
-        list(read_parquet(path))
+        list(read_file(path))
     message = str(error.value)
     assert "['image', 'image_url']" in message and "theodor1289/wit" in message and "img2dataset" in message
     assert "\n" not in message

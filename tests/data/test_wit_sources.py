@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from flava_jax.data.sample import SAMPLE_DIR
-from flava_jax.data.wit import KAGGLE_COLUMNS, WIT_COLUMNS, Skip, WitRow, read_source, read_tfds
+from flava_jax.data.sources.dispatch import read_source
+from flava_jax.data.sources.rows import KAGGLE_COLUMNS, WIT_COLUMNS, Skip, WitRow
+from flava_jax.data.sources.tfds_wit import read_tfds
 
 TSV_FILES = {  # file below shared/data/wit -> number of data rows a reader must yield
     "tfds_dummy_data/wit/train-00000-of-00009.tsv": 3,
@@ -225,3 +227,23 @@ def test_tfds_spec_goes_through_tfds_data_source(monkeypatch: pytest.MonkeyPatch
     assert calls == [("wit", "val", "/data/tfds")] and row.caption_reference_description == "c"
     list(read_source("tfds:"))
     assert calls[-1] == ("wit", "train", None)
+
+
+def test_no_reader_imports_another() -> None:
+    """A new format is one new module: readers build only on the shared rows (and parquet_files); only dispatch
+    knows them all."""
+    import ast
+
+    import flava_jax.data.sources as package
+
+    folder = Path(package.__file__).parent
+    shared = {"rows", "parquet_files"}
+    readers = {p.stem for p in folder.glob("*.py")} - shared - {"__init__", "dispatch"}
+    assert {"tsv", "json_lines", "tfds_wit", "hub_parquet", "img2dataset", "coco"} <= readers
+    for name in readers | shared:
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = {alias.name.rpartition(".")[2] if node.module == "flava_jax.data.sources" else
+                    node.module.rpartition(".")[2]
+                    for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+                    and node.module.startswith("flava_jax.data.sources") for alias in node.names}
+        assert imported <= (shared - {name} if name in readers else {"rows"}), (name, imported)

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from flava_jax.data.wit import Record, Skip, SourceError, WitRow
+from flava_jax.data.sources.rows import Record, Skip, SourceError, WitRow
 
 log = logging.getLogger("flava_jax.data")
 _SNIFF_BYTES = 1 << 16  # COCO writes `info` and `licenses` (about 1.5 KB) before `images` and `annotations`

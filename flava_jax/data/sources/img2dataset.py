@@ -1,10 +1,10 @@
-"""img2dataset output as a WiT source (README: fetching WiT's images with img2dataset).
+"""img2dataset output (parquet or webdataset) as a source: WiT fetched with img2dataset, or caption datasets.
 
 img2dataset keeps each sample's metadata (`key`, `url`, `caption`, `status`, `error_message`, sizes) plus the
-`--save_additional_columns` (WiT's other fields). Its parquet output is read by flava_jax/data/parquet_sources.py
-(a binary image column named after `--encode_format`); its webdataset output is tar shards of `{key}.jpg`,
-`{key}.txt` and `{key}.json`, read here as a stream, with a `{shard}.parquet` beside each that alone lists the
-samples that failed. Samples whose status is not "success" are Skips counted by status.
+`--save_additional_columns` (WiT's other fields). Its parquet output is `PARQUET_LAYOUT` (read by parquet_files: a
+binary image column named after `--encode_format`); its webdataset output is tar shards of `{key}.jpg`, `{key}.txt`
+and `{key}.json`, read here as a stream, with a `{shard}.parquet` beside each that alone lists the samples that
+failed. Samples whose status is not "success" are Skips counted by status.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flava_jax.data.wit import ROW_FIELDS, BadValue, Record, Skip, row_from_fields
+from flava_jax.data.sources.parquet_files import Layout
+from flava_jax.data.sources.rows import ROW_FIELDS, BadValue, Record, Skip, row_from_fields
 
 IMAGE_FORMATS = ("jpg", "png", "webp")  # --encode_format: the image column, or member extension
 
@@ -40,6 +41,14 @@ def sample(meta: dict[str, Any], image: bytes | None, where: str) -> Record:
         return row_from_fields(fields, where, image_bytes=image)
     except BadValue as e:
         return Skip("bad value", where, str(e))
+
+
+def _parquet_rows(row: dict[str, Any], where: str, split: str | None) -> Iterator[Record]:
+    image = next((row[c] for c in IMAGE_FORMATS if row.get(c) is not None), None)
+    yield sample(row, image, f"{where}:{row.get('key')}")
+
+
+PARQUET_LAYOUT = Layout("img2dataset parquet", frozenset({"key", "url", "status"}), _parquet_rows, reads_all=True)
 
 
 def read_webdataset(path: str | os.PathLike) -> Iterator[Record]:
