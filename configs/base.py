@@ -3,10 +3,16 @@
 Sequences are tuples: ml_collections' config_flags overrides a tuple from the command line
 (--config.data.sources="('a.tsv','b.tsv')", or the flag repeated) but not a list."""
 
+import os
+
 from ml_collections import ConfigDict, config_dict
 
 from flava_jax.data.images import USER_AGENT
 from flava_jax.model.config import FlavaConfig
+
+# Where the grid's :pairs= presets look for their datasets (any other value is a path): CC3M as img2dataset writes it
+# (--output_folder), COCO's captions file beside its train2017/ image folder
+PAIR_DATASETS = {"cc3m": "~/data/cc3m", "coco": "~/data/coco/annotations/captions_train2017.json"}
 
 
 def model_config(preset: str) -> ConfigDict:
@@ -23,6 +29,10 @@ def data_config() -> ConfigDict:
         dir=config_dict.placeholder(str),
         stage_dir=config_dict.placeholder(str),  # where a gs:// dir is copied; None: ~/.cache/flava_jax/data/...
         sources=(),  # WiT files, directories, globs or tfds:wit/train[@data_dir]
+        # per stream (flava_jax/data/stream_sources.py), e.g. WiT's text with CC3M's images and pairs; None: `sources`
+        text_sources=config_dict.placeholder(tuple),
+        image_sources=config_dict.placeholder(tuple),
+        pair_sources=config_dict.placeholder(tuple),
         image_dirs=(),  # local folders holding images by the file name of their URL
         cache_dir=config_dict.placeholder(str),  # download cache; None: ~/.cache/flava_jax/images
         download=True,
@@ -188,16 +198,21 @@ def get_config() -> ConfigDict:
 
 def grid_config(text_words: int, images: int, arg: str | None = None) -> ConfigDict:
     """One cell of the paper's grid. `arg` is what follows the config path after ":", comma-separated, e.g.
-    --config=configs/10M_4M.py:model=half for the thesis size (default: model=full, the paper's), or
-    :control=noise / :control=shuffled_pairs for the paper's proposed image controls (data.image_control)."""
+    --config=configs/10M_4M.py:model=half for the thesis size (default: model=full, the paper's),
+    :control=noise / :control=shuffled_pairs for the paper's proposed image controls (data.image_control), and
+    :pairs=cc3m / :pairs=coco / :pairs=PATH for its better-aligned images and pairs (data.image_sources and
+    pair_sources; PAIR_DATASETS says where cc3m and coco are looked for)."""
     options = dict(item.split("=", 1) for item in (arg or "").split(",") if item)
-    unknown = set(options) - {"model", "control"}
+    unknown = set(options) - {"model", "control", "pairs"}
     if unknown:
         raise ValueError(f"config argument: unknown options {sorted(unknown)}; known: model=full|half|tiny, "
-                         f"control=none|noise|shuffled_pairs")
+                         f"control=none|noise|shuffled_pairs, pairs=cc3m|coco|PATH")
     config = get_config()
     config.model = model_config(options.get("model", "full"))
     config.data.image_control = options.get("control", "none")
+    if "pairs" in options:  # the paper's "stronger alignment" check: WiT's text, another dataset's images and pairs
+        where = PAIR_DATASETS.get(options["pairs"], options["pairs"])
+        config.data.image_sources = config.data.pair_sources = (os.path.expanduser(where),)
     # The paper trained in bf16 mixed precision: f32 parameters, bf16 products, f32 softmax, LayerNorm and losses.
     config.model.dtype = "bfloat16"
     # One compiled layer per encoder, looped: the full step compiles for a TPU slice in minutes, not tens of minutes.

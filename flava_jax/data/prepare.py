@@ -52,6 +52,7 @@ from flava_jax.data.images import (
     stored_format,
     stored_image,
 )
+from flava_jax.data.records import STREAMS
 from flava_jax.data.sources.dispatch import describe_source, read_sources, source_files
 from flava_jax.data.sources.hub_parquet import split_rows
 from flava_jax.data.sources.rows import Skip, SourceError, WitRow
@@ -133,7 +134,7 @@ class PrepareSettings:
 
 def tokenizer_path(data_dir: Path) -> Path:
     """The tokenizer file of prepared data (its manifest names it; data prepared before that has tokenizer.model)."""
-    info = (_load_json(data_dir / MANIFEST) or {}).get("tokenizer") or {}
+    info = (load_json(data_dir / MANIFEST) or {}).get("tokenizer") or {}
     return data_dir / info.get("file", SENTENCEPIECE_FILE)
 
 
@@ -170,7 +171,7 @@ def file_sha256(path: Path) -> str:
 
 def read_stream(out: str | os.PathLike, stream: str) -> Iterator[bytes]:
     """Every record of a prepared stream, in shard order."""
-    manifest_or_progress = _load_json(Path(out) / MANIFEST) or _load_json(Path(out) / PROGRESS) or {}
+    manifest_or_progress = load_json(Path(out) / MANIFEST) or load_json(Path(out) / PROGRESS) or {}
     for shard in manifest_or_progress.get("shards", {}).get(stream, []):
         reader = ArrayRecordReader(str(Path(out) / shard["file"]))
         try:
@@ -180,11 +181,11 @@ def read_stream(out: str | os.PathLike, stream: str) -> Iterator[bytes]:
             reader.close()
 
 
-def _load_json(path: Path) -> dict[str, Any] | None:
+def load_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _write_json(path: Path, value: Any) -> None:
+def write_json(path: Path, value: Any) -> None:
     tmp = path.with_suffix(".json.tmp")
     with _space_checked(path):
         tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
@@ -266,7 +267,7 @@ def _fresh_progress(fingerprint: str) -> dict[str, Any]:
 def _resume(out: Path, fingerprint: str) -> dict[str, Any]:
     """progress.json of an interrupted run, or a fresh one; either way with the shards written after the last
     commit removed."""
-    progress = _load_json(out / PROGRESS)
+    progress = load_json(out / PROGRESS)
     if progress is not None and progress.get("fingerprint") != fingerprint:
         raise SystemExit(f"{out} holds a prepare with other settings or sources; use a new --out or delete it")
     committed = {s["file"] for shards in (progress or {}).get("shards", {}).values() for s in shards}
@@ -441,7 +442,7 @@ class _Carver:
         self.p["source_records"] += consumed
         self.p["chunk"] = writers.chunk + 1
         self.p["skipped"] = dict(sorted(self.skipped.items()))
-        _write_json(out / PROGRESS, self.p)
+        write_json(out / PROGRESS, self.p)
 
 
 def _reached(count: int, budget: int) -> bool:
@@ -449,13 +450,17 @@ def _reached(count: int, budget: int) -> bool:
     return 0 <= budget <= count
 
 
-def _check_language(settings: PrepareSettings, sources: Sequence[str], rows: int = 64) -> None:
-    """ConfigError when a language filter is set and the sources' first `rows` rows have no language at all (a
-    source without the column: every row would be skipped as "language not en", a misleading reason)."""
-    if settings.language is None:
-        return
-    first = [r for r in itertools.islice((r for r in read_sources(sources) if isinstance(r, WitRow)), rows)]
-    if first and all(r.language is None for r in first):
+def records_language(sources: Sequence[str], rows: int = 64) -> bool:
+    """Whether the sources' rows record a language: some of their first `rows` rows have one (or there are none to
+    look at)."""
+    first = list(itertools.islice((r for r in read_sources(sources) if isinstance(r, WitRow)), rows))
+    return not first or any(r.language is not None for r in first)
+
+
+def check_language(settings: PrepareSettings, sources: Sequence[str]) -> None:
+    """ConfigError when a language filter is set and the sources record no language at all (a source without the
+    column: every row would be skipped as "language not en", a misleading reason)."""
+    if settings.language is not None and not records_language(sources):
         raise ConfigError(f"config.data.language={settings.language!r} keeps rows of that language, but "
                           f"{'; '.join(describe_source(s) for s in sources)} has no language column (img2dataset "
                           f"output and caption datasets have none), so every row would be skipped; set "
@@ -487,25 +492,26 @@ def _started_windows(carver: _Carver, records: Iterator[WitRow | Skip], size: in
 
 
 def prepare(settings: PrepareSettings, sources: Sequence[str], out: str | os.PathLike,
-            fetcher: ImageFetcher | None = None) -> dict[str, Any]:
+            fetcher: ImageFetcher | None = None, tokenizer: bool = True) -> dict[str, Any]:
     """Build (or finish building) the prepared data in `out`; returns the manifest. A second prepare into `out`
-    waits for the first to finish; a full disk raises DiskFullError."""
+    waits for the first to finish; a full disk raises DiskFullError. `tokenizer=False` writes none (a carve that
+    feeds no text stream, flava_jax/data/stream_sources.py)."""
     out = Path(out)
     with _space_checked(out):
         out.mkdir(parents=True, exist_ok=True)
         with _exclusive(out):
-            return _prepare_locked(settings, sources, out, fetcher)
+            return _prepare_locked(settings, sources, out, fetcher, tokenizer)
 
 
 def _prepare_locked(settings: PrepareSettings, sources: Sequence[str], out: Path,
-                    fetcher: ImageFetcher | None) -> dict[str, Any]:
+                    fetcher: ImageFetcher | None, tokenizer: bool) -> dict[str, Any]:
     progress = _resume(out, settings.fingerprint(sources))
     progress["row_budgets"] = _row_budgets(settings, sources)
-    if _load_json(out / MANIFEST) is not None and progress.get("complete"):
+    if load_json(out / MANIFEST) is not None and progress.get("complete"):
         log.info("%s is already complete", out)
         return json.loads((out / MANIFEST).read_text())
     if progress["source_records"] == 0:
-        _check_language(settings, sources)
+        check_language(settings, sources)
     own_fetcher = fetcher is None
     if fetcher is None:
         cache = settings.cache_dir or str(Path("~/.cache/flava_jax/images").expanduser())
@@ -538,7 +544,7 @@ def _prepare_locked(settings: PrepareSettings, sources: Sequence[str], out: Path
         raise SourceError(f"no row was kept from {'; '.join(describe_source(s) for s in sources)}: skipped "
                           f"{progress['skipped'] or 'nothing'}; check --source and config.data (language, "
                           "require_caption, require_image)")
-    return _finish(settings, list(sources), progress, out)
+    return _finish(settings, list(sources), progress, out, tokenizer)
 
 
 def _row_budgets(settings: PrepareSettings, sources: Sequence[str]) -> dict[str, int] | None:
@@ -577,14 +583,15 @@ def _budget_line(s: PrepareSettings, p: dict[str, Any]) -> str:
             f"pairs {p['kept']['pair']:,}")
 
 
-def _finish(settings: PrepareSettings, sources: list[str], progress: dict[str, Any], out: Path) -> dict[str, Any]:
+def _finish(settings: PrepareSettings, sources: list[str], progress: dict[str, Any], out: Path,
+            with_tokenizer: bool) -> dict[str, Any]:
     """Write the tokenizer (trained on the budgeted text, for SentencePiece) and manifest.json."""
     for name, budget in (("text", settings.text_words), ("images", settings.images)):
         if budget > 0 and not progress["budget_met"][name]:
             log.warning("the sources ran out before the %s budget was met: see manifest.json", name)
     texts = (records_lib.decode_text(r).replace("\n", " ") for r in read_stream(out, "text"))
     tokenizer_info = None
-    if progress["kept"]["text"]:
+    if progress["kept"]["text"] and with_tokenizer:
         tokenizer, name = make_tokenizer(settings.tokenizer, itertools.islice(texts, settings.tokenizer_max_texts),
                                          settings.vocab_size)
         with _space_checked(out / name):
@@ -610,9 +617,9 @@ def _finish(settings: PrepareSettings, sources: list[str], progress: dict[str, A
         "tokenizer": tokenizer_info,
         "complete": True,
     }
-    _write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)
     progress["complete"] = True
-    _write_json(out / PROGRESS, progress)
+    write_json(out / PROGRESS, progress)
     log.info("prepared %s: %s", out, json.dumps({k: manifest[k] for k in ("kept", "words", "skipped")}))
     return manifest
 
@@ -623,27 +630,33 @@ def main() -> None:
                                                   lock_config=True)
     source_flag = flags.DEFINE_multi_string("source", None, "WiT source: a file, directory, glob or "
                                             "tfds:wit/train[@dir]. Repeatable; default: config.data.sources.")
+    stream_flags = {stream: flags.DEFINE_multi_string(
+        f"{stream}_source", None, f"A source of the {stream} stream only (repeatable; default: "
+        f"config.data.{stream}_sources, else --source): see flava_jax/data/stream_sources.py.") for stream in STREAMS}
     out_flag = flags.DEFINE_string("out", None, "Output directory (default: config.data.dir).")
     workers_flag = flags.DEFINE_integer("workers", None, "Processes that decode, resize and encode images "
                                         "(default: config.data.prepare_workers; None there: one per core).",
                                         lower_bound=1)
 
     def run(argv: list[str]) -> None:
+        from flava_jax.data.stream_sources import StreamSources, prepare_streams  # it builds on this module
+
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         config = config_flag.value
         if config is None:
             raise app.UsageError("--config is required")
-        sources = source_flag.value or list(config.data.sources)
         out = out_flag.value or config.data.dir
-        if not sources or not out:
-            raise app.UsageError("give --source (or config.data.sources) and --out (or config.data.dir)")
+        if not out:
+            raise app.UsageError("give --out (or config.data.dir)")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         try:
+            sources = StreamSources.from_config(config.data, source_flag.value,
+                                                **{stream: flag.value for stream, flag in stream_flags.items()})
             settings = PrepareSettings.from_config(config)
             if workers_flag.value is not None:
                 settings = dataclasses.replace(settings, prepare_workers=workers_flag.value)
-            manifest = prepare(settings, sources, out)
+            manifest = prepare_streams(settings, sources, out)
         except ConfigError as e:
             raise app.UsageError(str(e)) from e
         except (SourceError, DiskFullError) as e:

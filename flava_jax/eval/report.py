@@ -14,8 +14,10 @@ The model size (which paper table to compare with) comes from the text encoder's
 export's config.json (768: full, docs/reference.md#full-size-results; 516: half,
 docs/reference.md#half-size-results), else from a released checkpoint's name (`half_sized`, `full_sized`);
 `--paper` overrides it. Runs in the same cell are averaged. A run under an image control (run.json's
-`config.data.image_control`: noise, shuffled_pairs) is its own cell, labelled "10M/40K+noise": compared with the
-text-only cell of its budget in the deltas, with no paper numbers, and left out of the mixed models.
+`config.data.image_control`: noise, shuffled_pairs) is its own cell, labelled "10M/40K+noise", and so is a run whose
+images and pairs came from other sources than its text (`config.data.pair_sources`, e.g. CC3M: "10M/40K+pairs=cc3m",
+named by the pair stream's first source): each is compared with the text-only cell of its budget in the deltas, with
+no paper numbers, and left out of the mixed models.
 
 OUT gets report.md and report.json (BLiMP average, per-phenomenon accuracy and PPPL beside the paper's, in
 percent) and blimp_deltas.png: per phenomenon, each cell with images minus the text-only cell of its text budget,
@@ -43,7 +45,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -125,6 +127,17 @@ def with_control(label: str, control: str | None) -> str:
     return label if control in (None, "none") else f"{label}+{control}"
 
 
+def other_sources(data: Mapping[str, Any]) -> str | None:
+    """"pairs=<name>" for a run whose image or pair stream came from other sources than its text (run.json's
+    config.data.image_sources / pair_sources, flava_jax/data/stream_sources.py), named by the pair stream's first
+    source (its file or folder name); None otherwise."""
+    text = data.get("text_sources") or data.get("sources") or []
+    fed = [data.get(key) or text for key in ("image_sources", "pair_sources")]
+    if all(list(specs) == list(text) for specs in fed):
+        return None
+    return f"pairs={PurePath(str(fed[1][0]).rstrip('/')).name}"
+
+
 def cell_order(label: str) -> tuple[float, float, str]:
     """A sort key: text budget, then images, "all" after every number, then the control (none first)."""
     text, images = (math.inf if n == ALL else n for n in parse_cell(label))
@@ -178,8 +191,8 @@ def identify(given: str, source: Path, results: Mapping[str, Any],
             data = run.get("config", {}).get("data", {})
             if "text_words" in data and "images" in data:
                 size = _size(run.get("model", {}).get("text_config", {}).get("hidden_size")) or size
-                cell = cell_label(int(data["text_words"]), int(data["images"]))
-                return with_control(cell, data.get("image_control")), size, str(run_file)
+                cell = with_control(cell_label(int(data["text_words"]), int(data["images"])), data.get("image_control"))
+                return with_control(cell, other_sources(data)), size, str(run_file)
     for text in (str(source), str(results.get("model", ""))):
         for match in _CELL.finditer(text):
             if match[1].upper().endswith("M"):  # a text budget: 10M_40K, not a date or a step

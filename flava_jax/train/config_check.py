@@ -25,7 +25,7 @@ KEYS = {
     "config": ("seed", "model", "total_steps", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
                "compilation_cache_dir", "init_from", "host_malloc", "allow_config_change", "data", "train", "optim",
                "sharding", "eval", "scheduler"),
-    "config.data": ("dir", "stage_dir", "sources", "fetch"),
+    "config.data": ("dir", "stage_dir", "sources", "text_sources", "image_sources", "pair_sources", "fetch"),
     "config.train": ("batch_size", "micro_batch_size", "sampling_temperature", "text_percent", "image_percent",
                      "contrastive_negatives"),
     "config.optim": ("lr_groups", "frozen", "no_decay", "b1", "b2", "eps", "weight_decay", "warmup_steps",
@@ -118,6 +118,7 @@ RULES: dict[str, Rule] = {
     "config.log_every_steps": POSITIVE,
     "config.init_from": _optional(STRING),
     "config.data.sources": _sequence(STRING),
+    **{f"config.data.{stream}_sources": _optional(_sequence(STRING)) for stream in ("text", "image", "pair")},
     "config.data.image_dirs": _sequence(STRING),
     "config.data.text_words": _ints(-1),  # -1: everything the sources hold
     "config.data.images": _ints(-1),

@@ -29,6 +29,7 @@ from ml_collections import ConfigDict
 from flava_jax.common.progress import duration
 from flava_jax.common.settings import ConfigError
 from flava_jax.data import pipeline, prepare, stage
+from flava_jax.data.stream_sources import StreamSources, prepare_streams
 from flava_jax.data.tokenizer import AnyTokenizer, load_tokenizer
 from flava_jax.model import attention_gpu
 from flava_jax.model.config import FlavaConfig
@@ -84,12 +85,12 @@ def prepared_data(config: ConfigDict, workdir: Path) -> Path:
         return path
     path = workdir / "data"
     if not (path / prepare.MANIFEST).is_file():
-        if not config.data.sources:
+        if not any(config.data.get(key) for key in ("sources", "text_sources", "image_sources", "pair_sources")):
             raise ConfigError("config.data.dir: set it to prepared data, or set config.data.sources to prepare from")
         if jax.process_count() > 1:
             raise ConfigError("config.data.dir: prepare the data once before a multi-process run and point every "
                               "process at it")
-        prepare.prepare(prepare.PrepareSettings.from_config(config), list(config.data.sources), path)
+        prepare_streams(prepare.PrepareSettings.from_config(config), StreamSources.from_config(config.data), path)
     return path
 
 

@@ -257,3 +257,16 @@ def test_a_control_run_is_its_own_cell_against_the_real_text_only_one(runs: Path
     scores = {cell: c["ours"]["scores"] for cell, c in report["cells"].items()}
     assert {row["Images"] for row in table_rows(scores, {})} == {0, 40_000}  # 12 rows each of 10M/0, 10M/40K
     assert len(table_rows(scores, {})) == 24
+
+
+def test_a_run_with_other_pair_sources_is_its_own_cell(runs: Path) -> None:
+    """WiT text with CC3M's images and pairs (run.json's data.pair_sources) is "10M/40K+pairs=cc3m", apart from
+    10M/40K; the same sources for every stream (or none given per stream) label nothing."""
+    wit = ["/data/wit"]
+    for name, data in (("x", {"sources": wit, "image_sources": ["/data/cc3m/"], "pair_sources": ["/data/cc3m/"]}),
+                       ("y", {"sources": wit, "text_sources": None, "image_sources": None, "pair_sources": wit})):
+        _write(runs / name / "run.json", {"model": {"text_config": {"hidden_size": 516}},
+                                          "config": {"data": {"text_words": 10_000_000, "images": 40_000, **data}}})
+        _write(runs / name / "eval" / "results.json", _results(0.75, 0.62))
+    loaded = load_runs([runs / "a" / "eval", runs / "x" / "eval", runs / "y" / "eval"])
+    assert [r.cell for r in loaded] == ["10M/40K", "10M/40K+pairs=cc3m", "10M/40K"]
