@@ -1,6 +1,6 @@
 """The train step compiled here for TPU slices (libtpu, no chips) and NVIDIA GPUs (XLA's CUDA backend and ptxas,
-no GPU), and what its program projects: the figures behind README's TPU and GPU tables and the tuning record in
-benchmarks/README.md.
+no GPU), and what its program projects: the figures behind the TPU and GPU tables of docs/scaling.md (and README's
+headline rows) and the tuning record in benchmarks/README.md.
 
 Each compile runs `python -m flava_jax.aot` in a process of its own (a full-size compile holds about 5 GB and takes
 minutes of CPU) and reads back its --out JSON. Beside our roofline estimate it prints the peers it is checked
@@ -19,7 +19,7 @@ step).
     python benchmarks/projection.py --render A.json B.json --out PATH   # merge runs split with --only
 
 Writes PATH.json (every figure aot reports), PATH.md (the table printed) and PATH.png (projected MFU per cell).
-These are projections from the compiled program, not measurements: see README's TPU section for what each is.
+These are projections from the compiled program, not measurements: see docs/scaling.md for what each is.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ Options:
   --dry-run            print the command instead of running it
   -h, --help           this help
 
-Example (layers unrolled: on GPUs they run faster than the configs' scanned ones, README's GPU table):
+Example (layers unrolled: on GPUs they run faster than the configs' scanned ones, docs/scaling.md's GPU table):
   $PROG --config configs/10M_4M.py --workdir runs/10M_4M --resume-loop -- --config.data.dir=data/10M --config.model.scan_layers=False
 
 Size a run before it starts, on any machine (memory per GPU, step time, MFU; no GPU needed; here 96 examples a
