@@ -6,20 +6,17 @@ network errors, a User-Agent, and a cache that records successes and final failu
 anything twice. `stored_image` then decodes and validates the bytes (not an image, truncated, decompression bomb)
 and stores them as they are when they are already right (size x size PNG or JPEG whose pixels the pipeline reads
 as the reference would: the paper's Hub data), else `to_jpeg`'s: resized as JPEG, squashed to size x size as the
-reference did, or aspect-preserving as a switch. `ImagePool` runs that CPU work over worker processes (downloads
-stay in the fetcher's threads), in input order.
+reference did, or aspect-preserving as a switch; `convert_fetched` applies it to fetched images in order (prepare's
+worker processes each run it on their own slice of the sources).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import hashlib
 import io
 import json
-import math
-import multiprocessing
 import os
 import time
 import urllib.error
@@ -27,7 +24,6 @@ import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -268,68 +264,16 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _convert_one(convert: Callable[[bytes], bytes], data: bytes) -> tuple[bytes | None, str | None, str]:
-    """`convert(data)`, or a BadImage's reason and detail: plain values, so they come back from a worker as they are."""
-    try:
-        return convert(data), None, ""
-    except BadImage as e:
-        return None, e.reason, str(e)
-
-
-class ImagePool:
-    """Converts fetched images with `convert` (stored_image: decode, validate, resize and JPEG-encode what is not
-    already right: CPU-bound) over `workers` processes, keeping their order, so the output is the same whatever the
-    count; with one worker, in this process."""
-
-    def __init__(self, convert: Callable[[bytes], bytes], workers: int) -> None:
-        self._convert, self.workers = functools.partial(_convert_one, convert), workers
-        # spawn: forking a parent that holds threads (the fetcher's, JAX's) can deadlock the child
-        self._pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> ImagePool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def convert_many(self, fetched: Sequence[Fetched]) -> list[Fetched]:
-        """Each fetched image converted (a BadImage becomes its reason), failed fetches as they are, in order."""
-        return self.convert_later(fetched)()
-
-    def convert_later(self, fetched: Sequence[Fetched]) -> Callable[[], list[Fetched]]:
-        """convert_many, started now in the workers (with one worker: run when called); call for its result."""
-        outcomes = self._outcomes([f.data for f in fetched if f.data is not None])
-
-        def result() -> list[Fetched]:
-            done = iter(outcomes())
-            return [f if f.data is None else Fetched(*next(done), origin=f.origin) for f in fetched]
-
-        return result
-
-    def _outcomes(self, images: list[bytes]) -> Callable[[], list[tuple[bytes | None, str | None, str]]]:
-        if self._pool is None:
-            return lambda: [self._convert(data) for data in images]
-        # a few tasks per worker, not one per image: per-task overhead was a third of the parent's work per row
-        chunk = max(1, math.ceil(len(images) / (4 * self.workers)))
+def convert_fetched(convert: Callable[[bytes], bytes], fetched: Sequence[Fetched]) -> list[Fetched]:
+    """Each fetched image converted by `convert` (stored_image: decode, validate, resize and encode what is not
+    already right), a BadImage becoming its reason; failed fetches as they are; in order."""
+    converted = []
+    for item in fetched:
+        if item.data is None:
+            converted.append(item)
+            continue
         try:
-            results = self._pool.map(self._convert, images, chunksize=chunk)  # submits every task now
-        except BrokenProcessPool as e:
-            raise _worker_died(e) from e
-
-        def wait() -> list[tuple[bytes | None, str | None, str]]:
-            try:
-                return list(results)
-            except BrokenProcessPool as e:
-                raise _worker_died(e) from e
-
-        return wait
-
-
-def _worker_died(error: BrokenProcessPool) -> SystemExit:
-    return SystemExit(f"an image worker process died ({error}); rerun to resume from the last committed chunk, "
-                      "with fewer --workers if memory ran out")
+            converted.append(Fetched(convert(item.data), origin=item.origin))
+        except BadImage as e:
+            converted.append(Fetched(None, e.reason, str(e), origin=item.origin))
+    return converted

@@ -14,74 +14,73 @@ Carves the study's data out of WiT the paper's way (docs/reference.md#data), int
 4. Write the tokenizer (`data.tokenizer`: BERT's vocabulary as it is, or a SentencePiece model trained on the
    budgeted text only); write manifest.json.
 
-Work is committed in chunks of source records (shard files `<stream>/<chunk>.arrayrecord` plus progress.json),
-so an interrupted prepare (a crash, a full disk) continues from the last committed chunk; the image cache means
-nothing is fetched twice. One prepare at a time writes a folder: a second waits for the first, through a file lock.
+The sources are cut into slices of about `data.chunk_records` records (row groups, byte ranges, files: see
+flava_jax/data/sources/dispatch.py), the same on any host. Worker processes (`data.prepare_workers`) each read,
+filter, fetch, convert and write whole slices, speculatively ahead of the budgets (flava_jax/data/carve.py says how
+that stays exact); this process only orders them, keeps the budgets and publishes each slice's shards
+(`<stream>/<slice>.arrayrecord`) with progress.json, so the output is byte-identical for any worker count and an
+interrupted prepare (a crash, a full disk) continues from the last committed slice; the image cache means nothing
+is fetched twice. One prepare at a time writes a folder: a second waits for the first, through a file lock.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
+import copy
 import dataclasses
-import errno
 import fcntl
-import functools
 import hashlib
 import itertools
 import json
 import logging
+import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from absl import app, flags
-from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from array_record.python.array_record_module import ArrayRecordReader
 from ml_collections import config_flags
 
 from flava_jax.common.progress import ProgressLog
 from flava_jax.common.settings import ConfigError, missing_keys, read_section
 from flava_jax.data import records as records_lib
-from flava_jax.data.images import (
-    Fetched,
-    FetchSettings,
-    ImageFetcher,
-    ImagePool,
-    available_cores,
-    stored_format,
-    stored_image,
+from flava_jax.data.carve import (
+    HELDOUT,
+    HELDOUT_IMAGE,
+    HELDOUT_PAIR,
+    OUTPUTS,
+    SKIPS_LOGGED,
+    Budgets,
+    SliceResult,
+    SliceTask,
+    carve_slice,
+    fresh_counts,
+    init_worker,
+    reached,
+    run_in_worker,
 )
+from flava_jax.data.images import FetchSettings, ImageFetcher, available_cores
 from flava_jax.data.records import STREAMS
-from flava_jax.data.sources.dispatch import describe_source, read_sources, source_files
+from flava_jax.data.shard_files import DiskFullError, file_sha256, shard_name, shard_path, space_checked
+from flava_jax.data.sources.dispatch import Slice, describe_source, plan_slices, read_sources, source_files
 from flava_jax.data.sources.hub_parquet import split_rows
-from flava_jax.data.sources.rows import Skip, SourceError, WitRow
+from flava_jax.data.sources.rows import SourceError, WitRow
 from flava_jax.data.tokenizer import SENTENCEPIECE_FILE, make_tokenizer
 
+__all__ = ["HELDOUT", "HELDOUT_IMAGE", "HELDOUT_PAIR", "DiskFullError", "PrepareSettings", "file_sha256", "prepare",
+           "read_stream", "tokenizer_path"]
 log = logging.getLogger("flava_jax.prepare")
 FORMAT = "flava_jax.prepare/1"
-HELDOUT = "heldout"  # held-out texts (pseudo-perplexity, validation MLM)
-HELDOUT_IMAGE, HELDOUT_PAIR = "heldout_image", "heldout_pair"  # held-out images and their pairs (validation)
 PROGRESS = "progress.json"
 MANIFEST = "manifest.json"
 LOCK = ".prepare.lock"  # in the output folder: held while a prepare writes it
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # writes refused for want of space: a rerun after freeing some resumes
-SKIPS_LOGGED = 3  # per reason: the first few skipped records are logged with their file:line, the rest only counted
 # The paper's labels of its percent budgets (docs/reference.md#data): 1% of WiT's train split ~ 10M words, ~ 40K images
 WORDS_PER_PERCENT, IMAGES_PER_PERCENT = 10_000_000, 40_000
-_TEXT_FIELDS = ("caption_reference_description", "context_page_description", "context_section_description",
-                "caption_alt_text_description")
-
-
-class DiskFullError(OSError):
-    """A write was refused for want of space (or quota); errno, strerror and filename say which. The chunks committed
-    before it are intact: a rerun after freeing space continues from the last of them."""
-
-    def __str__(self) -> str:
-        return (f"writing {self.filename} failed: {self.strerror}. The chunks committed before it are intact: free "
-                "space, then rerun the same command to continue from the last committed chunk")
-
-
 @dataclasses.dataclass(frozen=True)
 class PrepareSettings:
     """What `prepare` does; `from_config` reads it from a config's `data` section (configs/base.py has the
@@ -138,37 +137,6 @@ def tokenizer_path(data_dir: Path) -> Path:
     return data_dir / info.get("file", SENTENCEPIECE_FILE)
 
 
-def row_texts(row: WitRow) -> list[str]:
-    """The paper's collapsing: caption, page description, section description, alt text, whichever exist."""
-    return [text for text in (getattr(row, f) for f in _TEXT_FIELDS) if text is not None]
-
-
-def _paired(row: WitRow, texts: list[str]) -> list[str]:
-    """The row's texts that make pairs with its image: all but its `extra_texts` (kept last by _classify)."""
-    return texts[:len(texts) - len(row.extra_texts)]
-
-
-def word_count(text: str) -> int:
-    return len(text.split())
-
-
-def is_heldout(row: WitRow, seed: int, fraction: float) -> bool:
-    """The source's own held-out split when it has one (theodor1289/wit's test files, the paper's); else a fixed
-    share of rows, chosen by a seeded hash of the row's identity (independent of order and budgets)."""
-    if row.split is not None:
-        return row.split != "train"
-    digest = hashlib.sha256(f"{seed}\t{row.key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") / 2**64 < fraction
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_stream(out: str | os.PathLike, stream: str) -> Iterator[bytes]:
     """Every record of a prepared stream, in shard order."""
     manifest_or_progress = load_json(Path(out) / MANIFEST) or load_json(Path(out) / PROGRESS) or {}
@@ -187,26 +155,9 @@ def load_json(path: Path) -> dict[str, Any] | None:
 
 def write_json(path: Path, value: Any) -> None:
     tmp = path.with_suffix(".json.tmp")
-    with _space_checked(path):
+    with space_checked(path):
         tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
-
-
-@contextlib.contextmanager
-def _space_checked(path: Path) -> Iterator[None]:
-    """Raises a write refused for want of space as a DiskFullError naming `path` (the file written, or a folder
-    when the error names none): ArrayRecord's writer reports it as a RuntimeError, Python's write() as an OSError
-    without a file name."""
-    try:
-        yield
-    except DiskFullError:
-        raise
-    except (OSError, RuntimeError) as e:
-        code = e.errno if isinstance(e, OSError) else next(
-            (code for code in DISK_FULL_ERRNOS if os.strerror(code) in str(e)), None)
-        if code not in DISK_FULL_ERRNOS:
-            raise
-        raise DiskFullError(code, os.strerror(code), getattr(e, "filename", None) or str(path)) from e
 
 
 @contextlib.contextmanager
@@ -222,46 +173,9 @@ def _exclusive(out: Path) -> Iterator[None]:
         yield
 
 
-def _shard_name(chunk: int, tmp: bool = False) -> str:
-    return f"{chunk:05d}.arrayrecord{'.tmp' if tmp else ''}"
-
-
-class _ChunkWriters:
-    """One shard per stream for one chunk, written under a temporary name and renamed on commit."""
-
-    def __init__(self, out: Path, chunk: int) -> None:
-        self.out, self.chunk = out, chunk
-        self.writers: dict[str, ArrayRecordWriter] = {}
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def path(self, stream: str, tmp: bool = False) -> Path:
-        return self.out / stream / _shard_name(self.chunk, tmp)
-
-    def write(self, stream: str, record: bytes) -> None:
-        with _space_checked(self.path(stream, tmp=True)):
-            if stream not in self.writers:
-                self.path(stream).parent.mkdir(parents=True, exist_ok=True)
-                self.writers[stream] = ArrayRecordWriter(str(self.path(stream, tmp=True)), "group_size:1")
-            self.writers[stream].write(record)
-        self.counts[stream] += 1
-
-    def commit(self) -> dict[str, dict[str, Any]]:
-        shards = {}
-        for stream, writer in self.writers.items():
-            with _space_checked(self.path(stream, tmp=True)):
-                writer.close()  # where ArrayRecord writes most of a shard
-            self.path(stream, tmp=True).replace(self.path(stream))
-            shards[stream] = {"file": str(self.path(stream).relative_to(self.out)), "records": self.counts[stream],
-                              "sha256": file_sha256(self.path(stream))}
-        return shards
-
-
 def _fresh_progress(fingerprint: str) -> dict[str, Any]:
-    return {"format": FORMAT, "fingerprint": fingerprint, "source_records": 0, "chunk": 0, "train_rows": 0,
-            "kept": {"text": 0, "image": 0, "pair": 0, HELDOUT: 0, HELDOUT_IMAGE: 0, HELDOUT_PAIR: 0},
-            "words": {"text": 0, "pair": 0, HELDOUT: 0}, "heldout_rows": 0,
-            "image_formats": {}, "skipped": {}, "shards": {}, "budget_met": {"text": False, "images": False},
-            "sources_exhausted": False}
+    return {"format": FORMAT, "fingerprint": fingerprint, "source_records": 0, "chunk": 0, **fresh_counts(),
+            "shards": {}, "sources_exhausted": False}
 
 
 def _resume(out: Path, fingerprint: str) -> dict[str, Any]:
@@ -273,7 +187,7 @@ def _resume(out: Path, fingerprint: str) -> dict[str, Any]:
     committed = {s["file"] for shards in (progress or {}).get("shards", {}).values() for s in shards}
     uncommitted = [path for path in out.glob("*/*.arrayrecord*") if str(path.relative_to(out)) not in committed]
     # Without progress.json, a prepare leaves only the shards of a first chunk that failed before its commit
-    first_chunk = (_shard_name(0), _shard_name(0, tmp=True))
+    first_chunk = (shard_name(0), shard_name(0, tmp=True))
     if progress is None and ((out / MANIFEST).exists() or any(path.name not in first_chunk for path in uncommitted)):
         raise SystemExit(f"{out} holds shards but no {PROGRESS}: not a resumable prepare; use a new --out")
     for path in uncommitted:
@@ -283,171 +197,6 @@ def _resume(out: Path, fingerprint: str) -> dict[str, Any]:
     if progress["source_records"] and not progress.get("complete"):
         log.info("resuming after %s source records (chunk %d)", f"{progress['source_records']:,}", progress["chunk"])
     return progress
-
-
-@dataclasses.dataclass
-class _Started:
-    """A window whose images are converting: its records, their classes, the rows whose images were asked for,
-    and the call that waits for them."""
-
-    window: list[WitRow | Skip]
-    classified: list[tuple[str, list[str]]]
-    wanted: list[int]
-    converted: Callable[[], list[Fetched]]
-
-
-class _Carver:
-    """Applies the filters and budgets to rows in order, writing the streams of the current chunk."""
-
-    def __init__(self, settings: PrepareSettings, progress: dict[str, Any], fetcher: ImageFetcher,
-                 pool: ImagePool) -> None:
-        self.s, self.p, self.fetcher, self.pool = settings, progress, fetcher, pool
-        self.skipped = collections.Counter(progress["skipped"])
-        self.image_skips_logged: collections.Counter[str] = collections.Counter()
-        rows = progress.get("row_budgets")  # with budget_unit "percent": whole rows, train[:t%] and train[:v%]
-        self.text_rows = rows["text"] if rows else None
-        self.images = rows["images"] if rows else settings.images
-        self.p["budget_met"]["text"] |= (settings.text_words if rows is None else rows["text"]) == 0
-        self.p["budget_met"]["images"] |= self.images == 0
-
-    @property
-    def done(self) -> bool:
-        return self.p["budget_met"]["text"] and self.p["budget_met"]["images"]
-
-    def _classify(self, record: WitRow | Skip) -> tuple[str, list[str]]:
-        """("skip:<reason>" | "heldout" | "train", texts)."""
-        if isinstance(record, Skip):
-            return f"skip:{record.reason}", []
-        if self.s.language is not None and record.language != self.s.language:
-            return f"skip:language not {self.s.language}", []
-        if self.s.require_caption and record.caption_reference_description is None:
-            return "skip:no caption", []
-        texts = row_texts(record) + list(record.extra_texts)  # the extra ones last: they make no pair
-        if not texts:
-            return "skip:no text", []
-        if is_heldout(record, self.s.seed, self.s.heldout_fraction):
-            return "heldout", texts
-        return "train", texts
-
-    def _needs_image(self) -> bool:
-        return not self.p["budget_met"]["images"] or (self.s.require_image and not self.p["budget_met"]["text"])
-
-    def _heldout_needs_image(self) -> bool:
-        return self.s.images != 0 and self.p["kept"][HELDOUT_IMAGE] < self.s.heldout_max_images
-
-    def _wanted(self, classified: list[tuple[str, list[str]]]) -> list[int]:
-        """The rows of a window whose image is needed, as things stand (budgets and caps only ever fill up)."""
-        return [i for i, (kind, _) in enumerate(classified)
-                if (kind == "train" and self._needs_image()) or (kind == "heldout" and self._heldout_needs_image())]
-
-    def start(self, window: list[WitRow | Skip]) -> _Started:
-        """Classify a window and start converting the images it may need: called before the window ahead of it is
-        processed, so what it needs then can only be fewer (process takes just those)."""
-        classified = [self._classify(record) for record in window]
-        wanted = self._wanted(classified)
-        converted = self.pool.convert_later(self.fetcher.fetch_many(
-            [window[i].image_url for i in wanted], [window[i].image_bytes for i in wanted]))
-        return _Started(window, classified, wanted, converted)
-
-    def process(self, started: _Started, writers: _ChunkWriters) -> int:
-        """Process a started window of records in order; returns how many were consumed (fewer once budgets are
-        met)."""
-        window, classified = started.window, started.classified
-        converted = dict(zip(started.wanted, started.converted(), strict=True))
-        fetched = {i: converted[i] for i in self._wanted(classified)}
-        for consumed, (record, (kind, texts)) in enumerate(zip(window, classified, strict=True)):
-            if self.done:
-                return consumed
-            if kind.startswith("skip:"):
-                self.skipped[kind[5:]] += 1
-            elif kind == "heldout":
-                self._heldout(record, texts, fetched.get(consumed), writers)
-            else:
-                self._train(record, texts, fetched.get(consumed), writers)
-        return len(window)
-
-    def _heldout(self, record: WitRow, texts: list[str], fetched: Any, writers: _ChunkWriters) -> None:
-        """Held-out texts up to their cap; with an image (while under its cap), the image and its pairs too."""
-        kept = self.p["kept"]
-        row = self.p["heldout_rows"]
-        self.p["heldout_rows"] += 1
-        for text in texts:
-            if kept[HELDOUT] >= self.s.heldout_max_texts:
-                break
-            writers.write(HELDOUT, records_lib.encode(row, text))
-            kept[HELDOUT] += 1
-            self.p["words"][HELDOUT] += word_count(text)
-        image = fetched.data if fetched is not None else None
-        if image is None or kept[HELDOUT_IMAGE] >= self.s.heldout_max_images:
-            return  # a failed held-out image is not counted as skipped: the row's texts are kept
-        self._write_image(HELDOUT_IMAGE, row, image, writers)
-        for text in _paired(record, texts):
-            writers.write(HELDOUT_PAIR, records_lib.encode(row, text, image))
-            kept[HELDOUT_PAIR] += 1
-
-    def _write_image(self, stream: str, row: int, image: bytes, writers: _ChunkWriters) -> None:
-        """Store an image in `stream` (image or heldout_image), counted in kept and in its format's count and bytes
-        (pair records repeat these images, so they are not counted again)."""
-        writers.write(stream, records_lib.encode(row, "", image))
-        self.p["kept"][stream] += 1
-        stored = self.p["image_formats"].setdefault(stored_format(image), {"count": 0, "bytes": 0})
-        stored["count"] += 1
-        stored["bytes"] += len(image)
-
-    def _skip_image(self, fetched: Fetched) -> None:
-        """Count a row whose image could not be had, logging the first SKIPS_LOGGED of each reason with its URL."""
-        reason = f"image: {fetched.reason}"
-        self.skipped[reason] += 1
-        if self.image_skips_logged[reason] < SKIPS_LOGGED:
-            self.image_skips_logged[reason] += 1
-            last = " (any further ones are only counted)" if self.image_skips_logged[reason] == SKIPS_LOGGED else ""
-            log.warning("row with image %s: skipped, %s%s", fetched.detail or "(no url)", reason, last)
-
-    def _train(self, row: WitRow, texts: list[str], fetched: Any, writers: _ChunkWriters) -> None:
-        image = fetched.data if fetched is not None else None
-        if fetched is not None and image is None:
-            self._skip_image(fetched)
-            return
-        if image is None and self.s.require_image:  # only when no image was wanted: budgets met meanwhile
-            return
-        row_id = self.p["train_rows"]
-        self.p["train_rows"] += 1
-        kept, words, met = self.p["kept"], self.p["words"], self.p["budget_met"]
-        whole_row = not met["text"]
-        for i, text in enumerate(texts):
-            if met["text"]:
-                whole_row = False
-                break
-            writers.write("text", records_lib.encode(row_id, text))
-            kept["text"] += 1
-            words["text"] += word_count(text)
-            met["text"] = self.text_rows is None and _reached(words["text"], self.s.text_words)
-            if met["text"] and i < len(texts) - 1:
-                whole_row = False
-        if self.text_rows is not None:
-            met["text"] = _reached(self.p["train_rows"], self.text_rows)
-        in_images = not met["images"] and image is not None
-        if in_images:
-            self._write_image("image", row_id, image, writers)
-            met["images"] = _reached(kept["image"], self.images)
-        if whole_row and in_images:
-            for text in _paired(row, texts):
-                writers.write("pair", records_lib.encode(row_id, text, image))
-                kept["pair"] += 1
-                words["pair"] += word_count(text)
-
-    def commit(self, writers: _ChunkWriters, consumed: int, out: Path) -> None:
-        for stream, shard in writers.commit().items():
-            self.p["shards"].setdefault(stream, []).append(shard)
-        self.p["source_records"] += consumed
-        self.p["chunk"] = writers.chunk + 1
-        self.p["skipped"] = dict(sorted(self.skipped.items()))
-        write_json(out / PROGRESS, self.p)
-
-
-def _reached(count: int, budget: int) -> bool:
-    """A budget of -1 means everything the sources hold."""
-    return 0 <= budget <= count
 
 
 def records_language(sources: Sequence[str], rows: int = 64) -> bool:
@@ -467,44 +216,19 @@ def check_language(settings: PrepareSettings, sources: Sequence[str]) -> None:
                           f"--config.data.language=None to read them all")
 
 
-def _log_skips(records: Iterator[WitRow | Skip]) -> Iterator[WitRow | Skip]:
-    """`records`, logging where the first SKIPS_LOGGED skips of each reason are (manifest.json counts them all)."""
-    seen: collections.Counter[str] = collections.Counter()
-    for record in records:
-        if isinstance(record, Skip) and seen[record.reason] < SKIPS_LOGGED:
-            seen[record.reason] += 1
-            last = " (any further ones are only counted)" if seen[record.reason] == SKIPS_LOGGED else ""
-            log.warning("%s: skipped, %s: %s%s", record.where, record.reason, record.detail, last)
-        yield record
-
-
-def _started_windows(carver: _Carver, records: Iterator[WitRow | Skip], size: int) -> Iterator[_Started]:
-    """Windows of `size` records, each started one window ahead: the workers convert the next window's images
-    while this process writes the current one, instead of waiting for it."""
-    ahead = None
-    while window := list(itertools.islice(records, size)):
-        started = carver.start(window)
-        if ahead is not None:
-            yield ahead
-        ahead = started
-    if ahead is not None:
-        yield ahead
-
-
 def prepare(settings: PrepareSettings, sources: Sequence[str], out: str | os.PathLike,
-            fetcher: ImageFetcher | None = None, tokenizer: bool = True) -> dict[str, Any]:
+            tokenizer: bool = True) -> dict[str, Any]:
     """Build (or finish building) the prepared data in `out`; returns the manifest. A second prepare into `out`
     waits for the first to finish; a full disk raises DiskFullError. `tokenizer=False` writes none (a carve that
     feeds no text stream, flava_jax/data/stream_sources.py)."""
     out = Path(out)
-    with _space_checked(out):
+    with space_checked(out):
         out.mkdir(parents=True, exist_ok=True)
         with _exclusive(out):
-            return _prepare_locked(settings, sources, out, fetcher, tokenizer)
+            return _prepare_locked(settings, sources, out, tokenizer)
 
 
-def _prepare_locked(settings: PrepareSettings, sources: Sequence[str], out: Path,
-                    fetcher: ImageFetcher | None, tokenizer: bool) -> dict[str, Any]:
+def _prepare_locked(settings: PrepareSettings, sources: Sequence[str], out: Path, tokenizer: bool) -> dict[str, Any]:
     progress = _resume(out, settings.fingerprint(sources))
     progress["row_budgets"] = _row_budgets(settings, sources)
     if load_json(out / MANIFEST) is not None and progress.get("complete"):
@@ -512,39 +236,218 @@ def _prepare_locked(settings: PrepareSettings, sources: Sequence[str], out: Path
         return json.loads((out / MANIFEST).read_text())
     if progress["source_records"] == 0:
         check_language(settings, sources)
-    own_fetcher = fetcher is None
-    if fetcher is None:
-        cache = settings.cache_dir or str(Path("~/.cache/flava_jax/images").expanduser())
-        fetcher = ImageFetcher(cache, settings.image_dirs, settings.fetch, download=settings.download)
-    pool = _image_pool(settings)
-    carver = _Carver(settings, progress, fetcher, pool)
-    records = _log_skips(itertools.islice(read_sources(sources), progress["source_records"], None))
+    budgets = _budgets(settings, progress["row_budgets"])
+    budgets.initial(progress)
+    write_json(out / PROGRESS, progress)  # from now on the folder is a resumable prepare, whenever it stops
     meter = ProgressLog("prepare", unit="source records")
-    try:
-        while not carver.done:
-            writers = _ChunkWriters(out, progress["chunk"])
-            consumed = 0
-            # read a window at a time: a chunk of rows with their images inline may not fit in memory
-            for started in _started_windows(carver, itertools.islice(records, settings.chunk_records),
-                                            settings.fetch_batch):
-                consumed += carver.process(started, writers)
-                meter.update(progress["source_records"] + consumed, _budget_line(settings, progress))
-                if carver.done:
-                    break
-            if not consumed:
+    logged: collections.Counter[str] = collections.Counter()
+    with _Scheduler(settings, out, plan_slices(sources, settings.chunk_records), budgets) as scheduler:
+        for index in itertools.count(progress["chunk"]):
+            if progress["budget_met"]["text"] and progress["budget_met"]["images"]:
+                break
+            if not scheduler.has(index):
                 progress["sources_exhausted"] = True
                 break
-            carver.commit(writers, consumed, out)
-    finally:
-        pool.close()
-        if own_fetcher:
-            fetcher.close()
+            result, dropped = scheduler.result(index, progress)
+            _commit(progress, result, dropped, out)
+            _log_skips(result.skips, logged)
+            meter.update(progress["source_records"], _budget_line(settings, progress))
     meter.finish(_budget_line(settings, progress))
     if progress["sources_exhausted"] and not (progress["train_rows"] or progress["heldout_rows"]):
         raise SourceError(f"no row was kept from {'; '.join(describe_source(s) for s in sources)}: skipped "
                           f"{progress['skipped'] or 'nothing'}; check --source and config.data (language, "
                           "require_caption, require_image)")
     return _finish(settings, list(sources), progress, out, tokenizer)
+
+
+def _budgets(settings: PrepareSettings, rows: dict[str, int] | None) -> Budgets:
+    """The carve's budgets: words and images, or (budget_unit "percent") train rows for text and for images."""
+    return Budgets(text_words=settings.text_words, text_rows=rows["text"] if rows else None,
+                   images=rows["images"] if rows else settings.images, heldout_texts=settings.heldout_max_texts,
+                   heldout_images=settings.heldout_max_images)
+
+
+def _needs_image(settings: PrepareSettings, flags: tuple[bool, ...]) -> bool:
+    """Whether a train row's image is fetched under `flags` (carve._Carver._needs_image)."""
+    text_met, images_met = flags[:2]
+    return not images_met or (settings.require_image and not text_met)
+
+
+def verdict(settings: PrepareSettings, budgets: Budgets, progress: dict[str, Any],
+            result: SliceResult) -> set[str] | None:
+    """For a speculative slice result, the outputs to drop (the streams that filled up since it was started) so
+    that what is left is what the exact carve from `progress` writes; None when no dropping makes it so (a budget or
+    cap is reached inside the slice, or its train images were fetched under other rules): it is carved again."""
+    now = budgets.flags(progress)
+    if _needs_image(settings, now) != _needs_image(settings, result.flags):
+        return None
+    kept, delta = progress["kept"], result.delta
+    text_met, images_met, heldout_full, heldout_images_full = now
+    dropped = set()
+    if text_met:
+        dropped |= {"text", "pair"}
+    elif (budgets.text_rows is None and reached(progress["words"]["text"] + delta["words"]["text"],
+                                                budgets.text_words)) or (
+            budgets.text_rows is not None and reached(progress["train_rows"] + delta["train_rows"], budgets.text_rows)):
+        return None
+    if images_met:
+        dropped |= {"image", "pair"}
+    elif reached(kept["image"] + delta["kept"]["image"], budgets.images):
+        return None
+    if heldout_full:
+        dropped.add(HELDOUT)
+    elif kept[HELDOUT] + delta["kept"][HELDOUT] > budgets.heldout_texts:
+        return None
+    if heldout_images_full:
+        dropped |= {HELDOUT_IMAGE, HELDOUT_PAIR}
+    elif kept[HELDOUT_IMAGE] + delta["kept"][HELDOUT_IMAGE] > budgets.heldout_images:
+        return None
+    return dropped
+
+
+def _commit(progress: dict[str, Any], result: SliceResult, dropped: set[str], out: Path) -> None:
+    """Publish a slice's shards (those not dropped), add its counts and write progress.json: the slice is done."""
+    delta = result.delta
+    for output, shard in sorted(result.shards.items()):
+        tmp = shard_path(out, output, result.index, tmp=True)
+        if output in dropped:
+            tmp.unlink()
+            continue
+        tmp.replace(shard_path(out, output, result.index))
+        progress["shards"].setdefault(output, []).append(
+            {"file": f"{output}/{shard_name(result.index)}", **shard})
+    for output in OUTPUTS:
+        if output not in dropped:
+            progress["kept"][output] += delta["kept"][output]
+            if output in progress["words"]:
+                progress["words"][output] += delta["words"][output]
+            for kind, stored in delta["image_formats"].get(output, {}).items():
+                total = progress["image_formats"].setdefault(kind, {"count": 0, "bytes": 0})
+                total["count"] += stored["count"]
+                total["bytes"] += stored["bytes"]
+    progress["train_rows"] += delta["train_rows"]
+    progress["heldout_rows"] += delta["heldout_rows"]
+    if result.exact:
+        progress["budget_met"] = delta["budget_met"]
+    progress["skipped"] = dict(sorted((collections.Counter(progress["skipped"]) + collections.Counter(
+        delta["skipped"])).items()))
+    progress["source_records"] += result.records
+    progress["chunk"] = result.index + 1
+    write_json(out / PROGRESS, progress)
+
+
+def _log_skips(skips: list[tuple[str, str]], logged: collections.Counter[str]) -> None:
+    """Log the first SKIPS_LOGGED skipped records of each reason, in source order (manifest.json counts them all)."""
+    for reason, message in skips:
+        logged[reason] += 1
+        if logged[reason] <= SKIPS_LOGGED:
+            last = " (any further ones are only counted)" if logged[reason] == SKIPS_LOGGED else ""
+            log.warning("%s%s", message, last)
+
+
+class _Scheduler:
+    """Runs slices: with one worker, each exactly in this process, in order; with more, speculatively ahead in
+    worker processes (at most one slice per worker running, at most LOOKAHEAD per worker finished and waiting), and
+    again exactly where a speculative result cannot stand."""
+
+    LOOKAHEAD = 2
+
+    def __init__(self, settings: PrepareSettings, out: Path, slices: Iterator[Slice], budgets: Budgets) -> None:
+        workers = settings.prepare_workers
+        if workers is not None and workers < 1:
+            raise ConfigError(f"config.data.prepare_workers={workers}: give at least 1, or None for one per core")
+        self.settings, self.out, self.budgets = settings, out, budgets
+        self.planned, self.slices = {}, enumerate(slices)  # slices are read ahead only as far as they are needed
+        self.workers = workers or available_cores()
+        self.pending: dict[int, concurrent.futures.Future] = {}
+        self.next = 0
+        self.pool = self.stop = self.fetcher = None
+        if self.workers == 1:
+            cache = settings.cache_dir or str(Path("~/.cache/flava_jax/images").expanduser())
+            self.fetcher = ImageFetcher(cache, settings.image_dirs, settings.fetch, download=settings.download)
+        else:
+            context = multiprocessing.get_context("spawn")  # forking a parent holding threads can deadlock the child
+            self.stop = context.Event()
+            # fetch.workers is the prepare's download concurrency, shared by its workers
+            fetch = dataclasses.replace(settings.fetch, workers=max(1, settings.fetch.workers // self.workers))
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=context, initializer=init_worker,
+                initargs=(dataclasses.replace(settings, fetch=fetch), str(out), self.stop))
+
+    def __enter__(self) -> _Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fetcher is not None:
+            self.fetcher.close()
+        if self.pool is not None:
+            self.stop.set()  # slices under way stop at their next window, leaving nothing
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            for path in self.out.glob("*/*.arrayrecord.tmp"):  # slices finished but never committed
+                path.unlink()
+
+    def has(self, index: int) -> bool:
+        """Whether the sources hold slice `index` (the slices before it are forgotten, or never kept)."""
+        for done in [i for i in self.planned if i < index]:
+            del self.planned[done]
+        return self._planned(index, keep_from=index)
+
+    def _planned(self, index: int, keep_from: int = 0) -> bool:
+        """Plan slices up to `index`; False when the sources end before it."""
+        while index not in self.planned:
+            planned = next(self.slices, None)
+            if planned is None:
+                return False
+            if planned[0] >= keep_from:
+                self.planned[planned[0]] = planned[1]
+        return True
+
+    def _task(self, index: int, progress: dict[str, Any], exact: bool) -> SliceTask:
+        flags = self.budgets.flags(progress)
+        if exact:
+            counts = {key: copy.deepcopy(progress[key]) for key in ("kept", "words", "train_rows", "heldout_rows",
+                                                                   "budget_met")}
+            return SliceTask(index, self.planned[index], self.budgets, counts, flags, True)
+        counts = fresh_counts()
+        counts["budget_met"] = {"text": flags[0], "images": flags[1]}
+        return SliceTask(index, self.planned[index], self.budgets.speculative(flags), counts, flags, False)
+
+    def result(self, index: int, progress: dict[str, Any]) -> tuple[SliceResult, set[str]]:
+        """Slice `index` carved as the exact carve from `progress` would, and the outputs of it to drop."""
+        if self.pool is None:
+            return carve_slice(self._task(index, progress, exact=True), self.settings, self.out, self.fetcher), set()
+        self.next = max(self.next, index)
+        while True:
+            self._top_up(index, progress)
+            future = self.pending[index]
+            if future.done():
+                break
+            running = [f for f in self.pending.values() if not f.done()]
+            concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+        result = self._outcome(self.pending.pop(index))
+        dropped = verdict(self.settings, self.budgets, progress, result)
+        if dropped is not None:
+            return result, dropped
+        for output in result.shards:
+            shard_path(self.out, output, index, tmp=True).unlink()
+        return self._outcome(self.pool.submit(run_in_worker, self._task(index, progress, exact=True))), set()
+
+    def _top_up(self, index: int, progress: dict[str, Any]) -> None:
+        """Start slices ahead while fewer than `workers` run and not too many wait finished."""
+        running = sum(not f.done() for f in self.pending.values())
+        while (running < self.workers and self.next < index + (1 + self.LOOKAHEAD) * self.workers
+               and self._planned(self.next)):
+            self.pending[self.next] = self.pool.submit(run_in_worker, self._task(self.next, progress, exact=False))
+            self.next += 1
+            running += 1
+
+    @staticmethod
+    def _outcome(future: concurrent.futures.Future) -> SliceResult:
+        try:
+            return future.result()
+        except BrokenProcessPool as e:
+            raise SystemExit(f"a prepare worker process died ({e}); rerun to resume from the last committed "
+                             "chunk, with fewer --workers if memory ran out") from e
 
 
 def _row_budgets(settings: PrepareSettings, sources: Sequence[str]) -> dict[str, int] | None:
@@ -567,17 +470,6 @@ def _row_budgets(settings: PrepareSettings, sources: Sequence[str]) -> dict[str,
             "train_split": train}
 
 
-def _image_pool(settings: PrepareSettings) -> ImagePool:
-    """The processes that decode, resize and encode images: `prepare_workers` of them, or one per core."""
-    workers = settings.prepare_workers
-    if workers is not None and workers < 1:
-        raise ConfigError(f"config.data.prepare_workers={workers}: give at least 1, or None for one per core")
-    convert = functools.partial(stored_image, size=settings.image_size, mode=settings.image_resize,
-                                quality=settings.jpeg_quality, max_pixels=settings.max_image_pixels,
-                                reencode=settings.image_reencode)
-    return ImagePool(convert, workers or available_cores())
-
-
 def _budget_line(s: PrepareSettings, p: dict[str, Any]) -> str:
     return (f"words {p['words']['text']:,}/{s.text_words:,}, images {p['kept']['image']:,}/{s.images:,}, "
             f"pairs {p['kept']['pair']:,}")
@@ -594,7 +486,7 @@ def _finish(settings: PrepareSettings, sources: list[str], progress: dict[str, A
     if progress["kept"]["text"] and with_tokenizer:
         tokenizer, name = make_tokenizer(settings.tokenizer, itertools.islice(texts, settings.tokenizer_max_texts),
                                          settings.vocab_size)
-        with _space_checked(out / name):
+        with space_checked(out / name):
             tokenizer.save(out / name)
         tokenizer_info = {"file": name, "source": settings.tokenizer, "sha256": file_sha256(out / name),
                           "vocab_size": tokenizer.vocab_size}

@@ -87,12 +87,12 @@ def carve_folder(streams: Sequence[str]) -> str:
     return "carve-" + "-".join(streams)
 
 
-def prepare_streams(settings: prepare_lib.PrepareSettings, sources: StreamSources, out: str | os.PathLike,
-                    fetcher: Any = None) -> dict[str, Any]:
+def prepare_streams(settings: prepare_lib.PrepareSettings, sources: StreamSources,
+                    out: str | os.PathLike) -> dict[str, Any]:
     """Build (or finish) the prepared data in `out` from per-stream sources; returns the manifest. With one source
     list for every stream this is `prepare.prepare`, the layout unchanged."""
     if sources.single:
-        return prepare_lib.prepare(settings, sources.text, out, fetcher)
+        return prepare_lib.prepare(settings, sources.text, out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = hashlib.sha256(json.dumps([settings.fingerprint(()), sources.as_dict()]).encode()).hexdigest()
@@ -111,7 +111,7 @@ def prepare_streams(settings: prepare_lib.PrepareSettings, sources: StreamSource
                                     images=settings.images if {"image", "pair"} & set(streams) else 0)
         log.info("carving %s from %s", "+".join(streams), "; ".join(specs))
         carves[carve_folder(streams)] = (streams, prepare_lib.prepare(carve, specs, out / carve_folder(streams),
-                                                                      fetcher, tokenizer="text" in streams))
+                                                                      tokenizer="text" in streams))
     manifest = _manifest(settings, sources, carves, fingerprint)
     prepare_lib.write_json(out / prepare_lib.MANIFEST, manifest)
     return manifest

@@ -254,21 +254,21 @@ def test_an_interrupted_parquet_prepare_resumes_to_the_same_shards(shared_data: 
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     source = _theodor(tmp_path / "wit", real_rows(shared_data))
     reference = run_prepare([source], tmp_path / "whole")
-    from flava_jax.data import prepare as prepare_module
+    from flava_jax.data import carve as carve_module
 
-    original = prepare_module._Carver.process
+    original = carve_module._Carver.process
     calls = {"n": 0}
 
-    def crashing(self: Any, window: Any, writers: Any) -> int:
+    def crashing(self: Any, window: Any, first: int, writers: Any) -> int:
         calls["n"] += 1
         if calls["n"] == 4:  # one chunk committed (2 windows), the next half written
             raise RuntimeError("interrupted")
-        return original(self, window, writers)
+        return original(self, window, first, writers)
 
-    monkeypatch.setattr(prepare_module._Carver, "process", crashing)
+    monkeypatch.setattr(carve_module._Carver, "process", crashing)
     with pytest.raises(RuntimeError, match="interrupted"):
         run_prepare([source], tmp_path / "resumed")
     assert 0 < json.loads((tmp_path / "resumed" / "progress.json").read_text())["source_records"] < 18
-    monkeypatch.setattr(prepare_module._Carver, "process", original)
+    monkeypatch.setattr(carve_module._Carver, "process", original)
     resumed = run_prepare([source], tmp_path / "resumed")
     assert resumed["shards"] == reference["shards"]  # file names, record counts and sha256

@@ -315,15 +315,16 @@ def test_one_worker_or_two_give_the_same_shards_and_skips(tmp_path: Path) -> Non
     assert again["shards"] == one["shards"]
 
 
-def _die(data: bytes) -> bytes:
-    os._exit(1)  # a worker killed mid-image, as by the kernel's out-of-memory killer
-
-
 def test_a_dead_worker_is_a_clear_error() -> None:
-    from flava_jax.data.images import Fetched, ImagePool
+    """A worker process killed mid-slice (as by the kernel's out-of-memory killer) ends prepare in one line."""
+    import concurrent.futures
+    import multiprocessing
 
-    with ImagePool(_die, 2) as pool, pytest.raises(SystemExit, match="image worker process died.*fewer --workers"):
-        pool.convert_many([Fetched(b"bytes", origin="inline")])
+    from flava_jax.data.prepare import _Scheduler
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool, \
+            pytest.raises(SystemExit, match="prepare worker process died.*fewer --workers"):
+        _Scheduler._outcome(pool.submit(os._exit, 1))
 
 
 def test_a_worker_count_below_one_is_a_config_error(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import errno
 import functools
@@ -20,8 +21,9 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
+from flava_jax.data import carve as carve_module
 from flava_jax.data import prepare as prepare_module
-from flava_jax.data import records
+from flava_jax.data import records, shard_files
 from flava_jax.data.images import to_jpeg
 from flava_jax.data.prepare import DiskFullError, PrepareSettings, file_sha256, prepare, read_stream
 from flava_jax.data.sources.rows import WIT_COLUMNS
@@ -84,6 +86,12 @@ def _prepare(corpus: tuple[Path, Path], out: Path, **changes: Any) -> dict[str, 
     return prepare(prepare_settings(**{**settings, **changes}), [str(corpus[0])], out)
 
 
+def _source_row(row_id: int, per_slice: int = 37) -> int:
+    """The corpus row of a record's row id: (slice << 32) + its place in the slice, slices of `chunk_records` rows of
+    the TSV (flava_jax/data/carve.py)."""
+    return (row_id >> 32) * per_slice + (row_id & 0xFFFFFFFF)
+
+
 def _stream(out: Path, name: str) -> list[records.Example]:
     return [records.decode(r) for r in read_stream(out, name)]
 
@@ -108,13 +116,14 @@ def test_budgets_nest_and_pairs_take_the_smaller(corpus: tuple[Path, Path], tmp_
         manifest = _prepare(corpus, out, text_words=words, images=images)
         streams[words, images] = {s: _stream(out, s) for s in ("text", "image", "pair")}
         assert manifest["kept"]["image"] == images
-        text_rows = [e.row for e in streams[words, images]["text"]]
-        image_rows = [e.row for e in streams[words, images]["image"]]
-        full_rows = [r for r in set(text_rows) if text_rows.count(r) == len(_texts(_row(_eligible()[r])))]
-        pair_rows = sorted({e.row for e in streams[words, images]["pair"]})
+        text_rows = [_source_row(e.row) for e in streams[words, images]["text"]]
+        image_rows = [_source_row(e.row) for e in streams[words, images]["image"]]
+        assert set(text_rows) <= set(_eligible())
+        full_rows = [r for r in set(text_rows) if text_rows.count(r) == len(_texts(_row(r)))]
+        pair_rows = sorted({_source_row(e.row) for e in streams[words, images]["pair"]})
         assert pair_rows == sorted(set(full_rows) & set(image_rows))  # rows inside both prefixes
         for example in streams[words, images]["pair"]:  # each pair: a text of the row, with the row's image
-            assert example.text in _texts(_row(_eligible()[example.row]))
+            assert example.text in _texts(_row(_source_row(example.row)))
             assert example.image == next(e.image for e in streams[words, images]["image"] if e.row == example.row)
     for small, large in ((budgets[0], budgets[2]), (budgets[1], budgets[2])):
         for stream in ("text", "image", "pair"):
@@ -169,21 +178,21 @@ def test_an_interrupted_prepare_resumes_to_the_same_result(corpus: tuple[Path, P
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     reference = _prepare(corpus, tmp_path / "whole", text_words=900, images=50)
     calls = {"n": 0}
-    original = prepare_module._Carver.process
+    original = carve_module._Carver.process
 
-    def crashing(self: Any, window: Any, writers: Any) -> int:
+    def crashing(self: Any, window: Any, first: int, writers: Any) -> int:
         calls["n"] += 1
         if calls["n"] == 8:  # two chunks (3 windows each) committed, the third half written
             raise _Crash
-        return original(self, window, writers)
+        return original(self, window, first, writers)
 
-    monkeypatch.setattr(prepare_module._Carver, "process", crashing)
+    monkeypatch.setattr(carve_module._Carver, "process", crashing)
     with pytest.raises(_Crash):
         _prepare(corpus, tmp_path / "resumed", text_words=900, images=50)
     progress = json.loads((tmp_path / "resumed" / "progress.json").read_text())
     assert 0 < progress["source_records"] < reference["source_records"]
-    assert any(p.suffix == ".tmp" for p in (tmp_path / "resumed").rglob("*"))  # the half-written chunk
-    monkeypatch.setattr(prepare_module._Carver, "process", original)
+    assert not any(p.suffix == ".tmp" for p in (tmp_path / "resumed").rglob("*"))  # the failed slice cleaned up
+    monkeypatch.setattr(carve_module._Carver, "process", original)
     resumed = _prepare(corpus, tmp_path / "resumed", text_words=900, images=50)
     assert not any(p.suffix == ".tmp" for p in (tmp_path / "resumed").rglob("*"))
     for key in ("kept", "words", "skipped", "train_rows", "source_records", "tokenizer", "shards", "image_formats"):
@@ -228,7 +237,7 @@ def test_a_full_disk_ends_in_one_error_and_a_rerun_completes(corpus: tuple[Path,
     out = tmp_path / "full"
     if where == "pair":
         failing = out / "pair" / f"{chunk:05d}.arrayrecord.tmp"
-        monkeypatch.setattr(prepare_module, "ArrayRecordWriter", functools.partial(_FillingWriter, failing))
+        monkeypatch.setattr(shard_files, "ArrayRecordWriter", functools.partial(_FillingWriter, failing))
     else:
         failing, write_text = out / "progress.json", Path.write_text
 
@@ -241,11 +250,9 @@ def test_a_full_disk_ends_in_one_error_and_a_rerun_completes(corpus: tuple[Path,
     with pytest.raises(DiskFullError) as error:
         _prepare(corpus, out)
     assert str(error.value).startswith(f"writing {failing} failed: {ENOSPC}. {COMMITTED_INTACT}")
-    if chunk:
-        assert json.loads((out / "progress.json").read_text())["chunk"] == chunk  # the chunks before it committed
-    else:
-        assert not (out / "progress.json").exists()  # nothing committed
-    assert list(out.glob(f"*/{chunk:05d}.arrayrecord*"))  # yet the failed chunk left shards
+    assert json.loads((out / "progress.json").read_text())["chunk"] == chunk  # the chunks before it committed
+    if where == "progress":
+        assert list(out.glob(f"*/{chunk:05d}.arrayrecord"))  # yet the failed chunk left its published shards
     monkeypatch.undo()
     resumed = _prepare(corpus, out)
     assert resumed["shards"] == lone["shards"] and resumed["tokenizer"] == lone["tokenizer"]
@@ -277,7 +284,8 @@ def test_a_full_tmpfs_ends_the_command_line_in_one_line(tmp_path: Path) -> None:
                             rf"{ENOSPC}\. {COMMITTED_INTACT}: .*", full.stderr.splitlines()[-1])
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
         again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-        assert again.returncode == 0 and "resuming after 8 source records (chunk 1)" in again.stderr, again.stderr
+        # chunk 0: photos.tsv, the first file (4 records; a slice never spans two files)
+        assert again.returncode == 0 and "resuming after 4 source records (chunk 1)" in again.stderr, again.stderr
         assert json.loads((disk / "out" / "manifest.json").read_text())["shards"] == lone["shards"]
     finally:
         subprocess.run(["umount", str(disk)], check=False)
@@ -362,3 +370,48 @@ def test_invalid_bytes_cost_their_rows_only_and_are_logged(tmp_path: Path, caplo
     logged = [r.getMessage() for r in caplog.records if "invalid UTF-8" in r.getMessage()]
     assert [m.split(": ")[0] for m in logged] == [f"{tmp_path / 'rows.tsv'}:{i + 2}" for i in bad[:3]]
     assert manifest["tokenizer"] and (tmp_path / "out" / manifest["tokenizer"]["file"]).is_file()
+
+
+def _threaded_pool(workers: int, mp_context: Any = None, initializer: Any = None,
+                   initargs: tuple[Any, ...] = ()) -> Any:
+    """The scheduler's worker pool as threads of this process: the same speculation, verdicts and redos as processes
+    (completions out of order included), without spawning."""
+    import concurrent.futures
+
+    return concurrent.futures.ThreadPoolExecutor(workers, initializer=initializer, initargs=initargs)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_speculative_slices_give_the_exact_carve(corpus: tuple[Path, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """Slices carved ahead of the budgets, then kept, trimmed of the streams that filled meanwhile, or carved again,
+    give what one process carving in order gives, for budgets met inside slices, between them and never, held-out caps
+    reached, and rows whose image is missing (dropped while images are needed, kept for text once they are not)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in corpus[1].iterdir():
+        if int(path.stem.removeprefix("img")) % 13 != 4:  # some images missing
+            (images / path.name).write_bytes(path.read_bytes())
+    verdicts = collections.Counter()
+    original = prepare_module.verdict
+
+    def counted(*args: Any) -> Any:
+        dropped = original(*args)
+        verdicts["again" if dropped is None else "dropped" if dropped else "kept"] += 1
+        return dropped
+
+    grid = [dict(text_words=60, images=50), dict(text_words=900, images=10), dict(text_words=-1, images=30),
+            dict(text_words=300, images=-1, heldout_max_texts=7, heldout_max_images=4),
+            dict(text_words=2000, images=0), dict(text_words=200, images=20, require_image=False),
+            dict(text_words=2000, images=20, require_image=False)]
+    for i, budgets in enumerate(grid):
+        changes = dict(heldout_fraction=0.3, image_dirs=(str(images),), **budgets)
+        lone = _prepare(corpus, tmp_path / f"lone{i}", **changes)
+        with monkeypatch.context() as patched:
+            patched.setattr(prepare_module.concurrent.futures, "ProcessPoolExecutor", _threaded_pool)
+            patched.setattr(prepare_module, "verdict", counted)
+            ahead = _prepare(corpus, tmp_path / f"ahead{i}", prepare_workers=workers, **changes)
+        for key in ("kept", "words", "skipped", "shards", "image_formats", "train_rows", "source_records",
+                    "budget_met", "tokenizer"):
+            assert ahead[key] == lone[key], (budgets, key)
+    assert verdicts["again"] and verdicts["dropped"] and verdicts["kept"], verdicts

@@ -71,9 +71,8 @@ def test_wit_text_with_caption_pairs(shared_data: Path, tmp_path: Path) -> None:
     # The same carves as each source prepared alone, for its own streams
     run_prepare([tsv], tmp_path / "wit_alone", image_dirs=(str(images),), heldout_fraction=0.3, images=0)
     run_prepare([pairs], tmp_path / "cc_alone", heldout_fraction=0.3, language=None)
-    assert streams(tmp_path / "wit_alone", "text", HELDOUT) == {k: out[k] for k in ("text", HELDOUT)}
-    assert streams(tmp_path / "cc_alone", "image", "pair", HELDOUT_PAIR) == {
-        k: out[k] for k in ("image", "pair", HELDOUT_PAIR)}
+    for alone, names in (("wit_alone", ("text", HELDOUT)), ("cc_alone", ("image", "pair", HELDOUT_PAIR))):
+        assert streams(tmp_path / alone, *names) == streams(tmp_path / "out", *names)
 
     assert prepare_streams(settings, sources, tmp_path / "out") == manifest  # complete: read back
     other = dataclasses.replace(sources, pair=(str(tsv),))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import gzip
 import json
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -247,3 +250,55 @@ def test_no_reader_imports_another() -> None:
                     for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
                     and node.module.startswith("flava_jax.data.sources") for alias in node.names}
         assert imported <= (shared - {name} if name in readers else {"rows"}), (name, imported)
+
+
+def _without_where(records: list[Any]) -> list[Any]:
+    return [dataclasses.replace(r, where="") for r in records]
+
+
+def test_slices_read_what_the_whole_files_hold(tmp_path: Path) -> None:
+    """Every kind of source cut into slices of 3 records: the slices, read one after another, hold the whole files'
+    records in order (JSON lines by byte ranges, a line in the range it starts in; parquet by row groups; COCO by
+    images; TSV by records), and the slices of a file that is read again are the same."""
+    import pyarrow as pa
+
+    from flava_jax.data.sample import SAMPLE_DIR
+    from flava_jax.data.sources.dispatch import plan_slices, read_slice
+    from tests.data.wit_rows import write_json_with_images, write_parquet
+
+    photos = sorted((SAMPLE_DIR / "images").glob("*"))
+    jsonl = write_json_with_images(tmp_path / "rows.json", [p.read_bytes() for p in photos] * 3)
+    with open(jsonl, "a") as f:
+        f.write("\n{not json\n\n")
+    gz = tmp_path / "gz" / "rows.json.gz"
+    gz.parent.mkdir()
+    gz.write_bytes(gzip.compress(jsonl.read_bytes()))
+    context = {k: [f"{k} {i}" for i in range(7)] for k in ("context_page_description", "context_section_description",
+                                                          "caption_alt_text_description")}
+    table = pa.table({"image": [{"bytes": photos[i % 4].read_bytes(), "path": None} for i in range(7)],
+                      "image_url": [f"u{i}" for i in range(7)], "text": [f"caption {i}" for i in range(7)], **context})
+    parquet = write_parquet(tmp_path / "pq" / "train-00000-of-00001.parquet", table, {"image": {"_type": "Image"}})
+    coco = tmp_path / "coco" / "captions_x.json"
+    coco.parent.mkdir()
+    coco.write_text(json.dumps({"images": [{"id": i, "file_name": f"{i}.jpg"} for i in range(8)],
+                                "annotations": [{"id": 100 + i, "image_id": i, "caption": f"c{i}"} for i in range(8)]
+                                + [{"id": 99, "image_id": 42, "caption": "of no image"}]}))
+    tsv = tmp_path / "rows.tsv"
+    with open(tsv, "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(WIT_COLUMNS)
+        for i in range(8):
+            writer.writerow(["en", f"p{i}", f"u{i}", "", "", "", f"caption\n{i}" if i % 2 else f"c {i}"]
+                            + [""] * (len(WIT_COLUMNS) - 7))
+    for source, slices in ((jsonl, range(3, 8)), (gz, [1]), (parquet, [2]), (coco, [3]), (tsv, [3])):
+        planned = list(plan_slices([str(source)], 3))
+        assert len(planned) in slices, (source, planned)
+        assert planned == list(plan_slices([str(source)], 3))
+        sliced = [record for piece in planned for record in read_slice(piece)]
+        whole = list(read_source(str(source)))
+        assert _without_where(sliced) == _without_where(whole), source
+        assert len(whole) >= 7
+    for piece in plan_slices([str(jsonl)], 3):  # line numbers in the first range, byte offsets after it
+        place = r":\d+" if piece.start == 0 else r"@\d+"
+        assert all(re.fullmatch(rf"{re.escape(str(jsonl))}{place}(#0)?", r.where) for r in read_slice(piece))
+    assert [r.where for r in read_slice(next(plan_slices([str(jsonl)], 3)))][:2] == [f"{jsonl}:1#0", f"{jsonl}:2#0"]

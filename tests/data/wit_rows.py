@@ -101,7 +101,12 @@ def run_prepare(sources: list[Path], out: Path, **changes: Any) -> dict[str, Any
 
 
 def streams(out: Path, *names: str) -> dict[str, list[Any]]:
-    return {name: [decode(r) for r in read_stream(out, name)] for name in names}
+    """The examples of the named streams, each row id replaced by its rank among the rows of all of them: ids are
+    places in the sources (flava_jax/data/carve.py), which differ between two layouts of the same rows, while their
+    order and which examples share a row do not."""
+    examples = {name: [decode(r) for r in read_stream(out, name)] for name in names}
+    rank = {row: i for i, row in enumerate(sorted({e.row for found in examples.values() for e in found}))}
+    return {name: [e._replace(row=rank[e.row]) for e in found] for name, found in examples.items()}
 
 
 def write_json_with_images(path: Path, images: list[bytes]) -> Path:

@@ -56,19 +56,25 @@ def image_folder(path: Path) -> Path | None:
                  if folder.is_dir()), None)
 
 
-def read_coco(path: str | os.PathLike) -> Iterator[Record]:
+def read_coco(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> Iterator[Record]:
     """The records of a COCO captions file: Skips for its unusable entries, then each image's records in id
-    order."""
+    order; or those of the images [start, stop) in that order (the Skips with the range that starts at 0)."""
     path = Path(path)
     images, captions, skips = _index(path)
     folder = image_folder(path)
-    if folder is None:
-        log.info("COCO captions %s: no image folder beside it, images are looked up in data.image_dirs", path)
-    else:
-        log.info("COCO captions %s: images read from %s", path, folder)
-    yield from skips
-    for image_id in sorted(images):
+    if start == 0:
+        if folder is None:
+            log.info("COCO captions %s: no image folder beside it, images are looked up in data.image_dirs", path)
+        else:
+            log.info("COCO captions %s: images read from %s", path, folder)
+        yield from skips
+    for image_id in sorted(images)[start:stop]:
         yield from _image_records(path, image_id, images[image_id], captions.pop(image_id, []), folder)
+
+
+def image_count(path: str | os.PathLike) -> int:
+    """How many images a captions file lists (the ones read_coco reads, in id order)."""
+    return len(_index(Path(path))[0])
 
 
 def _load(path: Path) -> tuple[list[Any], list[Any]]:

@@ -5,10 +5,12 @@ module and a line in `read_file`."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import glob
+import itertools
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from flava_jax.data.sources import coco, img2dataset, json_lines, parquet_files, tfds_wit, tsv
@@ -75,18 +77,85 @@ def _warn_if_no_rows(path: str | os.PathLike, records: Iterator[Record]) -> Iter
         log.warning("WiT source file %s yielded no rows (%d records skipped)", path, skips)
 
 
-def read_file(path: Path) -> Iterator[Record]:
-    """The records of one source file, read by its kind: parquet (by its columns), img2dataset tar shard, COCO
-    captions, JSON lines or TSV; a file that yields no row is named in the log."""
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    """A piece of a source that a worker carves on its own: rows [start, stop) of a file (row groups of a parquet
+    file, bytes of a JSON-lines file, images of a COCO file, items of a TFDS dataset; stop None: to the end), or
+    records already read (`records`: a TSV's, whose quoted fields span lines, so that only a reader from the start
+    finds where its rows begin). Slices come from the sources alone, never from the worker count, so a carve by
+    slices is the same on any host."""
+
+    kind: str  # parquet | tar | coco | json | tfds | records
+    path: str  # the file, or the tfds: spec
+    start: int = 0
+    stop: int | None = None
+    records: tuple[Record, ...] = ()
+
+
+def kind_of(path: Path) -> str:
+    """How a source file is read: by its suffix, COCO by its content, then JSON lines or TSV by their first line."""
     if path.suffix == ".parquet":
-        records = parquet_files.read_parquet(path, PARQUET_LAYOUTS)
-    elif path.suffix == ".tar":
-        records = img2dataset.read_webdataset(path)
-    elif coco.is_coco(path):  # first: COCO's one line is the whole file, which the JSON-lines sniff would read
-        records = coco.read_coco(path)
-    else:
-        records = json_lines.read_json_with_images(path) if json_lines.looks_like_json(path) else tsv.read_tsv(path)
-    return _warn_if_no_rows(path, records)
+        return "parquet"
+    if path.suffix == ".tar":
+        return "tar"
+    if coco.is_coco(path):  # first: COCO's one line is the whole file, which the JSON-lines sniff would read
+        return "coco"
+    return "json" if json_lines.looks_like_json(path) else "tsv"
+
+
+def read_slice(piece: Slice) -> Iterator[Record]:
+    """The records of one slice, in order."""
+    start, stop = piece.start, piece.stop
+    if piece.kind == "tfds":
+        return tfds_wit.read_spec(piece.path, start, stop)
+    if piece.kind == "records":
+        return iter(piece.records)
+    readers: dict[str, Callable[[], Iterator[Record]]] = {
+        "parquet": lambda: parquet_files.read_parquet(piece.path, PARQUET_LAYOUTS, start, stop),
+        "tar": lambda: img2dataset.read_webdataset(piece.path),
+        "coco": lambda: coco.read_coco(piece.path, start, stop),
+        "json": lambda: json_lines.read_json_with_images(piece.path, start, stop),
+    }
+    return readers[piece.kind]()
+
+
+def plan_slices(specs: Iterable[str], records: int) -> Iterator[Slice]:
+    """The sources as slices of about `records` records each, in read order: parquet by row groups, plain JSON lines
+    by byte ranges, COCO by images, TFDS by items, TSV by records read here; webdataset tar shards and gzip JSON lines
+    whole (they can only be read from their start, and carry their images)."""
+    for spec in specs:
+        if spec.startswith("tfds:"):
+            total = len(tfds_wit.data_source(spec))
+            yield from (Slice("tfds", spec, start, min(start + records, total)) for start in range(0, total, records))
+            continue
+        for path in source_files(spec):
+            kind = kind_of(path)
+            if kind == "tsv":
+                yield from _record_slices(path, tsv.read_tsv(path), records)
+                continue
+            if kind == "parquet":
+                ranges = parquet_files.row_group_ranges(path, records)
+            elif kind == "json":
+                ranges = json_lines.byte_ranges(path, records)
+            elif kind == "coco":
+                total = coco.image_count(path)
+                ranges = [(start, start + records) for start in range(0, total, records)] or [(0, None)]
+            else:
+                ranges = [(0, None)]
+            yield from (Slice(kind, str(path), start, stop) for start, stop in ranges)
+
+
+def _record_slices(path: Path, rows: Iterator[Record], records: int) -> Iterator[Slice]:
+    start = 0
+    while batch := tuple(itertools.islice(rows, records)):
+        yield Slice("records", str(path), start, start + len(batch), batch)
+        start += len(batch)
+
+
+def read_file(path: Path) -> Iterator[Record]:
+    """The records of one source file, read whole by its kind; a file that yields no row is named in the log."""
+    kind = kind_of(path)
+    return _warn_if_no_rows(path, tsv.read_tsv(path) if kind == "tsv" else read_slice(Slice(kind, str(path))))
 
 
 def read_source(spec: str) -> Iterator[Record]:

@@ -65,28 +65,49 @@ def short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def read_parquet(path: str | os.PathLike, layouts: Sequence[Layout]) -> Iterator[Record]:
-    """The records of one parquet file, one row group at a time; an unreadable file or row group is one Skip."""
+def read_parquet(path: str | os.PathLike, layouts: Sequence[Layout], start: int = 0,
+                 stop: int | None = None) -> Iterator[Record]:
+    """The records of one parquet file (of its row groups [start, stop)), one row group at a time; an unreadable
+    file or row group is one Skip."""
     path = Path(path)
     try:
         file = pq.ParquetFile(path)
     except ARROW_ERRORS as e:
-        yield Skip("unreadable file", str(path), f"{type(e).__name__}: {e}")
+        if start == 0:  # one Skip for the file, not one per range
+            yield Skip("unreadable file", str(path), f"{type(e).__name__}: {e}")
         return
     with file:
         layout = layout_of(file.schema_arrow.names, path, layouts)
         split = file_split(path, layout)
         columns = [c for c in file.schema_arrow.names
                    if layout.reads_all or c in layout.required or c in ROW_FIELDS or c == "image"]
-        start = 0
-        for group in range(file.num_row_groups):
+        first = sum(file.metadata.row_group(group).num_rows for group in range(start))
+        for group in range(start, file.num_row_groups if stop is None else stop):
             count = file.metadata.row_group(group).num_rows
             try:
                 rows = file.read_row_group(group, columns=columns).to_pylist()
             except ARROW_ERRORS as e:
-                yield Skip("unreadable row group", f"{path}#{start}", f"rows {start}-{start + count - 1} lost: "
+                yield Skip("unreadable row group", f"{path}#{first}", f"rows {first}-{first + count - 1} lost: "
                            f"{type(e).__name__}: {e}")
                 rows = []
             for i, row in enumerate(rows):
-                yield from layout.rows(row, f"{path}#{start + i}", split)
-            start += count
+                yield from layout.rows(row, f"{path}#{first + i}", split)
+            first += count
+
+
+def row_group_ranges(path: str | os.PathLike, rows_per_range: int) -> list[tuple[int, int | None]]:
+    """[start, stop) ranges of whole row groups, each of at least `rows_per_range` rows (the last may hold fewer),
+    from the file's metadata; one open range when the metadata cannot be read (read_parquet reports it)."""
+    try:
+        metadata = pq.read_metadata(path)
+    except ARROW_ERRORS:
+        return [(0, None)]
+    ranges, start, rows = [], 0, 0
+    for group in range(metadata.num_row_groups):
+        rows += metadata.row_group(group).num_rows
+        if rows >= rows_per_range:
+            ranges.append((start, group + 1))
+            start, rows = group + 1, 0
+    if start < metadata.num_row_groups or not ranges:
+        ranges.append((start, metadata.num_row_groups))
+    return ranges

@@ -146,10 +146,14 @@ def open_text(path: str | os.PathLike) -> Iterator[Iterator[str]]:
     """The lines of a file, each decoded from UTF-8 on its own (so a bad byte costs only its line): invalid bytes
     become lone surrogates (`invalid_utf8` finds them) instead of an error. Gzip is recognised by its magic bytes,
     whatever the name says; corrupt gzip data raises OSError, a truncated file EOFError."""
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    with gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb") as binary:
+    with gzip.open(path, "rb") if is_gzip(path) else open(path, "rb") as binary:
         yield _decoded_lines(binary)
+
+
+def is_gzip(path: str | os.PathLike) -> bool:
+    """Whether the file is gzip, by its magic bytes (whatever its name says)."""
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
 
 
 def _decoded_lines(binary: BinaryIO) -> Iterator[str]:

@@ -9,9 +9,10 @@ from typing import Any
 from flava_jax.data.sources.rows import BOOL_COLUMNS, BadValue, Record, Skip, row_from_fields
 
 
-def read_tfds(source: Any, name: str = "tfds") -> Iterator[Record]:
-    """Rows of a TFDS `wit` data source (anything indexable whose items are TFDS feature dicts)."""
-    for index in range(len(source)):
+def read_tfds(source: Any, name: str = "tfds", start: int = 0, stop: int | None = None) -> Iterator[Record]:
+    """Rows of a TFDS `wit` data source (anything indexable whose items are TFDS feature dicts), or of its items
+    [start, stop)."""
+    for index in range(start, len(source) if stop is None else min(stop, len(source))):
         item = dict(source[index])
         for column in BOOL_COLUMNS:
             item.pop(column, None)  # unusable in TFDS's build, see the module docstring
@@ -21,11 +22,15 @@ def read_tfds(source: Any, name: str = "tfds") -> Iterator[Record]:
             yield Skip("bad value", f"{name}#{index}", str(e))
 
 
-
-def read_spec(spec: str) -> Iterator[Record]:
-    """`tfds:NAME[/SPLIT][@DATA_DIR]`: a prepared TFDS dataset (default wit/train)."""
+def data_source(spec: str) -> Any:
+    """The TFDS data source of `tfds:NAME[/SPLIT][@DATA_DIR]` (default wit/train)."""
     import tensorflow_datasets as tfds
 
     name, _, data_dir = spec[len("tfds:"):].partition("@")
     name, _, split = name.partition("/")
-    yield from read_tfds(tfds.data_source(name or "wit", split=split or "train", data_dir=data_dir or None), spec)
+    return tfds.data_source(name or "wit", split=split or "train", data_dir=data_dir or None)
+
+
+def read_spec(spec: str, start: int = 0, stop: int | None = None) -> Iterator[Record]:
+    """The rows of a prepared TFDS dataset (or of its items [start, stop))."""
+    yield from read_tfds(data_source(spec), spec, start, stop)
