@@ -24,6 +24,7 @@ import functools
 import hashlib
 import itertools
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -305,10 +306,21 @@ def carve_slice(task: SliceTask, settings: PrepareSettings, out: Path, fetcher: 
 _WORKER: dict[str, Any] = {}
 
 
+class _Stop:
+    """Set when the prepare stops its workers, or is gone (killed: its workers then stop at their next window, so
+    that none writes on beside the prepare that resumes it)."""
+
+    def __init__(self, event: Any) -> None:
+        self.event, self.parent = event, os.getppid()
+
+    def is_set(self) -> bool:
+        return self.event.is_set() or os.getppid() != self.parent
+
+
 def init_worker(settings: PrepareSettings, out: str, stop: Any) -> None:
     """A worker process's start: its settings, its own image fetcher and the event that stops it."""
     cache = settings.cache_dir or str(Path("~/.cache/flava_jax/images").expanduser())
-    _WORKER.update(settings=settings, out=Path(out), stop=stop,
+    _WORKER.update(settings=settings, out=Path(out), stop=_Stop(stop),
                    fetcher=ImageFetcher(cache, settings.image_dirs, settings.fetch, download=settings.download))
 
 

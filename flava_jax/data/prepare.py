@@ -186,9 +186,8 @@ def _resume(out: Path, fingerprint: str) -> dict[str, Any]:
         raise SystemExit(f"{out} holds a prepare with other settings or sources; use a new --out or delete it")
     committed = {s["file"] for shards in (progress or {}).get("shards", {}).values() for s in shards}
     uncommitted = [path for path in out.glob("*/*.arrayrecord*") if str(path.relative_to(out)) not in committed]
-    # Without progress.json, a prepare leaves only the shards of a first chunk that failed before its commit
-    first_chunk = (shard_name(0), shard_name(0, tmp=True))
-    if progress is None and ((out / MANIFEST).exists() or any(path.name not in first_chunk for path in uncommitted)):
+    # A prepare writes progress.json before any shard: shards without it are not a prepare's to resume
+    if progress is None and ((out / MANIFEST).exists() or uncommitted):
         raise SystemExit(f"{out} holds shards but no {PROGRESS}: not a resumable prepare; use a new --out")
     for path in uncommitted:
         path.unlink()
@@ -309,7 +308,8 @@ def _commit(progress: dict[str, Any], result: SliceResult, dropped: set[str], ou
     """Publish a slice's shards (those not dropped), add its counts and write progress.json: the slice is done."""
     delta = result.delta
     for output, shard in sorted(result.shards.items()):
-        tmp = shard_path(out, output, result.index, tmp=True)
+        shard = dict(shard)
+        tmp = out / output / shard.pop("tmp")
         if output in dropped:
             tmp.unlink()
             continue
@@ -383,7 +383,7 @@ class _Scheduler:
         if self.pool is not None:
             self.stop.set()  # slices under way stop at their next window, leaving nothing
             self.pool.shutdown(wait=True, cancel_futures=True)
-            for path in self.out.glob("*/*.arrayrecord.tmp"):  # slices finished but never committed
+            for path in self.out.glob("*/*.arrayrecord.*.tmp"):  # slices finished but never committed
                 path.unlink()
 
     def has(self, index: int) -> bool:
@@ -428,8 +428,8 @@ class _Scheduler:
         dropped = verdict(self.settings, self.budgets, progress, result)
         if dropped is not None:
             return result, dropped
-        for output in result.shards:
-            shard_path(self.out, output, index, tmp=True).unlink()
+        for output, shard in result.shards.items():
+            (self.out / output / shard["tmp"]).unlink()
         return self._outcome(self.pool.submit(run_in_worker, self._task(index, progress, exact=True))), set()
 
     def _top_up(self, index: int, progress: dict[str, Any]) -> None:

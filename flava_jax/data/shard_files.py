@@ -51,17 +51,23 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def shard_name(index: int, tmp: bool = False) -> str:
-    return f"{index:05d}.arrayrecord{'.tmp' if tmp else ''}"
+def shard_name(index: int) -> str:
+    return f"{index:05d}.arrayrecord"
 
 
-def shard_path(out: Path, stream: str, index: int, tmp: bool = False) -> Path:
-    return out / stream / shard_name(index, tmp)
+def shard_path(out: Path, stream: str, index: int) -> Path:
+    return out / stream / shard_name(index)
+
+
+def tmp_path(out: Path, stream: str, index: int) -> Path:
+    """Where this process writes a shard before it is published: named by the process too, so that a worker left
+    running by a killed prepare never writes into the file of the prepare that resumes it."""
+    return out / stream / f"{shard_name(index)}.{os.getpid()}.tmp"
 
 
 class SliceWriters:
-    """One temporary shard per stream for one slice; `close` returns each one's records and sha256 (computed here,
-    in the worker that wrote it, so the process that publishes it never reads it)."""
+    """One temporary shard per stream for one slice; `close` returns each one's records, sha256 (computed here, in
+    the worker that wrote it, so the process that publishes it never reads it) and temporary file name."""
 
     def __init__(self, out: Path, index: int) -> None:
         self.out, self.index = out, index
@@ -69,7 +75,7 @@ class SliceWriters:
         self.counts: collections.Counter[str] = collections.Counter()
 
     def write(self, stream: str, record: bytes) -> None:
-        path = shard_path(self.out, stream, self.index, tmp=True)
+        path = tmp_path(self.out, stream, self.index)
         with space_checked(path):
             if stream not in self.writers:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,10 +86,10 @@ class SliceWriters:
     def close(self) -> dict[str, dict[str, Any]]:
         shards = {}
         for stream, writer in self.writers.items():
-            path = shard_path(self.out, stream, self.index, tmp=True)
+            path = tmp_path(self.out, stream, self.index)
             with space_checked(path):
                 writer.close()  # where ArrayRecord writes most of a shard
-            shards[stream] = {"records": self.counts[stream], "sha256": file_sha256(path)}
+            shards[stream] = {"records": self.counts[stream], "sha256": file_sha256(path), "tmp": path.name}
         self.writers = {}
         return shards
 
@@ -92,5 +98,5 @@ class SliceWriters:
         for stream, writer in self.writers.items():
             with contextlib.suppress(OSError, RuntimeError):
                 writer.close()
-            shard_path(self.out, stream, self.index, tmp=True).unlink(missing_ok=True)
+            tmp_path(self.out, stream, self.index).unlink(missing_ok=True)
         self.writers = {}

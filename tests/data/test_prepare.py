@@ -236,7 +236,7 @@ def test_a_full_disk_ends_in_one_error_and_a_rerun_completes(corpus: tuple[Path,
     lone = _prepare(corpus, tmp_path / "lone")
     out = tmp_path / "full"
     if where == "pair":
-        failing = out / "pair" / f"{chunk:05d}.arrayrecord.tmp"
+        failing = out / "pair" / f"{chunk:05d}.arrayrecord.{os.getpid()}.tmp"  # one process: workers=1
         monkeypatch.setattr(shard_files, "ArrayRecordWriter", functools.partial(_FillingWriter, failing))
     else:
         failing, write_text = out / "progress.json", Path.write_text
@@ -256,7 +256,7 @@ def test_a_full_disk_ends_in_one_error_and_a_rerun_completes(corpus: tuple[Path,
     monkeypatch.undo()
     resumed = _prepare(corpus, out)
     assert resumed["shards"] == lone["shards"] and resumed["tokenizer"] == lone["tokenizer"]
-    assert not list(out.rglob("*.arrayrecord.tmp"))
+    assert not list(out.rglob("*.tmp"))
 
 
 def test_a_full_tmpfs_ends_the_command_line_in_one_line(tmp_path: Path) -> None:
@@ -280,7 +280,7 @@ def test_a_full_tmpfs_ends_the_command_line_in_one_line(tmp_path: Path) -> None:
                    "--config.data.chunk_records=8", "--workers=1"]
         full = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
         assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
-        assert re.fullmatch(rf"prepare: writing {re.escape(str(disk))}/out/\w+/00001\.arrayrecord\.tmp failed: "
+        assert re.fullmatch(rf"prepare: writing {re.escape(str(disk))}/out/\w+/00001\.arrayrecord\.\d+\.tmp failed: "
                             rf"{ENOSPC}\. {COMMITTED_INTACT}: .*", full.stderr.splitlines()[-1])
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
         again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
@@ -415,3 +415,41 @@ def test_speculative_slices_give_the_exact_carve(corpus: tuple[Path, Path], tmp_
                     "budget_met", "tokenizer"):
             assert ahead[key] == lone[key], (budgets, key)
     assert verdicts["again"] and verdicts["dropped"] and verdicts["kept"], verdicts
+
+
+def test_a_killed_prepare_resumes_to_a_lone_runs_shards(tmp_path: Path) -> None:
+    """`prepare --workers=2` killed with SIGKILL after some slices committed (its workers left running, as they are
+    when only the command is killed), then run again at once: the same shards as one process carving alone."""
+    import io
+    import signal
+    import time
+
+    from flava_jax.data.sample import SAMPLE_DIR
+    from tests.data.wit_rows import write_json_with_images
+
+    images = []
+    for i, photo in enumerate(sorted((SAMPLE_DIR / "images").glob("*")) * 40):  # WiT-sized: converted, not kept
+        out = io.BytesIO()
+        Image.open(photo).convert("RGB").resize((1200 + i, 900)).save(out, format="JPEG", quality=90)
+        images.append(out.getvalue())
+    source = write_json_with_images(tmp_path / "rows.json", images)
+    overrides = dict(data__chunk_records=8, data__heldout_fraction=0.2, data__prepare_workers=1)
+    lone = prepare(PrepareSettings.from_config(debug_config(**overrides)), [str(source)], tmp_path / "lone")
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "flava_jax.data.prepare", "--config=configs/debug.py", f"--source={source}",
+               f"--out={out}", "--config.data.chunk_records=8", "--config.data.heldout_fraction=0.2", "--workers=2"]
+    killed = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while (json.loads((out / "progress.json").read_text())["chunk"] if (out / "progress.json").is_file() else 0) < 3:
+        assert killed.poll() is None and time.monotonic() < deadline, "the prepare ended before it could be killed"
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    progress = json.loads((out / "progress.json").read_text())
+    assert 3 <= progress["chunk"] and not progress.get("complete")
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming after" in again.stderr
+    resumed = json.loads((out / "manifest.json").read_text())
+    assert resumed["shards"] == lone["shards"] and len(lone["shards"]["image"]) > 3
+    assert all(file_sha256(out / s["file"]) == s["sha256"] for shards in resumed["shards"].values() for s in shards)
