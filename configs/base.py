@@ -53,16 +53,17 @@ def data_config() -> ConfigDict:
         # for byte, so the model sees its own pixels; True: every image decoded, resized and re-encoded as JPEG
         image_reencode=False,
         max_image_pixels=89_478_485,  # larger images count as decompression bombs
-        chunk_records=20_000,  # commit (resume) granularity, in source records
+        chunk_records=20_000,  # records per slice: what one worker carves at a time, and the commit (resume) unit
         # "count": text_words and images as counts; "percent": the reference's row prefixes train[:t%] and train[:v%]
         # of a source with its split (theodor1289/wit), t = text_words / 10M and v = images / 40K (its 1% labels)
         budget_unit="count",
-        fetch_batch=512,
-        prepare_workers=config_dict.placeholder(int),  # processes decoding, resizing, encoding; None: every core
+        fetch_batch=512,  # rows a worker fetches (downloads in threads) before converting them
+        prepare_workers=config_dict.placeholder(int),  # processes carving slices of the sources; None: every core
         # the paper's: BERT's uncased WordPiece vocabulary (bundled); "sentencepiece" trains one on the budgeted text,
         # a path names a BERT vocab.txt (or its directory)
         tokenizer="bert-base-uncased",
         tokenizer_max_texts=2_000_000,  # SentencePiece's training texts
+        # workers: concurrent downloads of the whole prepare, shared by its worker processes
         fetch=dict(timeout=10.0, retries=3, backoff=1.0, max_backoff=60.0, workers=16, max_bytes=50 * 2**20,
                    user_agent=USER_AGENT),
         # --- batches

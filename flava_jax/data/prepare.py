@@ -526,9 +526,9 @@ def main() -> None:
         f"{stream}_source", None, f"A source of the {stream} stream only (repeatable; default: "
         f"config.data.{stream}_sources, else --source): see flava_jax/data/stream_sources.py.") for stream in STREAMS}
     out_flag = flags.DEFINE_string("out", None, "Output directory (default: config.data.dir).")
-    workers_flag = flags.DEFINE_integer("workers", None, "Processes that decode, resize and encode images "
-                                        "(default: config.data.prepare_workers; None there: one per core).",
-                                        lower_bound=1)
+    workers_flag = flags.DEFINE_integer("workers", None, "Processes that read, filter, fetch, convert and write "
+                                        "slices of the sources (default: config.data.prepare_workers; None there: "
+                                        "one per core).", lower_bound=1)
 
     def run(argv: list[str]) -> None:
         from flava_jax.data.stream_sources import StreamSources, prepare_streams  # it builds on this module
