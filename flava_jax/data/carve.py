@@ -77,6 +77,11 @@ def reached(count: int, budget: int) -> bool:
     return 0 <= budget <= count
 
 
+def needs_image(require_image: bool, text_met: bool, images_met: bool) -> bool:
+    """Whether a train row's image is fetched: while images are wanted, or, with `require_image`, while its text is."""
+    return not images_met or (require_image and not text_met)
+
+
 def fresh_counts() -> dict[str, Any]:
     """The counters a carve keeps (prepare's progress.json holds them, with where it is)."""
     return {"kept": dict.fromkeys(OUTPUTS, 0), "words": dict.fromkeys(WORDS, 0), "train_rows": 0, "heldout_rows": 0,
@@ -102,8 +107,8 @@ class Budgets:
     def speculative(self, flags: tuple[bool, bool, bool, bool]) -> Budgets:
         """Every open budget and cap unbounded, those full at `flags` closed."""
         text_met, images_met, heldout_full, heldout_images_full = flags
-        return Budgets(text_words=self.text_words if text_met else -1,
-                       text_rows=None if self.text_rows is None else (self.text_rows if text_met else -1),
+        return Budgets(text_words=0 if text_met else -1,  # zero stays met: percent budgets re-check it each row
+                       text_rows=None if self.text_rows is None else (0 if text_met else -1),
                        images=self.images if images_met or self.images == 0 else -1,
                        heldout_texts=0 if heldout_full else UNBOUNDED,
                        heldout_images=0 if heldout_images_full else UNBOUNDED)
@@ -175,7 +180,7 @@ class _Carver:
         return "train", texts
 
     def _needs_image(self) -> bool:
-        return not self.p["budget_met"]["images"] or (self.s.require_image and not self.p["budget_met"]["text"])
+        return needs_image(self.s.require_image, self.p["budget_met"]["text"], self.p["budget_met"]["images"])
 
     def _heldout_needs_image(self) -> bool:
         return self.b.images != 0 and self.p["kept"][HELDOUT_IMAGE] < self.b.heldout_images

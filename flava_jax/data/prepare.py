@@ -61,6 +61,7 @@ from flava_jax.data.carve import (
     carve_slice,
     fresh_counts,
     init_worker,
+    needs_image,
     reached,
     run_in_worker,
 )
@@ -266,19 +267,13 @@ def _budgets(settings: PrepareSettings, rows: dict[str, int] | None) -> Budgets:
                    heldout_images=settings.heldout_max_images)
 
 
-def _needs_image(settings: PrepareSettings, flags: tuple[bool, ...]) -> bool:
-    """Whether a train row's image is fetched under `flags` (carve._Carver._needs_image)."""
-    text_met, images_met = flags[:2]
-    return not images_met or (settings.require_image and not text_met)
-
-
 def verdict(settings: PrepareSettings, budgets: Budgets, progress: dict[str, Any],
             result: SliceResult) -> set[str] | None:
     """For a speculative slice result, the outputs to drop (the streams that filled up since it was started) so
     that what is left is what the exact carve from `progress` writes; None when no dropping makes it so (a budget or
     cap is reached inside the slice, or its train images were fetched under other rules): it is carved again."""
     now = budgets.flags(progress)
-    if _needs_image(settings, now) != _needs_image(settings, result.flags):
+    if needs_image(settings.require_image, *now[:2]) != needs_image(settings.require_image, *result.flags[:2]):
         return None
     kept, delta = progress["kept"], result.delta
     text_met, images_met, heldout_full, heldout_images_full = now

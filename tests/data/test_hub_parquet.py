@@ -30,6 +30,7 @@ from tests.data.wit_rows import (
     real_rows,
     run_prepare,
     streams,
+    threaded_pool,
     write_parquet,
     write_tsv,
 )
@@ -142,6 +143,21 @@ def test_percent_budgets_take_row_prefixes_of_the_train_split(shared_data: Path,
     tsv, images = write_tsv(rows[:2], [b"x", b"y"], tmp_path / "tsv")
     with pytest.raises(SourceError, match="train split"):
         run_prepare([tsv], tmp_path / "bad", budget_unit="percent")
+
+
+@pytest.mark.parametrize(("text_words", "images"), [(250_000_000, 2_000_000), (1_000_000_000, 500_000)])
+def test_percent_budgets_ahead_in_workers_give_the_exact_carve(shared_data: Path, tmp_path: Path, text_words: int,
+                                                               images: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row budgets met inside and before later slices, carved by workers ahead of them: what one process writes."""
+    from flava_jax.data import prepare as prepare_module
+
+    source = _theodor(tmp_path / "wit", real_rows(shared_data))
+    changes = dict(budget_unit="percent", text_words=text_words, images=images, chunk_records=2)
+    lone = run_prepare([source], tmp_path / "lone", **changes)
+    monkeypatch.setattr(prepare_module.concurrent.futures, "ProcessPoolExecutor", threaded_pool)
+    ahead = run_prepare([source], tmp_path / "ahead", prepare_workers=3, **changes)
+    for key in ("kept", "words", "shards", "train_rows", "source_records", "budget_met"):
+        assert ahead[key] == lone[key], key
 
 
 def _wit_base_rows(shared_data: Path) -> tuple[list[dict[str, Any]], list[Path]]:

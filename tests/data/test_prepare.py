@@ -29,6 +29,7 @@ from flava_jax.data.prepare import DiskFullError, PrepareSettings, file_sha256, 
 from flava_jax.data.sources.rows import WIT_COLUMNS
 from flava_jax.data.tokenizer import Tokenizer
 from tests.configs import REPO, debug_config, prepare_settings
+from tests.data.wit_rows import threaded_pool
 
 ROWS = 240
 
@@ -372,15 +373,6 @@ def test_invalid_bytes_cost_their_rows_only_and_are_logged(tmp_path: Path, caplo
     assert manifest["tokenizer"] and (tmp_path / "out" / manifest["tokenizer"]["file"]).is_file()
 
 
-def _threaded_pool(workers: int, mp_context: Any = None, initializer: Any = None,
-                   initargs: tuple[Any, ...] = ()) -> Any:
-    """The scheduler's worker pool as threads of this process: the same speculation, verdicts and redos as processes
-    (completions out of order included), without spawning."""
-    import concurrent.futures
-
-    return concurrent.futures.ThreadPoolExecutor(workers, initializer=initializer, initargs=initargs)
-
-
 @pytest.mark.parametrize("workers", [2, 3])
 def test_speculative_slices_give_the_exact_carve(corpus: tuple[Path, Path], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
@@ -408,7 +400,7 @@ def test_speculative_slices_give_the_exact_carve(corpus: tuple[Path, Path], tmp_
         changes = dict(heldout_fraction=0.3, image_dirs=(str(images),), **budgets)
         lone = _prepare(corpus, tmp_path / f"lone{i}", **changes)
         with monkeypatch.context() as patched:
-            patched.setattr(prepare_module.concurrent.futures, "ProcessPoolExecutor", _threaded_pool)
+            patched.setattr(prepare_module.concurrent.futures, "ProcessPoolExecutor", threaded_pool)
             patched.setattr(prepare_module, "verdict", counted)
             ahead = _prepare(corpus, tmp_path / f"ahead{i}", prepare_workers=workers, **changes)
         for key in ("kept", "words", "skipped", "shards", "image_formats", "train_rows", "source_records",
