@@ -26,6 +26,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -309,24 +310,24 @@ def carve_slice(task: SliceTask, settings: PrepareSettings, out: Path, fetcher: 
 
 # ---------------------------------------------------------------------------------------- worker processes
 _WORKER: dict[str, Any] = {}
+_PARENT_POLL_S = 0.5
 
 
-class _Stop:
-    """Set when the prepare stops its workers, or is gone (killed: its workers then stop at their next window, so
-    that none writes on beside the prepare that resumes it)."""
-
-    def __init__(self, event: Any) -> None:
-        self.event, self.parent = event, os.getppid()
-
-    def is_set(self) -> bool:
-        return self.event.is_set() or os.getppid() != self.parent
+def _exit_with(parent: int) -> None:
+    """Ends this worker once its prepare is gone (killed: nothing else would end a worker waiting for work, and one
+    carving would write on beside the prepare that resumes it)."""
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)
 
 
 def init_worker(settings: PrepareSettings, out: str, stop: Any) -> None:
-    """A worker process's start: its settings, its own image fetcher and the event that stops it."""
+    """A worker process's start: its settings, its own image fetcher, the event that stops it, and a watch on its
+    prepare."""
     cache = settings.cache_dir or str(Path("~/.cache/flava_jax/images").expanduser())
-    _WORKER.update(settings=settings, out=Path(out), stop=_Stop(stop),
+    _WORKER.update(settings=settings, out=Path(out), stop=stop,
                    fetcher=ImageFetcher(cache, settings.image_dirs, settings.fetch, download=settings.download))
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
 
 
 def run_in_worker(task: SliceTask) -> SliceResult | None:

@@ -409,9 +409,23 @@ def test_speculative_slices_give_the_exact_carve(corpus: tuple[Path, Path], tmp_
     assert verdicts["again"] and verdicts["dropped"] and verdicts["kept"], verdicts
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux's /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through Linux's /proc")
 def test_a_killed_prepare_resumes_to_a_lone_runs_shards(tmp_path: Path) -> None:
-    """`prepare --workers=2` killed with SIGKILL after some slices committed (its workers left running, as they are
-    when only the command is killed), then run again at once: the same shards as one process carving alone."""
+    """`prepare --workers=2` killed with SIGKILL after some slices committed (only the command: its workers must end
+    on their own), then run again at once: the same shards as one process carving alone, and no worker left."""
     import io
     import signal
     import time
@@ -435,6 +449,8 @@ def test_a_killed_prepare_resumes_to_a_lone_runs_shards(tmp_path: Path) -> None:
     while (json.loads((out / "progress.json").read_text())["chunk"] if (out / "progress.json").is_file() else 0) < 3:
         assert killed.poll() is None and time.monotonic() < deadline, "the prepare ended before it could be killed"
         time.sleep(0.01)
+    workers = _children(killed.pid)
+    assert len(workers) >= 2  # the two workers (and multiprocessing's resource tracker)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     progress = json.loads((out / "progress.json").read_text())
@@ -444,4 +460,8 @@ def test_a_killed_prepare_resumes_to_a_lone_runs_shards(tmp_path: Path) -> None:
     assert "resuming after" in again.stderr
     resumed = json.loads((out / "manifest.json").read_text())
     assert resumed["shards"] == lone["shards"] and len(lone["shards"]["image"]) > 3
+    until = time.monotonic() + 10  # a worker notices within a second
+    while (left := [pid for pid in workers if Path(f"/proc/{pid}").exists()]) and time.monotonic() < until:
+        time.sleep(0.1)
+    assert not left, "the killed prepare's workers outlived it"
     assert all(file_sha256(out / s["file"]) == s["sha256"] for shards in resumed["shards"].values() for s in shards)
