@@ -80,16 +80,16 @@ def _warn_if_no_rows(path: str | os.PathLike, records: Iterator[Record]) -> Iter
 @dataclasses.dataclass(frozen=True)
 class Slice:
     """A piece of a source that a worker carves on its own: rows [start, stop) of a file (row groups of a parquet
-    file, bytes of a JSON-lines file, images of a COCO file, items of a TFDS dataset; stop None: to the end), or
-    records already read (`records`: a TSV's, whose quoted fields span lines, so that only a reader from the start
-    finds where its rows begin). Slices come from the sources alone, never from the worker count, so a carve by
+    file, bytes of a JSON-lines file, images of a COCO file, items of a TFDS dataset, rows of a TSV; stop None: to
+    the end). A TSV's rows come split already (`rows`): its quoted fields span lines, so only a reader from its
+    start finds where they begin. Slices come from the sources alone, never from the worker count, so a carve by
     slices is the same on any host."""
 
-    kind: str  # parquet | tar | coco | json | tfds | records
+    kind: str  # parquet | tar | coco | json | tfds | tsv
     path: str  # the file, or the tfds: spec
     start: int = 0
     stop: int | None = None
-    records: tuple[Record, ...] = ()
+    rows: tuple[tsv.RawRow | Skip, ...] = ()
 
 
 def kind_of(path: Path) -> str:
@@ -108,8 +108,8 @@ def read_slice(piece: Slice) -> Iterator[Record]:
     start, stop = piece.start, piece.stop
     if piece.kind == "tfds":
         return tfds_wit.read_spec(piece.path, start, stop)
-    if piece.kind == "records":
-        return iter(piece.records)
+    if piece.kind == "tsv":
+        return tsv.parsed(piece.rows)
     readers: dict[str, Callable[[], Iterator[Record]]] = {
         "parquet": lambda: parquet_files.read_parquet(piece.path, PARQUET_LAYOUTS, start, stop),
         "tar": lambda: img2dataset.read_webdataset(piece.path),
@@ -131,7 +131,7 @@ def plan_slices(specs: Iterable[str], records: int) -> Iterator[Slice]:
         for path in source_files(spec):
             kind = kind_of(path)
             if kind == "tsv":
-                yield from _record_slices(path, tsv.read_tsv(path), records)
+                yield from _tsv_slices(path, records)
                 continue
             if kind == "parquet":
                 ranges = parquet_files.row_group_ranges(path, records)
@@ -145,10 +145,10 @@ def plan_slices(specs: Iterable[str], records: int) -> Iterator[Slice]:
             yield from (Slice(kind, str(path), start, stop) for start, stop in ranges)
 
 
-def _record_slices(path: Path, rows: Iterator[Record], records: int) -> Iterator[Slice]:
-    start = 0
+def _tsv_slices(path: Path, records: int) -> Iterator[Slice]:
+    rows, start = tsv.raw_rows(path), 0
     while batch := tuple(itertools.islice(rows, records)):
-        yield Slice("records", str(path), start, start + len(batch), batch)
+        yield Slice("tsv", str(path), start, start + len(batch), batch)
         start += len(batch)
 
 

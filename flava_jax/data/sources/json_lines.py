@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,8 @@ from flava_jax.data.sources.rows import (
 )
 
 _SAMPLE_BYTES = 1 << 20  # the head whose mean line length sizes the byte ranges
+_ONE_SLICE_WARNING_BYTES = 1 << 30
+log = logging.getLogger("flava_jax.data")
 
 
 def read_json_with_images(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> Iterator[Record]:
@@ -55,6 +58,8 @@ def byte_ranges(path: str | os.PathLike, lines_per_range: int) -> list[tuple[int
     """[start, stop) byte ranges of about `lines_per_range` lines each (by the mean line length of the file's head),
     the last open-ended; one range, the whole file, for a gzip file (it cannot be entered in the middle)."""
     if is_gzip(path):
+        if os.path.getsize(path) > _ONE_SLICE_WARNING_BYTES:
+            log.warning("%s is gzip, so one worker reads all of it; gunzip it and prepare splits it among them", path)
         return [(0, None)]
     with open(path, "rb") as f:
         head = f.read(_SAMPLE_BYTES)
