@@ -321,12 +321,16 @@ def _exit_with(parent: int) -> None:
     os._exit(1)
 
 
+def image_fetcher(settings: PrepareSettings) -> ImageFetcher:
+    """The fetcher a carve reads images with: its local folders, its download cache (by default in ~/.cache)."""
+    cache = settings.cache_dir or str(Path("~/.cache/flava_jax/images").expanduser())
+    return ImageFetcher(cache, settings.image_dirs, settings.fetch, download=settings.download)
+
+
 def init_worker(settings: PrepareSettings, out: str, stop: Any) -> None:
     """A worker process's start: its settings, its own image fetcher, the event that stops it, and a watch on its
     prepare."""
-    cache = settings.cache_dir or str(Path("~/.cache/flava_jax/images").expanduser())
-    _WORKER.update(settings=settings, out=Path(out), stop=stop,
-                   fetcher=ImageFetcher(cache, settings.image_dirs, settings.fetch, download=settings.download))
+    _WORKER.update(settings=settings, out=Path(out), stop=stop, fetcher=image_fetcher(settings))
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
 
 

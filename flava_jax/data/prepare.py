@@ -60,12 +60,13 @@ from flava_jax.data.carve import (
     SliceTask,
     carve_slice,
     fresh_counts,
+    image_fetcher,
     init_worker,
     needs_image,
     reached,
     run_in_worker,
 )
-from flava_jax.data.images import FetchSettings, ImageFetcher, available_cores
+from flava_jax.data.images import FetchSettings, available_cores
 from flava_jax.data.records import STREAMS
 from flava_jax.data.shard_files import DiskFullError, file_sha256, shard_name, shard_path, space_checked
 from flava_jax.data.sources.dispatch import Slice, describe_source, plan_slices, read_sources, source_files
@@ -82,6 +83,8 @@ MANIFEST = "manifest.json"
 LOCK = ".prepare.lock"  # in the output folder: held while a prepare writes it
 # The paper's labels of its percent budgets (docs/reference.md#data): 1% of WiT's train split ~ 10M words, ~ 40K images
 WORDS_PER_PERCENT, IMAGES_PER_PERCENT = 10_000_000, 40_000
+
+
 @dataclasses.dataclass(frozen=True)
 class PrepareSettings:
     """What `prepare` does; `from_config` reads it from a config's `data` section (configs/base.py has the
@@ -105,7 +108,7 @@ class PrepareSettings:
     chunk_records: int
     budget_unit: str  # "count": text_words words and images images; "percent": the reference's train[:p%] rows
     fetch_batch: int
-    prepare_workers: int | None  # processes decoding, resizing and encoding images; None: every core
+    prepare_workers: int | None  # processes carving slices of the sources; None: every core
     tokenizer: str  # "bert-base-uncased" (the paper's), a BERT vocab.txt or its directory, or "sentencepiece"
     tokenizer_max_texts: int
     image_dirs: tuple[str, ...]
@@ -210,10 +213,15 @@ def check_language(settings: PrepareSettings, sources: Sequence[str]) -> None:
     """ConfigError when a language filter is set and the sources record no language at all (a source without the
     column: every row would be skipped as "language not en", a misleading reason)."""
     if settings.language is not None and not records_language(sources):
-        raise ConfigError(f"config.data.language={settings.language!r} keeps rows of that language, but "
-                          f"{'; '.join(describe_source(s) for s in sources)} has no language column (img2dataset "
-                          f"output and caption datasets have none), so every row would be skipped; set "
-                          f"--config.data.language=None to read them all")
+        raise no_language(settings.language, sources)
+
+
+def no_language(language: str, sources: Sequence[str]) -> ConfigError:
+    """The start-up error of a language filter on sources that record no language."""
+    return ConfigError(f"config.data.language={language!r} keeps rows of that language, but "
+                       f"{'; '.join(describe_source(s) for s in sources)} has no language column (img2dataset "
+                       f"output and caption datasets have none), so every row would be skipped; set "
+                       f"--config.data.language=None to read them all")
 
 
 def prepare(settings: PrepareSettings, sources: Sequence[str], out: str | os.PathLike,
@@ -358,8 +366,7 @@ class _Scheduler:
         self.next = 0
         self.pool = self.stop = self.fetcher = None
         if self.workers == 1:
-            cache = settings.cache_dir or str(Path("~/.cache/flava_jax/images").expanduser())
-            self.fetcher = ImageFetcher(cache, settings.image_dirs, settings.fetch, download=settings.download)
+            self.fetcher = image_fetcher(settings)
         else:
             context = multiprocessing.get_context("spawn")  # forking a parent holding threads can deadlock the child
             self.stop = context.Event()

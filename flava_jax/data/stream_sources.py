@@ -104,9 +104,10 @@ def prepare_streams(settings: prepare_lib.PrepareSettings, sources: StreamSource
             raise SystemExit(f"{out} holds a prepare with other settings or sources; use a new --out or delete it")
         log.info("%s is already complete", out)
         return manifest
-    languages = _carve_languages(settings, list(sources.carves()))
+    feeding = sources.carves()
+    languages = _carve_languages(settings, list(feeding))
     carves = {}
-    for specs, streams in sources.carves().items():
+    for specs, streams in feeding.items():
         carve = dataclasses.replace(settings, language=languages[specs],
                                     images=settings.images if {"image", "pair"} & set(streams) else 0)
         log.info("carving %s from %s", "+".join(streams), "; ".join(specs))
@@ -125,7 +126,7 @@ def _carve_languages(settings: prepare_lib.PrepareSettings,
         return dict.fromkeys(carves)
     recorded = {specs: prepare_lib.records_language(specs) for specs in carves}
     if not any(recorded.values()):
-        prepare_lib.check_language(settings, [spec for specs in carves for spec in specs])
+        raise prepare_lib.no_language(settings.language, [spec for specs in carves for spec in specs])
     for specs, has in recorded.items():
         if not has:
             log.info("config.data.language=%r does not apply to %s, which records no language: its rows are all "

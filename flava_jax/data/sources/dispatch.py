@@ -1,6 +1,7 @@
 """Which reader reads a source: a spec names files (a file, a glob, a directory) or a TFDS dataset, and each file is
-read by its kind. The readers (one module per format, beside this one) share only `rows`; a new format is one new
-module and a line in `read_file`."""
+read by its kind, whole or in slices. The readers (one module per format, beside this one) share only `rows` and
+`parquet_files`; a new format is one new module, recognised in `kind_of`, read in `read_slice` and cut in
+`plan_slices`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import glob
 import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from flava_jax.data.sources import coco, img2dataset, json_lines, parquet_files, tfds_wit, tsv
@@ -105,18 +106,17 @@ def kind_of(path: Path) -> str:
 
 def read_slice(piece: Slice) -> Iterator[Record]:
     """The records of one slice, in order."""
-    start, stop = piece.start, piece.stop
-    if piece.kind == "tfds":
-        return tfds_wit.read_spec(piece.path, start, stop)
     if piece.kind == "tsv":
         return tsv.parsed(piece.rows)
-    readers: dict[str, Callable[[], Iterator[Record]]] = {
-        "parquet": lambda: parquet_files.read_parquet(piece.path, PARQUET_LAYOUTS, start, stop),
-        "tar": lambda: img2dataset.read_webdataset(piece.path),
-        "coco": lambda: coco.read_coco(piece.path, start, stop),
-        "json": lambda: json_lines.read_json_with_images(piece.path, start, stop),
-    }
-    return readers[piece.kind]()
+    if piece.kind == "tfds":
+        return tfds_wit.read_spec(piece.path, piece.start, piece.stop)
+    if piece.kind == "parquet":
+        return parquet_files.read_parquet(piece.path, PARQUET_LAYOUTS, piece.start, piece.stop)
+    if piece.kind == "coco":
+        return coco.read_coco(piece.path, piece.start, piece.stop)
+    if piece.kind == "json":
+        return json_lines.read_json_with_images(piece.path, piece.start, piece.stop)
+    return img2dataset.read_webdataset(piece.path)  # a tar, read whole
 
 
 def plan_slices(specs: Iterable[str], records: int) -> Iterator[Slice]:
